@@ -1,0 +1,73 @@
+"""Safe, atomic checkpoint files."""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from typing import Any, Callable
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit."""
+
+
+def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
+    """Load a user-supplied checkpoint without executing code: `weights_only=True` accepts only
+    tensors and plain containers; anything else is refused with an explanation."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it contains objects other than tensors and plain containers "
+            f"(loading it could execute code). If it is a Detectron2 .pkl, it is an output of "
+            f"tools/convert_to_d2.py, not an input. Details: {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save `obj` to `path` atomically (see `_atomic_write`)."""
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def _atomic_write(path: str, mode: str, write: Callable[[Any], Any]) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: a crash at any point
+    leaves either the previous file or the new one, never a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,159 @@
+"""Distillation config: one fvcore CfgNode, YAML files with `_BASE_`, `KEY VALUE` overrides.
+
+Everything a run needs is here, so a checkpoint's embedded config reproduces the run.
+"""
+from __future__ import annotations
+
+import os
+
+from fvcore.common.config import CfgNode as _CfgNode
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: unknown key, wrong type or impossible value."""
+
+
+class CfgNode(_CfgNode):
+    pass
+
+
+def get_default_cfg() -> CfgNode:
+    C = CfgNode()
+    C.OUTPUT_DIR = "output/seed"
+    C.SEED = 0
+
+    C.MODEL = CfgNode()
+    C.MODEL.STUDENT = CfgNode()
+    C.MODEL.STUDENT.ARCH = "resnet18"        # torchvision ResNet or any timm model name
+    C.MODEL.STUDENT.HEAD_DIM = 128           # must equal the teacher's embedding dimension
+    C.MODEL.STUDENT.HEAD_HIDDEN_DIM = 0      # 0: the backbone's feature width (SEED's MLP)
+    C.MODEL.TEACHER = CfgNode()
+    C.MODEL.TEACHER.ARCH = "resnet50"
+    C.MODEL.TEACHER.WEIGHTS = ""             # required for loss seed / l2
+    C.MODEL.TEACHER.FORMAT = "auto"          # auto | moco | swav | simclr | torchvision | timm | seed
+    C.MODEL.TEACHER.USE_HEAD = True          # use the checkpoint's projection head when it has one
+    C.MODEL.SYNC_BN = False                  # SyncBatchNorm in the student (multi-GPU)
+
+    C.LOSS = CfgNode()
+    C.LOSS.NAME = "seed"                     # seed | l2 | moco
+    C.LOSS.STUDENT_TEMP = 0.2                # tau_S
+    C.LOSS.TEACHER_TEMP = 0.01               # tau_T
+    C.LOSS.MOCO_TEMP = 0.2                   # MoCo-v2 InfoNCE temperature
+    C.LOSS.MOCO_MOMENTUM = 0.999             # key-encoder EMA
+    C.LOSS.MAX_NONFINITE = 0                 # non-finite losses tolerated before stopping (fp16 overflow excluded)
+
+    C.QUEUE = CfgNode()
+    C.QUEUE.SIZE = 65536                     # K
+
+    C.DATA = CfgNode()
+    C.DATA.ROOT = ""                         # ImageFolder root (class sub-folders) or a flat folder of images
+    C.DATA.IMAGE_SIZE = 224
+    C.DATA.NUM_WORKERS = 8
+    C.DATA.AUGMENTATION = "mocov2"           # mocov2 | none
+    C.DATA.MAX_BAD_FRACTION = 0.01           # unreadable images tolerated per epoch before failing
+
+    C.SOLVER = CfgNode()
+    C.SOLVER.EPOCHS = 200
+    C.SOLVER.MAX_ITER = 0                    # > 0: stop after this many iterations in total
+    C.SOLVER.BATCH_SIZE = 256                # global batch over all ranks
+    C.SOLVER.BASE_LR = 0.03                  # for a batch of 256; scaled linearly
+    C.SOLVER.MOMENTUM = 0.9
+    C.SOLVER.WEIGHT_DECAY = 1e-4
+    C.SOLVER.WARMUP_EPOCHS = 5.0
+    C.SOLVER.MIN_LR = 0.0
+
+    C.TRAIN = CfgNode()
+    C.TRAIN.PRECISION = "auto"               # auto | fp32 | bf16 | fp16 (fp16 only on CUDA, with GradScaler)
+    C.TRAIN.CHANNELS_LAST = True
+    C.TRAIN.TEACHER_PRECISION = "auto"       # auto: as PRECISION; frozen teacher may run reduced
+    C.TRAIN.CHECKPOINT_PERIOD = 1000         # iterations; a checkpoint is also written each epoch
+    C.TRAIN.LOG_PERIOD = 10
+    C.TRAIN.KEEP_EPOCH_CHECKPOINTS = False
+    C.TRAIN.PROGRESS = True
+    C.TRAIN.DIST_TIMEOUT = 1800              # seconds before a collective waiting on a dead rank fails
+    return C
+
+
+_CHOICES = {
+    "LOSS.NAME": ("seed", "l2", "moco"),
+    "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "torchvision", "timm", "seed"),
+    "DATA.AUGMENTATION": ("mocov2", "none"),
+    "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
+    "TRAIN.TEACHER_PRECISION": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
+def _get(cfg, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
+    """Refuse impossible values before anything runs, naming the key and what to do."""
+    problems = []
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            problems.append(f"{key} = {_get(cfg, key)!r}: choose one of {', '.join(choices)}")
+    positive = ["LOSS.STUDENT_TEMP", "LOSS.TEACHER_TEMP", "LOSS.MOCO_TEMP", "SOLVER.BASE_LR",
+                "SOLVER.BATCH_SIZE", "QUEUE.SIZE", "DATA.IMAGE_SIZE", "MODEL.STUDENT.HEAD_DIM",
+                "TRAIN.CHECKPOINT_PERIOD", "TRAIN.LOG_PERIOD", "TRAIN.DIST_TIMEOUT"]
+    for key in positive:
+        if not _get(cfg, key) > 0:
+            problems.append(f"{key} = {_get(cfg, key)} must be > 0")
+    for key in ["SOLVER.WEIGHT_DECAY", "SOLVER.MOMENTUM", "SOLVER.WARMUP_EPOCHS", "SOLVER.MIN_LR",
+                "SOLVER.MAX_ITER", "DATA.NUM_WORKERS", "MODEL.STUDENT.HEAD_HIDDEN_DIM", "LOSS.MAX_NONFINITE"]:
+        if _get(cfg, key) < 0:
+            problems.append(f"{key} = {_get(cfg, key)} must be >= 0")
+    if not 0 <= cfg.LOSS.MOCO_MOMENTUM < 1:
+        problems.append(f"LOSS.MOCO_MOMENTUM = {cfg.LOSS.MOCO_MOMENTUM} must be in [0, 1)")
+    if not 0 <= cfg.DATA.MAX_BAD_FRACTION <= 1:
+        problems.append(f"DATA.MAX_BAD_FRACTION = {cfg.DATA.MAX_BAD_FRACTION} must be in [0, 1]")
+    if cfg.SOLVER.EPOCHS < 1 and cfg.SOLVER.MAX_ITER < 1:
+        problems.append("SOLVER.EPOCHS must be >= 1 (or set SOLVER.MAX_ITER)")
+    if cfg.SOLVER.BATCH_SIZE % world_size:
+        problems.append(f"SOLVER.BATCH_SIZE = {cfg.SOLVER.BATCH_SIZE} must be divisible by the "
+                        f"number of processes ({world_size})")
+    if cfg.QUEUE.SIZE < cfg.SOLVER.BATCH_SIZE:
+        problems.append(f"QUEUE.SIZE = {cfg.QUEUE.SIZE} is smaller than the global batch "
+                        f"SOLVER.BATCH_SIZE = {cfg.SOLVER.BATCH_SIZE}: a batch would overwrite itself "
+                        f"in the queue; raise QUEUE.SIZE or lower the batch")
+    if cfg.LOSS.NAME in ("seed", "l2") and not cfg.MODEL.TEACHER.WEIGHTS:
+        problems.append(f"MODEL.TEACHER.WEIGHTS is empty but LOSS.NAME = {cfg.LOSS.NAME} needs a "
+                        f"teacher checkpoint (or use LOSS.NAME moco to train without a teacher)")
+    if problems:
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def load_cfg(path: str | None = None, opts: list[str] | tuple = ()) -> CfgNode:
+    """Defaults <- YAML file (with `_BASE_`) <- `KEY VALUE` overrides; unknown keys are refused."""
+    cfg = get_default_cfg()
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            cfg.merge_from_file(path)
+        except (KeyError, ValueError, AssertionError) as e:
+            raise ConfigError(f"{path}: {_explain(e)}") from None
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ConfigError(f"command line: {_explain(e)}") from None
+    return cfg
+
+
+def _explain(err: Exception) -> str:
+    msg = str(err.args[0]) if err.args else str(err)
+    if "Non-existent" in msg:
+        msg += " (unknown key: check its spelling against seed_core/config.py)"
+    return msg
+
+
+def cfg_from_string(text: str) -> CfgNode:
+    """Rebuild a config saved in a checkpoint (YAML text)."""
+    cfg = get_default_cfg()
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
+    return cfg

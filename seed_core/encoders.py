@@ -1,0 +1,102 @@
+"""Backbones by name: torchvision ResNets, SwAV-style wide ResNets and any timm model.
+
+Every backbone maps images (N, 3, H, W) to pooled features (N, C) and keeps the key names of the
+library it comes from (torchvision: conv1, bn1, layer1..4), so checkpoints load without renaming.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torchvision
+from torchvision.models.resnet import Bottleneck, ResNet
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                       "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")
+# SwAV's wide ResNet-50: every width (stem included) multiplied, unlike torchvision's wide_resnet50_2.
+SWAV_WIDE_RESNETS = {"resnet50w2": 2, "resnet50w4": 4, "resnet50w5": 5}
+
+
+class SwAVWideResNet(ResNet):
+    """ResNet-50 with all channel widths scaled by `widen`, with torchvision parameter names."""
+
+    def __init__(self, widen: int):
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.dilation, self.groups, self.base_width = 1, 1, 64
+        width = 64 * widen
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        # torchvision's Bottleneck derives its inner width from planes * base_width / 64.
+        self.layer1 = self._make_layer(Bottleneck, width, 3)
+        self.layer2 = self._make_layer(Bottleneck, width * 2, 4, stride=2)
+        self.layer3 = self._make_layer(Bottleneck, width * 4, 6, stride=2)
+        self.layer4 = self._make_layer(Bottleneck, width * 8, 3, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Identity()
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+def is_resnet(name: str) -> bool:
+    return name in TORCHVISION_RESNETS or name in SWAV_WIDE_RESNETS
+
+
+def available_backbones() -> str:
+    return ", ".join(TORCHVISION_RESNETS + tuple(SWAV_WIDE_RESNETS)) + ", or any timm model name"
+
+
+def build_backbone(name: str) -> tuple[nn.Module, int]:
+    """Return (backbone, feature_dim) for `name`; the classifier is removed (`fc` is Identity)."""
+    if name in SWAV_WIDE_RESNETS:
+        net = SwAVWideResNet(SWAV_WIDE_RESNETS[name])
+        return net, 2048 * SWAV_WIDE_RESNETS[name]
+    if name in TORCHVISION_RESNETS:
+        net = getattr(torchvision.models, name)(weights=None)
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+    try:
+        import timm
+    except ImportError as e:  # pragma: no cover - timm is a declared dependency
+        raise ImportError(f"backbone '{name}' is not a torchvision ResNet and timm is not installed") from e
+    if not timm.is_model(name):
+        raise ValueError(f"unknown backbone '{name}'. Use one of: {available_backbones()} "
+                         f"(see timm.list_models()).")
+    net = timm.create_model(name, pretrained=False, num_classes=0)
+    # num_features is the pre-head width for some models (MobileNetV3): measure the real output.
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        dim = net(torch.zeros(1, 3, 64, 64)).shape[1]
+    net.train(was_training)
+    return net, int(dim)
+
+
+def build_mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Projection head Linear-ReLU-Linear (SEED / MoCo-v2); keys 0.* and 2.* as MoCo's `fc`."""
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+class EmbeddingNet(nn.Module):
+    """Backbone followed by an optional projection head; returns unnormalised embeddings."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head if head is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_student(arch: str, head_dim: int, head_hidden_dim: int = 0) -> EmbeddingNet:
+    backbone, feat_dim = build_backbone(arch)
+    hidden = head_hidden_dim or feat_dim
+    return EmbeddingNet(backbone, build_mlp_head(feat_dim, hidden, head_dim))

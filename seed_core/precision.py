@@ -1,0 +1,45 @@
+"""Mixed precision: bf16 autocast on CPUs and GPUs that support it, fp16 + GradScaler on older GPUs,
+fp32 elsewhere. Student master weights always stay fp32."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels here (AVX512-BF16 / AMX); emulated bf16 is slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if device.type == "cuda":
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return name
+    if name == "fp16":
+        raise ValueError("TRAIN.PRECISION fp16 needs a CUDA device; on CPU use bf16 or fp32")
+    if name == "auto":
+        if cpu_supports_bf16():
+            return "bf16"
+        logger.info("this CPU has no native bf16: training in fp32 (with channels_last)")
+        return "fp32"
+    return name
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
+
+
+def make_grad_scaler(precision: str, device: torch.device):
+    """Only fp16 needs loss scaling; the scaler is disabled (a no-op) otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))

@@ -1,0 +1,174 @@
+"""Frozen teachers from self-supervised checkpoints: MoCo v1/v2, SwAV, SimCLR, torchvision, timm,
+and this project's own training checkpoints. The format is detected from the key layout."""
+from __future__ import annotations
+
+import logging
+import re
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .checkpoint_io import CheckpointError, load_untrusted
+from .encoders import EmbeddingNet, build_backbone
+
+logger = logging.getLogger(__name__)
+
+# Where each format keeps its projection head (an MLP of Linear / BatchNorm1d layers).
+_HEAD_PREFIXES = {"moco": "fc.", "swav": "projection_head.", "simclr": "projection_head.", "seed": "head."}
+_IGNORED = {"swav": ("prototypes.",)}
+
+
+def unwrap_state_dict(ckpt) -> tuple[dict, str | None]:
+    """Find the state dict inside a checkpoint; also return the format when the container says it."""
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"expected a dict of tensors, got {type(ckpt).__name__}")
+    if "student" in ckpt and isinstance(ckpt["student"], dict):
+        return ckpt["student"], "seed"
+    for key in ("state_dict", "model", "model_state"):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            return ckpt[key], None
+    return ckpt, None
+
+
+def detect_format(state: dict) -> str:
+    keys = list(state)
+    if any(re.match(r"(module\.)?encoder_q\.", k) for k in keys):
+        return "moco"
+    if any(re.match(r"(module\.)?(prototypes|projection_head)\.", k) for k in keys):
+        return "swav"
+    if any(k.startswith(("backbone.", "head.")) for k in keys):
+        return "seed"
+    stripped = [k[len("module."):] if k.startswith("module.") else k for k in keys]
+    if "conv1.weight" in stripped and any(k.startswith("layer4.") for k in stripped):
+        return "torchvision"
+    return "timm"
+
+
+def split_teacher_state(state: dict, fmt: str) -> tuple[dict, dict]:
+    """Return (backbone state, head state) with the backbone's own key names."""
+    out = OrderedDict()
+    for k, v in state.items():
+        if not torch.is_tensor(v):
+            continue
+        k = re.sub(r"^module\.", "", k)
+        if fmt == "moco":
+            if not k.startswith("encoder_q."):
+                continue  # encoder_k, queue: not part of the teacher
+            k = k[len("encoder_q."):]
+        if fmt == "seed" and k.startswith("backbone."):
+            k = k[len("backbone."):]
+        out[k] = v
+    head_prefix = _HEAD_PREFIXES.get(fmt)
+    ignored = _IGNORED.get(fmt, ())
+    backbone, head = OrderedDict(), OrderedDict()
+    for k, v in out.items():
+        if k.startswith(ignored):
+            continue
+        if head_prefix and k.startswith(head_prefix):
+            head[k[len(head_prefix):]] = v
+        else:
+            backbone[k] = v
+    return backbone, head
+
+
+def build_mlp_from_state(head_state: dict) -> nn.Module:
+    """Rebuild an MLP head (Linear / BatchNorm1d at numbered positions, ReLU between) from its
+    weights, keeping the numbering so the state dict loads as it is."""
+    if "weight" in head_state:  # a single Linear (MoCo v1 `fc`)
+        w = head_state["weight"]
+        return nn.Linear(w.shape[1], w.shape[0], bias="bias" in head_state)
+    indices = sorted({int(k.split(".")[0]) for k in head_state})
+    layers: list[nn.Module] = []
+    last = max(indices)
+    for i in range(last + 1):
+        w = head_state.get(f"{i}.weight")
+        if w is None:
+            layers.append(nn.ReLU(inplace=True))
+        elif w.dim() == 2:
+            layers.append(nn.Linear(w.shape[1], w.shape[0], bias=f"{i}.bias" in head_state))
+        elif f"{i}.running_mean" in head_state:
+            layers.append(nn.BatchNorm1d(w.shape[0]))
+        else:
+            raise CheckpointError(f"cannot interpret projection-head layer {i} (weight shape {tuple(w.shape)})")
+    return nn.Sequential(*layers)
+
+
+def _load_exact(module: nn.Module, state: dict, what: str, path: str, optional_prefixes=()) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and not k.startswith(optional_prefixes)]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                   for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong_shape:
+        def show(items):
+            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if wrong_shape:
+            parts.append(f"shape mismatch (checkpoint vs model): {show(wrong_shape)}")
+        hint = guess_resnet_arch(state)
+        hint = f" The checkpoint looks like a {hint}." if hint else ""
+        raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(parts) + "." + hint +
+                              " Set MODEL.TEACHER.ARCH (or MODEL.TEACHER.FORMAT) to match the checkpoint.")
+    module.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+def guess_resnet_arch(state: dict) -> str | None:
+    """Name the torchvision ResNet a backbone state dict belongs to, if it is one."""
+    if "conv1.weight" not in state:
+        return None
+    blocks = []
+    for layer in range(1, 5):
+        ids = {int(m.group(1)) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
+        blocks.append(len(ids))
+    bottleneck = any(k.endswith("conv3.weight") for k in state)
+    depth = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 6, 3, True): 50,
+             (3, 4, 23, 3, True): 101, (3, 8, 36, 3, True): 152}.get((*blocks, bottleneck))
+    if depth is None:
+        return None
+    width = state["conv1.weight"].shape[0] // 64
+    return f"resnet{depth}" + (f"w{width}" if width > 1 else "")
+
+
+class FrozenTeacher(EmbeddingNet):
+    """A teacher that stays in eval mode (BN statistics never update) and has no gradients."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module | None):
+        super().__init__(backbone, head)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):  # noqa: D401 - keep eval mode whatever the caller asks
+        return super().train(False)
+
+
+def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True) -> FrozenTeacher:
+    ckpt = load_untrusted(path)
+    state, container_fmt = unwrap_state_dict(ckpt)
+    if fmt == "auto":
+        fmt = container_fmt or detect_format(state)
+    backbone_state, head_state = split_teacher_state(state, fmt)
+    backbone, _ = build_backbone(arch)
+    # Classifiers (torchvision/SimCLR `fc`, timm heads) are not part of the representation.
+    classifier = ("fc.", "classifier.", "head.fc.", "head.") if fmt in ("torchvision", "simclr", "timm") else ()
+    _load_exact(backbone, backbone_state, f"teacher backbone '{arch}' (format {fmt})", path, classifier)
+    head = build_mlp_from_state(head_state) if (use_head and head_state) else None
+    if head is not None:
+        _load_exact(head, head_state, f"teacher projection head (format {fmt})", path)
+    logger.info("teacher %s loaded from %s (format %s, %s)", arch, path, fmt,
+                "with its projection head" if head is not None else "backbone features")
+    return FrozenTeacher(backbone, head)
+
+
+def embedding_dim(model: nn.Module, image_size: int = 64) -> int:
+    """Output width of an embedding network, measured with one dummy forward in eval mode."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        dim = model(torch.zeros(2, 3, image_size, image_size)).shape[1]
+    model.train(was_training)
+    return int(dim)
