@@ -90,7 +90,10 @@ class Trainer:
         self.loader = DataLoader(
             self.dataset, batch_size=self.sampler.local_batch, sampler=self.sampler, collate_fn=collate,
             num_workers=workers, pin_memory=self.device.type == "cuda", drop_last=True,
-            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+            # A private generator: creating an epoch's iterator must not consume the global RNG,
+            # or a resumed run would draw different random numbers than an uninterrupted one.
+            generator=torch.Generator().manual_seed(cfg.SEED))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_iters = cfg.SOLVER.MAX_ITER or cfg.SOLVER.EPOCHS * self.steps_per_epoch
         self.warmup_iters = int(round(cfg.SOLVER.WARMUP_EPOCHS * self.steps_per_epoch))

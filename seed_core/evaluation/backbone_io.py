@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..checkpoint_io import load_untrusted
 from ..encoders import available_backbones, build_backbone
 
 logger = logging.getLogger(__name__)
@@ -90,10 +90,7 @@ def _resolve_arch(arch: str | None, meta_path: Path) -> tuple[str, dict]:
 
 
 def _load_state_dict(weights: Path) -> dict:
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:  # corrupt, truncated or unsafe file
-        raise ValueError(f"could not read {weights} as a torch state dict: {e}") from e
+    state = load_untrusted(str(weights))  # weights_only: a checkpoint is a pickle
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{weights} does not hold a plain state dict of tensors (name -> tensor); "
                          f"export the student backbone with the training tools first.")

@@ -10,8 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
+from ..checkpoint_io import atomic_save
 from .backbone_io import LoadedBackbone
 
 logger = logging.getLogger(__name__)
@@ -109,7 +108,7 @@ def _read_cache(path: Path, key: str) -> FeatureSet | None:
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a damaged file; recompute
         logger.warning("ignoring unreadable feature cache %s (%s); recomputing", path, e)
         return None
     if not isinstance(blob, dict) or blob.get("key") != key:
@@ -119,15 +118,8 @@ def _read_cache(path: Path, key: str) -> FeatureSet | None:
 
 
 def _write_cache(path: Path, key: str, fs: FeatureSet) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"key": key, "features": fs.features, "labels": fs.labels, "classes": fs.classes}, tmp)
-        os.replace(tmp, path)  # readers never see a half-written cache
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # Atomic: a concurrent or interrupted run never leaves a half-written cache behind.
+    atomic_save({"key": key, "features": fs.features, "labels": fs.labels, "classes": fs.classes}, str(path))
 
 
 def load_or_compute_features(backbone: LoadedBackbone, root: str | Path, image_size: int = 224,

@@ -6,8 +6,9 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from ..checkpoint_io import atomic_write_text
 
 try:  # POSIX advisory locks keep concurrent appenders from losing rows; absent on Windows
     import fcntl
@@ -17,35 +18,23 @@ except ImportError:  # pragma: no cover
 RESULTS_COLUMNS = ("timestamp", "tool", "backbone", "arch", "top1", "top5")
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json_atomic(path: str | Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", str(path))
 
 
 @contextlib.contextmanager
 def _locked(path: Path):
+    """Hold an exclusive lock on the CSV's directory: the file itself is replaced, so it cannot carry one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def append_results_row(path: str | Path, row: dict) -> None:
@@ -71,4 +60,4 @@ def append_results_row(path: str | Path, row: dict) -> None:
         if not existing:
             writer.writerow(RESULTS_COLUMNS)
         writer.writerow([row[c] for c in RESULTS_COLUMNS])
-        write_text_atomic(path, existing + buf.getvalue())
+        atomic_write_text(existing + buf.getvalue(), str(path))

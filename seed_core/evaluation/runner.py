@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 from datetime import datetime, timezone
 
 import torch
@@ -12,8 +12,6 @@ from .features import FeatureSet, default_resize, load_or_compute_features
 from .knn import knn_evaluate
 from .linear import OPTIMIZERS, train_linear_probe
 from .results import append_results_row, write_json_atomic
-
-logger = logging.getLogger(__name__)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +24,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train", required=True, help="ImageFolder directory of the training split")
     g.add_argument("--val", required=True, help="ImageFolder directory of the evaluation split")
     g.add_argument("--image-size", type=int, default=224, help="center-crop size")
-    g.add_argument("--resize-size", type=int, default=None, help="shorter side before cropping (default image-size/0.875)")
+    g.add_argument("--resize-size", type=int, default=None,
+                   help="shorter side before cropping (default image-size / 0.875)")
     g.add_argument("--batch-size", type=int, default=256)
-    g.add_argument("--workers", type=int, default=4, help="data loading processes")
+    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data loading processes")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--cache-dir", default="output/feature_cache", help="where features are cached")
     g.add_argument("--no-cache", action="store_true", help="always recompute features")

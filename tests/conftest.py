@@ -1,0 +1,78 @@
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def write_images(folder, n, size=32, seed=0, classes=2):
+    """Small random-texture PNGs in ImageFolder layout."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        d = os.path.join(folder, f"class{i % classes}")
+        os.makedirs(d, exist_ok=True)
+        base = rng.integers(0, 255, size=(1, 1, 3))
+        noise = rng.integers(0, 60, size=(size, size, 3))
+        arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+        p = os.path.join(d, f"img{i:04d}.png")
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+def moco_state(arch="resnet18", head_dim=128, v2=True, seed=0):
+    """A MoCo checkpoint with the real key layout (module.encoder_q.* / encoder_k / queue)."""
+    from seed_core.encoders import build_backbone
+    torch.manual_seed(seed)
+    net, dim = build_backbone(arch)
+    sd = {}
+    for prefix in ("module.encoder_q.", "module.encoder_k."):
+        for k, v in net.state_dict().items():
+            sd[prefix + k] = v.clone()
+        if v2:
+            sd[prefix + "fc.0.weight"] = torch.randn(dim, dim) * 0.05
+            sd[prefix + "fc.0.bias"] = torch.zeros(dim)
+            sd[prefix + "fc.2.weight"] = torch.randn(head_dim, dim) * 0.05
+            sd[prefix + "fc.2.bias"] = torch.zeros(head_dim)
+        else:
+            sd[prefix + "fc.weight"] = torch.randn(head_dim, dim) * 0.05
+            sd[prefix + "fc.bias"] = torch.zeros(head_dim)
+    sd["module.queue"] = torch.randn(head_dim, 64)
+    return {"state_dict": sd, "epoch": 200, "arch": arch}
+
+
+@pytest.fixture
+def images(tmp_path):
+    root = tmp_path / "images"
+    write_images(str(root), 24)
+    return str(root)
+
+
+@pytest.fixture
+def moco_teacher(tmp_path):
+    path = tmp_path / "moco_r18.pth"
+    torch.save(moco_state("resnet18"), path)
+    return str(path)
+
+
+def tiny_opts(images, teacher, out, **extra):
+    """KEY VALUE overrides for a run that takes seconds on CPU."""
+    opts = {
+        "MODEL.STUDENT.ARCH": "resnet18", "MODEL.TEACHER.ARCH": "resnet18",
+        "MODEL.TEACHER.WEIGHTS": teacher or "", "DATA.ROOT": images, "DATA.IMAGE_SIZE": 32,
+        "DATA.NUM_WORKERS": 0, "SOLVER.BATCH_SIZE": 8, "QUEUE.SIZE": 20, "SOLVER.EPOCHS": 2,
+        "SOLVER.WARMUP_EPOCHS": 0.5, "SOLVER.BASE_LR": 0.5, "OUTPUT_DIR": out, "TRAIN.LOG_PERIOD": 1,
+        "TRAIN.PROGRESS": False, "TRAIN.PRECISION": "fp32",
+    }
+    opts.update(extra)
+    flat = []
+    for k, v in opts.items():
+        flat += [k, str(v)]
+    return flat

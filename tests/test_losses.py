@@ -1,0 +1,74 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from seed_core.encoders import build_student
+from seed_core.losses import info_nce_loss, l2_loss, seed_loss
+from seed_core.objectives import DistillationObjective
+from seed_core.queue import EmbeddingQueue
+from seed_core.teachers import FrozenTeacher
+
+
+def _unit(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(*shape, generator=g, dtype=torch.float64), dim=-1)
+
+
+def test_seed_loss_matches_the_formula_by_hand():
+    zs, zt, queue = _unit(3, 4, seed=1), _unit(3, 4, seed=2), _unit(5, 4, seed=3)
+    ts, tt = 0.2, 0.01
+    expected = 0.0
+    for i in range(3):
+        s_logits = [sum(zs[i, d] * zt[i, d] for d in range(4)).item()]
+        t_logits = [sum(zt[i, d] * zt[i, d] for d in range(4)).item()]
+        for j in range(5):
+            s_logits.append(sum(zs[i, d] * queue[j, d] for d in range(4)).item())
+            t_logits.append(sum(zt[i, d] * queue[j, d] for d in range(4)).item())
+        t_max = max(t_logits)
+        p = [math.exp((v - t_max) / tt) for v in t_logits]
+        p = [v / sum(p) for v in p]
+        s_lse = math.log(sum(math.exp(v / ts) for v in s_logits))
+        expected += -sum(pj * (sj / ts - s_lse) for pj, sj in zip(p, s_logits))
+    expected /= 3
+    got = seed_loss(zs, zt, queue, ts, tt).item()
+    assert abs(got - expected) < 1e-10
+    assert abs(zt[0] @ zt[0] - 1) < 1e-12  # the teacher positive is z_T . z_T = 1
+
+
+def test_teacher_temperature_to_zero_gives_infonce_with_teacher_positive():
+    zs, zt, queue = _unit(6, 8, seed=4), _unit(6, 8, seed=5), _unit(30, 8, seed=6)
+    nce = info_nce_loss(zs, zt, queue, temperature=0.2)
+    sharp = seed_loss(zs, zt, queue, student_temp=0.2, teacher_temp=1e-4)
+    soft = seed_loss(zs, zt, queue, student_temp=0.2, teacher_temp=0.5)
+    assert torch.allclose(sharp, nce, atol=1e-8)
+    assert not torch.allclose(soft, nce, atol=1e-3)
+
+
+def test_l2_loss_is_squared_distance_and_zero_when_equal():
+    zs, zt = _unit(4, 8, seed=7), _unit(4, 8, seed=8)
+    assert torch.allclose(l2_loss(zs, zt), ((zs - zt) ** 2).sum(1).mean())
+    assert l2_loss(zt, zt).item() == 0.0
+
+
+def test_gradients_reach_only_student_and_head_and_teacher_bn_is_frozen():
+    torch.manual_seed(0)
+    student = build_student("resnet18", head_dim=16)
+    t_net = build_student("resnet18", head_dim=16)
+    teacher = FrozenTeacher(t_net.backbone, t_net.head)
+    teacher.train()  # a caller asking for train mode must not unfreeze BN statistics
+    bn_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    queue = EmbeddingQueue(32, 16)
+    queue_before = queue.embeddings.clone()
+    objective = DistillationObjective(teacher, queue)
+    images = torch.randn(4, 3, 32, 32)
+    loss, z_t = objective(student, images, torch.autocast("cpu", enabled=False))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.head.parameters())
+    assert student.backbone.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, bn_before[k]), k
+    assert torch.equal(queue.embeddings, queue_before)  # enqueue happens only after the step
+    assert not z_t.requires_grad

@@ -1,0 +1,115 @@
+import json
+import os
+
+import pytest
+import torch
+import torchvision
+
+from conftest import moco_state, tiny_opts, write_images
+from seed_core.checkpoint_io import CheckpointError, load_untrusted
+from seed_core.config import ConfigError, load_cfg
+from seed_core.data import DatasetError
+from seed_core.trainer import NonFiniteLossError, TooManyBadImagesError, train
+
+
+def run(images, teacher, out, stop_at_iter=None, resume=False, **extra):
+    cfg = load_cfg(None, tiny_opts(images, teacher, out, **extra))
+    return train(cfg, resume=resume, stop_at_iter=stop_at_iter)
+
+
+def test_distillation_writes_a_backbone_that_loads_into_torchvision(images, moco_teacher, tmp_path):
+    out = str(tmp_path / "run")
+    summary = run(images, moco_teacher, out)
+    assert summary["finished"] and summary["iterations"] == 6  # 24 images / 8 per batch * 2 epochs
+    state = torch.load(summary["backbone"], weights_only=True)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    net.load_state_dict(state, strict=True)
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["arch"] == "resnet18" and meta["loss"] == "seed" and meta["feature_dim"] == 512
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss"] > 0 for r in records)
+    ckpt = load_untrusted(os.path.join(out, "checkpoint.pth"))
+    assert ckpt["iteration"] == 6 and int(ckpt["queue"]["ptr"]) == (6 * 8) % 20
+
+
+@pytest.mark.parametrize("loss", ["seed", "l2", "moco"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, moco_teacher, tmp_path, loss):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run(images, moco_teacher, a, **{"LOSS.NAME": loss})
+    first = run(images, moco_teacher, b, stop_at_iter=4, **{"LOSS.NAME": loss})  # stops mid-epoch 2
+    assert not first["finished"] and first["iterations"] == 4
+    run(images, moco_teacher, b, resume=True, **{"LOSS.NAME": loss})
+    ca = load_untrusted(os.path.join(a, "checkpoint.pth"))
+    cb = load_untrusted(os.path.join(b, "checkpoint.pth"))
+    for k, v in ca["student"].items():
+        assert torch.equal(v, cb["student"][k]), k
+    assert torch.equal(ca["queue"]["embeddings"], cb["queue"]["embeddings"])
+    assert int(ca["queue"]["ptr"]) == int(cb["queue"]["ptr"])
+    la = [json.loads(x)["loss"] for x in open(os.path.join(a, "metrics.jsonl"))]
+    lb = [json.loads(x)["loss"] for x in open(os.path.join(b, "metrics.jsonl"))]
+    assert la == lb
+
+
+def test_resume_with_a_different_config_is_refused(images, moco_teacher, tmp_path):
+    out = str(tmp_path / "r")
+    run(images, moco_teacher, out, stop_at_iter=2)
+    with pytest.raises(ConfigError, match="LOSS.STUDENT_TEMP"):
+        run(images, moco_teacher, out, resume=True, **{"LOSS.STUDENT_TEMP": 0.1})
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        run(images, moco_teacher, str(tmp_path / "never"), resume=True)
+
+
+def test_missing_and_empty_dataset(moco_teacher, tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        run(str(tmp_path / "nothing"), moco_teacher, str(tmp_path / "o"))
+    empty = tmp_path / "empty"
+    (empty / "class0").mkdir(parents=True)
+    (empty / "class0" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match="no images found"):
+        run(str(empty), moco_teacher, str(tmp_path / "o"))
+    assert not os.path.exists(tmp_path / "o" / "checkpoint.pth")
+
+
+def test_corrupt_and_empty_images_are_skipped_and_counted(moco_teacher, tmp_path):
+    root = tmp_path / "imgs"
+    write_images(str(root), 40)
+    (root / "class0" / "zero.jpg").write_bytes(b"")
+    (root / "class1" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "class1" / "text.png").write_text("hello")
+    summary = run(str(root), moco_teacher, str(tmp_path / "o"), **{"DATA.MAX_BAD_FRACTION": 0.2})
+    assert summary["finished"]
+    assert summary["bad_images"] == 6  # 3 bad files, seen once in each of 2 epochs
+    with pytest.raises(TooManyBadImagesError, match="DATA.MAX_BAD_FRACTION"):
+        run(str(root), moco_teacher, str(tmp_path / "o2"), **{"DATA.MAX_BAD_FRACTION": 0.01})
+
+
+def test_bad_model_settings_are_refused_before_training(images, moco_teacher, tmp_path):
+    out = str(tmp_path / "o")
+    with pytest.raises(CheckpointError, match="does not fit the teacher backbone 'resnet34'"):
+        run(images, moco_teacher, out, **{"MODEL.TEACHER.ARCH": "resnet34"})
+    with pytest.raises(ConfigError, match="MODEL.STUDENT.HEAD_DIM 128"):
+        run(images, moco_teacher, out, **{"MODEL.STUDENT.HEAD_DIM": 64})
+    with pytest.raises(ConfigError, match="QUEUE.SIZE = 4 is smaller than the global batch"):
+        run(images, moco_teacher, out, **{"QUEUE.SIZE": 4})
+    assert not os.path.exists(os.path.join(out, "checkpoint.pth"))
+
+
+def test_non_finite_loss_stops_naming_the_iteration_and_keeps_last_checkpoint(images, moco_teacher, tmp_path,
+                                                                              monkeypatch):
+    import seed_core.objectives as objectives
+    real, calls = objectives.seed_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(objectives, "seed_loss", poisoned)
+    out = str(tmp_path / "o")
+    with pytest.raises(NonFiniteLossError, match="iteration 4"):
+        run(images, moco_teacher, out, **{"TRAIN.CHECKPOINT_PERIOD": 2})
+    ckpt = load_untrusted(os.path.join(out, "checkpoint.pth"))
+    assert ckpt["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())
