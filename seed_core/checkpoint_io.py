@@ -27,7 +27,8 @@ def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
             f"refusing to load {path}: it contains objects other than tensors and plain containers "
             f"(loading it could execute code). If it is a Detectron2 .pkl, it is an output of "
             f"tools/convert_to_d2.py, not an input. Details: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, UnicodeDecodeError) as e:  # what unpickling garbage can raise
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 

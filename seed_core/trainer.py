@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .checkpoint_io import CheckpointError, atomic_save, load_untrusted
+from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .data import ResumableSampler, UnlabeledImages, collate, list_images, mocov2_transform, plain_transform
 from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
@@ -39,6 +39,10 @@ class NonFiniteLossError(RuntimeError):
 
 class TooManyBadImagesError(RuntimeError):
     pass
+
+
+class PeerLostError(RuntimeError):
+    """Another rank died or stopped answering: this rank stops instead of waiting forever."""
 
 
 class Interrupted(Exception):
@@ -192,14 +196,29 @@ class Trainer:
                               "continue the same run:\n  " + "\n  ".join(changed) +
                               "\nUse the original settings or a new OUTPUT_DIR.")
 
+    def _prepare_output_dir(self) -> None:
+        """Fail before training if checkpoints could not be written; drop temp files of a killed write."""
+        try:
+            os.makedirs(self.out_dir, exist_ok=True)
+            probe = os.path.join(self.out_dir, ".write_test")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.unlink(probe)
+        except OSError as e:
+            raise CheckpointError(f"OUTPUT_DIR {self.out_dir} is not writable ({e.strerror or e}): "
+                                  f"choose another OUTPUT_DIR or fix its permissions") from None
+        for name in os.listdir(self.out_dir):
+            if name.startswith("." + CHECKPOINT_FILE) and name.endswith(".tmp"):
+                os.unlink(os.path.join(self.out_dir, name))
+
     # ----------------------------------------------------------------------------- loop
     def run(self, resume: bool = False, stop_at_iter: int | None = None) -> dict:
         cfg, ctx = self.cfg, self.ctx
+        if ctx.is_main:
+            self._prepare_output_dir()
         start = self.load() if resume else 0
         if ctx.is_main:
-            os.makedirs(self.out_dir, exist_ok=True)
-            with open(os.path.join(self.out_dir, "config.yaml"), "w") as f:
-                f.write(cfg.dump())
+            atomic_write_text(cfg.dump(), os.path.join(self.out_dir, "config.yaml"))
         end = self.total_iters if stop_at_iter is None else min(self.total_iters, stop_at_iter)
         log = MetricsLog(self.out_dir, start, enabled=ctx.is_main)
         progress = _progress_bar(ctx.is_main and cfg.TRAIN.PROGRESS, self.total_iters, start)
@@ -214,7 +233,7 @@ class Trainer:
                 for images, bad in self.loader:
                     new_bad = len(set(bad) - bad_seen)
                     bad_seen.update(bad)
-                    loss, stats = self._step(images, it, new_bad)
+                    loss, stats = self._guarded_step(images, it, new_bad)
                     bad_total += int(stats[2])
                     if stats[1] > 0:  # a rank was asked to stop: every rank stops at the same step
                         self.save(it + 1)
@@ -257,6 +276,17 @@ class Trainer:
             meta = meta_from_cfg(cfg, self.feature_dim, it, it / self.steps_per_epoch)
             summary["backbone"] = write_backbone(self.student.state_dict(), self.out_dir, meta)
         return summary
+
+    def _guarded_step(self, images: torch.Tensor, it: int, new_bad: int):
+        try:
+            return self._step(images, it, new_bad)
+        except RuntimeError as e:
+            if self.ctx.distributed and _is_communication_error(e):
+                raise PeerLostError(
+                    f"rank {self.ctx.rank} lost contact with the other processes at iteration {it} "
+                    f"(another rank crashed or hung; see its log). Last checkpoint: {self.ckpt_path}; "
+                    f"restart with --resume. Detail: {str(e).splitlines()[0][:300]}") from e
+            raise
 
     def _step(self, images: torch.Tensor, it: int, new_bad: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -341,6 +371,15 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _is_communication_error(e: RuntimeError) -> bool:
+    import torch.distributed as dist
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("connection closed", "connection reset", "timed out", "timeout",
+                                   "gloo", "nccl", "broken pipe", "peer"))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

@@ -14,7 +14,7 @@ from seed_core.checkpoint_io import CheckpointError  # noqa: E402
 from seed_core.cli import fail, setup_logging  # noqa: E402
 from seed_core.config import ConfigError, load_cfg  # noqa: E402
 from seed_core.data import DatasetError  # noqa: E402
-from seed_core.trainer import Interrupted, NonFiniteLossError, TooManyBadImagesError, train  # noqa: E402
+from seed_core.trainer import Interrupted, NonFiniteLossError, PeerLostError, TooManyBadImagesError, train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, TooManyBadImagesError) as e:
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, TooManyBadImagesError,
+            PeerLostError) as e:
         fail(str(e))
     if os.environ.get("RANK", "0") == "0":
         if summary.get("backbone"):

@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""Speed of one SEED training step on this machine, side by side in one run, on the same inputs:
+
+  ours       the training step of seed_core (reduced-precision frozen teacher, bf16 autocast student
+             when the CPU has native bf16, channels_last, in-place queue read, enqueue after step)
+  reference  the same math written the straightforward way of the paper's code: fp32, contiguous
+             tensors, queue cloned every step, two full-queue einsums
+  bare       student forward+backward + teacher forward only, in our precision (the floor)
+
+and the share of queue + similarity + loss in our step. Variants are timed interleaved (A B C A B C
+...) so machine noise hits them alike. Prints a markdown table; --json writes the figures.
+
+    python benchmarks/distill_step.py                       # R18 <- R50, K 65536, batch 64, 112 px
+    python benchmarks/distill_step.py --teacher resnet152 --queue-size 4096
+    python benchmarks/distill_step.py --with-data           # + end-to-end throughput with data loading
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from seed_core.encoders import build_student  # noqa: E402
+from seed_core.objectives import DistillationObjective  # noqa: E402
+from seed_core.precision import DTYPES, autocast, resolve_precision, cpu_supports_bf16  # noqa: E402
+from seed_core.queue import EmbeddingQueue  # noqa: E402
+from seed_core.teachers import FrozenTeacher  # noqa: E402
+
+
+def make_teacher(arch, dim, seed=1):
+    torch.manual_seed(seed)
+    net = build_student(arch, head_dim=dim)
+    return FrozenTeacher(net.backbone, net.head)
+
+
+class OursStep:
+    def __init__(self, student, teacher, queue_init, precision, channels_last=True):
+        self.precision = precision
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.student = student.to(memory_format=self.fmt)
+        self.queue = EmbeddingQueue(*queue_init.shape)
+        self.queue.embeddings.copy_(queue_init)
+        self.objective = DistillationObjective(teacher, self.queue, "seed", 0.2, 0.01,
+                                               DTYPES[precision], channels_last)
+        self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def loss_only(self, x):
+        with torch.no_grad():
+            loss, _ = self.objective(self.student, x.contiguous(memory_format=self.fmt),
+                                     autocast(self.precision, x.device))
+        return float(loss)
+
+    def __call__(self, x):
+        x = x.contiguous(memory_format=self.fmt)
+        loss, z_t = self.objective(self.student, x, autocast(self.precision, x.device))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.objective.after_step(self.student, z_t)
+        return loss
+
+
+class ReferenceStep:
+    """fp32, contiguous, queue (D, K) cloned per step, einsum similarities: the paper code's way."""
+
+    def __init__(self, student, teacher, queue_init):
+        self.student, self.teacher = student, teacher.float()
+        self.queue = queue_init.t().contiguous().clone()  # (D, K)
+        self.ptr = 0
+        self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def loss(self, x):
+        s = F.normalize(self.student(x), dim=1)
+        with torch.no_grad():
+            t = F.normalize(self.teacher(x), dim=1)
+        queue = self.queue.clone().detach()
+        l_stu = torch.cat([torch.einsum("nc,nc->n", s, t)[:, None], torch.einsum("nc,ck->nk", s, queue)], 1)
+        l_tea = torch.cat([torch.einsum("nc,nc->n", t, t)[:, None], torch.einsum("nc,ck->nk", t, queue)], 1)
+        loss = -(F.softmax(l_tea / 0.01, 1) * F.log_softmax(l_stu / 0.2, 1)).sum(1).mean()
+        return loss, t
+
+    def __call__(self, x):
+        loss, t = self.loss(x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        b = t.shape[0]
+        idx = torch.arange(self.ptr, self.ptr + b) % self.queue.shape[1]
+        self.queue[:, idx] = t.t()
+        self.ptr = (self.ptr + b) % self.queue.shape[1]
+        return loss
+
+
+class BareStep:
+    """Networks only: student fwd+bwd and teacher fwd, in our precision; no queue, no loss."""
+
+    def __init__(self, ours: OursStep):
+        self.o = ours
+
+    def __call__(self, x):
+        o = self.o
+        x = x.contiguous(memory_format=o.fmt)
+        z_t = o.objective.teacher_embedding(x).clone()
+        with autocast(o.precision, x.device):
+            out = o.student(x)
+        loss = (F.normalize(out.float(), dim=1) * z_t).sum()
+        o.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        o.opt.step()
+        return loss
+
+
+class QueueLossStep:
+    """Only what the queue adds: similarities, soft cross-entropy (fwd+bwd) and enqueue."""
+
+    def __init__(self, ours: OursStep, batch: int, dim: int):
+        g = torch.Generator().manual_seed(3)
+        self.zs = F.normalize(torch.randn(batch, dim, generator=g), dim=1).requires_grad_(True)
+        self.zt = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
+        self.o = ours
+
+    def __call__(self, x):
+        from seed_core.losses import seed_loss
+        loss = seed_loss(self.zs, self.zt, self.o.queue.embeddings, 0.2, 0.01)
+        loss.backward()
+        self.o.queue.enqueue(self.zt)
+        return loss
+
+
+def time_interleaved(steps: dict, x, repeats: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn(x)
+    times = {k: [] for k in steps}
+    for _ in range(repeats):
+        for k, fn in steps.items():
+            t0 = time.perf_counter()
+            fn(x)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def data_throughput(args, ours: OursStep):
+    """End-to-end: the real DataLoader (worker processes, persistent, pinned when on GPU) feeding
+    our step, against the model-only step on a resident batch."""
+    import tempfile
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+    from seed_core.data import ResumableSampler, UnlabeledImages, collate, mocov2_transform
+    root = tempfile.mkdtemp(prefix="seed_bench_")
+    rng = np.random.default_rng(0)
+    n = args.batch * (args.repeats + args.warmup + 1)
+    files = []
+    for i in range(n):  # JPEGs a little larger than the crop, as ImageNet images are
+        p = os.path.join(root, f"{i}.jpg")
+        side = int(args.image_size * 1.5)
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(p, quality=90)
+        files.append(p)
+    ds = UnlabeledImages(files, mocov2_transform(args.image_size))
+    sampler = ResumableSampler(len(files), args.batch)
+    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler, collate_fn=collate,
+                        num_workers=args.workers, persistent_workers=args.workers > 0,
+                        prefetch_factor=4 if args.workers > 0 else None, drop_last=True)
+    it = iter(loader)
+    for _ in range(args.warmup):
+        ours(next(it)[0])
+    t0 = time.perf_counter()
+    for _ in range(args.repeats):
+        ours(next(it)[0])
+    return (time.perf_counter() - t0) / args.repeats
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--student", default="resnet18")
+    p.add_argument("--teacher", default="resnet50")
+    p.add_argument("--queue-size", type=int, default=65536)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--with-data", action="store_true", help="also measure throughput with data loading")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
+    p.add_argument("--json", help="write the figures here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    precision = resolve_precision(args.precision, device)
+
+    torch.manual_seed(0)
+    student_ours = build_student(args.student, args.dim)
+    student_ref = build_student(args.student, args.dim)
+    student_ref.load_state_dict(student_ours.state_dict())
+    teacher_ours, teacher_ref = make_teacher(args.teacher, args.dim), make_teacher(args.teacher, args.dim)
+    queue_init = F.normalize(torch.randn(args.queue_size, args.dim, generator=torch.Generator().manual_seed(2)), dim=1)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(4))
+
+    ours = OursStep(student_ours, teacher_ours, queue_init, precision)
+    ref = ReferenceStep(student_ref, teacher_ref, queue_init)
+    # Same weights, same batch: the two losses before any step must agree.
+    loss_ours = ours.loss_only(x)
+    with torch.no_grad():
+        loss_ref = float(ref.loss(x)[0])
+
+    t = time_interleaved({"ours": ours, "reference": ref, "bare": BareStep(ours),
+                          "queue_loss": QueueLossStep(ours, args.batch, args.dim)},
+                         x, args.repeats, args.warmup)
+    res = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16(),
+                    "torch": torch.__version__},
+        "setup": {"student": args.student, "teacher": args.teacher, "K": args.queue_size, "batch": args.batch,
+                  "image_size": args.image_size, "precision": precision, "channels_last": True},
+        "seconds_per_step": t,
+        "images_per_s": {k: args.batch / v for k, v in t.items() if k != "queue_loss"},
+        "speedup_vs_reference": t["reference"] / t["ours"],
+        "queue_similarity_loss_share": t["queue_loss"] / t["ours"],
+        "overhead_over_bare": t["ours"] / t["bare"] - 1,
+        "loss": {"ours": loss_ours, "reference": loss_ref, "abs_diff": abs(loss_ours - loss_ref)},
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if args.with_data:
+        t_data = data_throughput(args, ours)
+        res["end_to_end"] = {"seconds_per_step": t_data, "images_per_s": args.batch / t_data,
+                             "input_pipeline_cost": t_data / t["ours"] - 1, "workers": args.workers}
+        res["peak_rss_mb"] = peak_rss_mb()
+    print_table(res)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+def print_table(r):
+    s = r["setup"]
+    print(f"\nSEED step: {s['student']} <- {s['teacher']}, K={s['K']}, batch {s['batch']}, {s['image_size']} px, "
+          f"precision {s['precision']} (native bf16: {r['machine']['native_bf16']}), "
+          f"{r['machine']['cpu_threads']} threads, torch {r['machine']['torch']}")
+    if not r["machine"]["native_bf16"]:
+        print("This CPU has no native bf16: ours runs fp32 + channels_last.")
+    print("\n| variant | s/step | images/s |\n|---|---:|---:|")
+    for k in ("ours", "reference", "bare"):
+        print(f"| {k} | {r['seconds_per_step'][k]:.3f} | {r['images_per_s'][k]:.1f} |")
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        print(f"| ours + data loading ({e['workers']} workers) | {e['seconds_per_step']:.3f} | {e['images_per_s']:.1f} |")
+    print(f"\nspeed-up of ours over reference: {r['speedup_vs_reference']:.2f}x")
+    print(f"queue + similarity + loss: {r['seconds_per_step']['queue_loss'] * 1e3:.1f} ms/step = "
+          f"{100 * r['queue_similarity_loss_share']:.1f}% of our step")
+    print(f"ours over bare compute: {100 * r['overhead_over_bare']:+.1f}%")
+    if "end_to_end" in r:
+        print(f"input pipeline cost: {100 * r['end_to_end']['input_pipeline_cost']:+.1f}% over the model-only step")
+    print(f"loss ours {r['loss']['ours']:.5f} vs reference {r['loss']['reference']:.5f} "
+          f"(|diff| {r['loss']['abs_diff']:.2e})")
+    print(f"peak memory (RSS): {r['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
