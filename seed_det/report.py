@@ -1,0 +1,85 @@
+"""Tables and plots of a set of runs: a markdown AP table, a bar chart, loss curves (PNG)."""
+from __future__ import annotations
+
+import json
+import os
+
+METRICS = ("AP", "AP50", "AP75")
+
+
+def results_markdown(results: dict[str, dict], metrics=METRICS) -> str:
+    """One row per initialisation, one column per metric (percent)."""
+    lines = ["| initialisation | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for name, m in results.items():
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.1f}" if k in m else "—" for k in metrics) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def metrics_bar_png(results: dict[str, dict], path: str, metrics=METRICS) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(results))
+    for i, (name, m) in enumerate(results.items()):
+        xs = [j + i * width for j in range(len(metrics))]
+        bars = ax.bar(xs, [m.get(k, 0.0) for k in metrics], width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))], metrics)
+    ax.set_ylabel("%")
+    ax.set_title("Faster R-CNN fine-tuned from each initialisation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def read_loss_curve(source: str) -> tuple[list[int], list[float]]:
+    """(iterations, losses) from a distillation metrics.jsonl, a torchvision-engine train_log.jsonl
+    or a Detectron2 metrics.json (JSON lines with total_loss), given a file or its folder."""
+    candidates = [source] if os.path.isfile(source) else [
+        os.path.join(source, n) for n in ("metrics.jsonl", "train_log.jsonl", "metrics.json")]
+    for path in candidates:
+        if not os.path.isfile(path):
+            continue
+        its, losses = [], []
+        with open(path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                loss = rec.get("loss", rec.get("total_loss")) if isinstance(rec, dict) else None
+                if loss is not None and "iteration" in rec:
+                    its.append(int(rec["iteration"]))
+                    losses.append(float(loss))
+        if its:
+            return its, losses
+    return [], []
+
+
+def loss_curves_png(sources: dict[str, str], path: str) -> None:
+    """One panel per run (their losses have different scales)."""
+    plt = _pyplot()
+    curves = {name: read_loss_curve(src) for name, src in sources.items()}
+    curves = {k: v for k, v in curves.items() if v[0]}
+    if not curves:
+        return
+    cols = min(3, len(curves))
+    rows = (len(curves) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (name, (its, losses)) in zip(axes.flat, curves.items()):
+        ax.plot(its, losses, lw=1)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
