@@ -11,6 +11,7 @@ from torch import nn
 from .distributed import all_gather_cat
 from .losses import info_nce_loss, l2_loss, seed_loss
 from .queue import EmbeddingQueue
+from .teachers import fold_batchnorm
 
 
 class DistillationObjective(nn.Module):
@@ -18,9 +19,11 @@ class DistillationObjective(nn.Module):
 
     def __init__(self, teacher: nn.Module, queue: EmbeddingQueue, loss: str = "seed",
                  student_temp: float = 0.2, teacher_temp: float = 0.01,
-                 teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False):
+                 teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 fold_bn: bool = True):
         super().__init__()
-        self.teacher, self.queue, self.loss = teacher, queue, loss
+        self.teacher = fold_batchnorm(teacher) if fold_bn else teacher
+        self.queue, self.loss = queue, loss
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.teacher_dtype = teacher_dtype
         fmt = torch.channels_last if channels_last else torch.contiguous_format

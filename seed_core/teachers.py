@@ -146,6 +146,19 @@ class FrozenTeacher(EmbeddingNet):
         return super().train(False)
 
 
+def fold_batchnorm(teacher: nn.Module) -> FrozenTeacher:
+    """Fold each eval-mode BatchNorm into the preceding conv / linear layer (exact up to rounding):
+    a frozen teacher never updates its statistics, and the fold removes about a third of its
+    forward time on CPU. Networks that cannot be traced are returned unchanged."""
+    from torch.fx.experimental.optimization import fuse
+    try:
+        fused = fuse(teacher.eval(), inplace=False)
+    except Exception as e:  # noqa: BLE001 - tracing fails in many ways; the unfused teacher is correct
+        logger.info("teacher BatchNorm not folded (%s: %s)", type(e).__name__, str(e)[:120])
+        return teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher, None)
+    return FrozenTeacher(fused, None)
+
+
 def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True) -> FrozenTeacher:
     ckpt = load_untrusted(path)
     state, container_fmt = unwrap_state_dict(ckpt)

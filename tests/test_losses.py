@@ -60,7 +60,8 @@ def test_gradients_reach_only_student_and_head_and_teacher_bn_is_frozen():
     bn_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     queue = EmbeddingQueue(32, 16)
     queue_before = queue.embeddings.clone()
-    objective = DistillationObjective(teacher, queue)
+    objective = DistillationObjective(teacher, queue, fold_bn=False)
+    assert objective.teacher is teacher
     images = torch.randn(4, 3, 32, 32)
     loss, z_t = objective(student, images, torch.autocast("cpu", enabled=False))
     loss.backward()
@@ -72,3 +73,20 @@ def test_gradients_reach_only_student_and_head_and_teacher_bn_is_frozen():
         assert torch.equal(v, bn_before[k]), k
     assert torch.equal(queue.embeddings, queue_before)  # enqueue happens only after the step
     assert not z_t.requires_grad
+
+
+def test_folded_teacher_computes_the_same_embeddings():
+    torch.manual_seed(1)
+    net = build_student("resnet18", head_dim=16)
+    for m in net.modules():  # non-trivial statistics so the fold is really exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    teacher = FrozenTeacher(net.backbone, net.head)
+    folded = DistillationObjective(teacher, EmbeddingQueue(8, 16)).teacher
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    folded.train()
+    assert not folded.training and not any(p.requires_grad for p in folded.parameters())
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), teacher(x), atol=1e-5)

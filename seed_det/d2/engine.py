@@ -1,0 +1,129 @@
+"""The Detectron2 engine: DefaultTrainer with the evaluator each dataset needs, launched on 1..N GPUs.
+
+VOC datasets are scored by PascalVOCDetectionEvaluator (AP, AP50, AP75), COCO-format datasets by
+COCOEvaluator (box and mask AP; the pure-Python evaluation when Detectron2's compiled extension
+is absent). The main process writes metrics.json and appends the results row.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+from typing import Mapping
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+
+import seed_det.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
+from seed_det import SeedDetError
+from seed_det.convert import read_d2_pkl
+from seed_det.d2.checkpoint import verify_backbone_loaded
+from seed_det.d2.config import load_d2_config
+from seed_det.d2.datasets import register_from_config
+from seed_det.results import record_run
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "build_evaluator", "metrics_from_results", "setup", "run_worker", "launch_from_args"]
+
+
+def fast_coco_eval_available() -> bool:
+    """Detectron2's fast COCO evaluation needs its compiled extension, which some builds lack."""
+    return importlib.util.find_spec("detectron2._C") is not None
+
+
+def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
+    kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+    if kind == "pascal_voc":
+        return PascalVOCDetectionEvaluator(dataset_name)
+    if kind == "coco":
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=fast_coco_eval_available())
+    raise SeedDetError(f"no evaluator for dataset '{dataset_name}' (evaluator_type={kind!r}); use a VOC "
+                       "or COCO-format dataset (DATASETS.VOC / DATASETS.COCO_JSON).")
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    def build_writers(self):
+        # Detectron2 logs training to OUTPUT_DIR/metrics.json by default; that name holds the
+        # run's results here (as for the torchvision engine), so the training log is train_log.jsonl.
+        from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+        out = self.cfg.OUTPUT_DIR
+        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, "train_log.jsonl")),
+                TensorboardXWriter(out)]
+
+
+def metrics_from_results(results: Mapping, test_names) -> dict:
+    """Detectron2 results ({"bbox": {...}, "segm": {...}}, or one such dict per dataset) -> our metrics.
+
+    The first test dataset is the one recorded; all datasets stay in metrics["per_dataset"].
+    """
+    if not results:
+        raise SeedDetError("evaluation produced no results; check DATASETS.TEST and TEST.EVAL_PERIOD.")
+    per_dataset = {test_names[0]: results} if "bbox" in results else dict(results)
+    first = per_dataset[test_names[0]] if test_names[0] in per_dataset else next(iter(per_dataset.values()))
+    box, mask = first.get("bbox", {}), first.get("segm", {})
+    metrics = {k: float(box[k]) for k in ("AP", "AP50", "AP75")}
+    metrics.update({f"mask_{k}": float(mask[k]) for k in ("AP", "AP50", "AP75") if k in mask})
+    metrics["per_dataset"] = {name: {task: {k: float(v) for k, v in vals.items()} for task, vals in res.items()}
+                              for name, res in per_dataset.items()}
+    return metrics
+
+
+def setup(args: argparse.Namespace):
+    cfg = load_d2_config(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    register_from_config(cfg)
+    return cfg
+
+
+def _check_pretrained_loaded(cfg, model) -> None:
+    """A converted backbone that silently does not load would train a random model: refuse."""
+    if not cfg.MODEL.WEIGHTS.endswith(".pkl"):
+        return
+    problems = verify_backbone_loaded(model, read_d2_pkl(cfg.MODEL.WEIGHTS)["model"])
+    if problems:
+        raise SeedDetError(f"{cfg.MODEL.WEIGHTS} did not load into the model's backbone/res5 "
+                           f"({len(problems)} problems, e.g. {problems[:3]}). Check MODEL.RESNETS.DEPTH and "
+                           "MODEL.ROI_HEADS.NAME against the checkpoint.")
+
+
+def run_worker(args: argparse.Namespace) -> dict | None:
+    """Train (or evaluate) in one process of the job; returns metrics in the main process."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        if trainer.start_iter == 0:  # fresh start from MODEL.WEIGHTS, not a resumed run
+            _check_pretrained_loaded(cfg, trainer.model.module if hasattr(trainer.model, "module")
+                                     else trainer.model)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None)
+    if not comm.is_main_process():
+        return None
+    metrics = metrics_from_results(results, list(cfg.DATASETS.TEST))
+    record_run(cfg.OUTPUT_DIR, args.config_file, cfg.MODEL.WEIGHTS, metrics,
+               csv_path=cfg.RESULTS_CSV or None, engine="detectron2")
+    return metrics
+
+
+def launch_from_args(args: argparse.Namespace) -> dict | None:
+    world = args.num_gpus * args.num_machines
+    if world <= 1:
+        return run_worker(args)  # Detectron2's launch() drops the return value of a single process
+    launch(run_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return None

@@ -1,0 +1,60 @@
+"""Read a COCO-format instances json into dataset records (contiguous class ids, XYXY boxes)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from .records import Dataset, DatasetError, DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _load_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise DatasetError(f"COCO json {path} does not exist: check the path or DETECTRON2_DATASETS")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"COCO json {path} is not valid JSON ({e}): the file is broken or truncated; "
+                           "regenerate or re-download it") from e
+    if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
+        raise DatasetError(f"COCO json {path} lacks the 'images', 'annotations' and 'categories' lists "
+                           "of a COCO instances file")
+    return data
+
+
+def load_coco_json(spec: DatasetSpec) -> Dataset:
+    data = _load_json(spec.json_file)
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    if not cats:
+        raise DatasetError(f"COCO json {spec.json_file} has no categories")
+    # Contiguous ids follow sorted json ids, as in Detectron2, so class indices agree across engines.
+    json_to_contiguous = {c["id"]: i for i, c in enumerate(cats)}
+    per_image = {}
+    for ann in data["annotations"]:
+        per_image.setdefault(ann["image_id"], []).append(ann)
+    records, dropped = [], 0
+    for img in data["images"]:
+        annos = []
+        for ann in per_image.get(img["id"], []):
+            x, y, w, h = ann["bbox"]
+            if ann["category_id"] not in json_to_contiguous:
+                raise DatasetError(f"COCO json {spec.json_file}: annotation {ann.get('id')} has category_id "
+                                   f"{ann['category_id']} which is not in 'categories'")
+            if w <= 0 or h <= 0:
+                dropped += 1
+                continue
+            anno = {"bbox": [x, y, x + w, y + h], "category_id": json_to_contiguous[ann["category_id"]],
+                    "iscrowd": int(ann.get("iscrowd", 0)), "difficult": False}
+            if ann.get("segmentation"):
+                anno["segmentation"] = ann["segmentation"]
+            annos.append(anno)
+        records.append({
+            "file_name": os.path.join(spec.image_root, img["file_name"]), "image_id": img["id"],
+            "height": img["height"], "width": img["width"], "annotations": annos,
+        })
+    if dropped:
+        logger.warning("%s: dropped %d annotations with empty boxes", spec.name, dropped)
+    return Dataset(spec, records, [c["name"] for c in cats], {i: c["id"] for i, c in enumerate(cats)})

@@ -1,0 +1,108 @@
+"""Records -> (image tensor, torchvision detection target), plus the training sampler."""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterator, List
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_util
+
+from .records import Dataset, DatasetError
+
+logger = logging.getLogger(__name__)
+
+
+def segmentation_to_mask(segm, height: int, width: int) -> np.ndarray:
+    """COCO polygons, uncompressed RLE or compressed RLE -> HxW uint8 mask."""
+    if isinstance(segm, list):
+        rle = mask_util.merge(mask_util.frPyObjects(segm, height, width))
+    elif isinstance(segm, dict) and isinstance(segm.get("counts"), list):
+        rle = mask_util.frPyObjects(segm, height, width)
+    elif isinstance(segm, dict):
+        rle = segm
+    else:
+        raise DatasetError(f"cannot read segmentation of type {type(segm).__name__}: expected polygons or RLE")
+    return mask_util.decode(rle).astype(np.uint8)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Images in the config's INPUT.FORMAT channel order, 0..255 floats (the model normalises them
+    with MODEL.PIXEL_MEAN/STD, exactly like Detectron2), and targets with labels 1..K (0 = background)."""
+
+    def __init__(self, dataset: Dataset, train: bool, image_format: str = "RGB", with_masks: bool = False,
+                 flip_prob: float = 0.5, filter_empty: bool = True):
+        if image_format not in ("RGB", "BGR"):
+            raise DatasetError(f"INPUT.FORMAT must be RGB or BGR for the torchvision engine, not '{image_format}'")
+        self.dataset, self.train, self.bgr, self.with_masks = dataset, train, image_format == "BGR", with_masks
+        self.flip_prob = flip_prob if train else 0.0
+        records = dataset.records
+        if train:
+            # Crowd regions are not training targets (Detectron2 drops them too).
+            records = [dict(r, annotations=[a for a in r["annotations"] if not a.get("iscrowd")]) for r in records]
+            if filter_empty:
+                kept = [r for r in records if r["annotations"]]
+                if len(kept) < len(records):
+                    logger.info("%s: removed %d images without annotations", dataset.spec.name, len(records) - len(kept))
+                records = kept
+        if with_masks and any("segmentation" not in a for r in records for a in r["annotations"]):
+            raise DatasetError(f"MODEL.MASK_ON is True but dataset '{dataset.spec.name}' has annotations without "
+                               "'segmentation': use a COCO json with masks or set MODEL.MASK_ON False")
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image(self, record: Dict) -> np.ndarray:
+        try:
+            with Image.open(record["file_name"]) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except FileNotFoundError as e:
+            raise DatasetError(f"image {record['file_name']} of dataset '{self.dataset.spec.name}' does not exist") from e
+        return arr[:, :, ::-1] if self.bgr else arr
+
+    def __getitem__(self, idx: int):
+        record = self.records[idx]
+        arr = self._image(record)
+        h, w = arr.shape[:2]
+        annos = record["annotations"]
+        boxes = torch.tensor([a["bbox"] for a in annos], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        target = {"boxes": boxes, "labels": torch.tensor([a["category_id"] + 1 for a in annos], dtype=torch.int64),
+                  "index": torch.tensor(idx)}
+        if self.with_masks:
+            masks = [segmentation_to_mask(a["segmentation"], h, w) for a in annos]
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
+        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
+        if self.flip_prob and torch.rand(()) < self.flip_prob:
+            image = image.flip(-1)
+            target["boxes"] = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], dim=1)
+            if self.with_masks:
+                target["masks"] = target["masks"].flip(-1)
+        return image, target
+
+
+def collate(batch):
+    return tuple(zip(*batch))
+
+
+class InfiniteBatchSampler(torch.utils.data.Sampler):
+    """Endless shuffled batches from a seeded generator, like Detectron2's TrainingSampler;
+    skipping `start_batch` batches makes a resumed run see the same data order."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0):
+        self.size, self.batch_size, self.seed, self.start_batch = size, batch_size, seed, start_batch
+
+    def __iter__(self) -> Iterator[List[int]]:
+        g = torch.Generator().manual_seed(self.seed)
+        buf: List[int] = []
+        produced = 0
+        while True:
+            buf.extend(torch.randperm(self.size, generator=g).tolist())
+            while len(buf) >= self.batch_size:
+                batch, buf = buf[: self.batch_size], buf[self.batch_size:]
+                if produced >= self.start_batch:
+                    yield batch
+                produced += 1

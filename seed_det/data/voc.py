@@ -1,0 +1,88 @@
+"""Read a PASCAL VOC layout (Annotations/, JPEGImages/, ImageSets/Main/<split>.txt) into records."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import List
+from xml.etree import ElementTree as ET
+
+from .records import Dataset, DatasetError, DatasetSpec
+
+logger = logging.getLogger(__name__)
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+
+def _image_ids(spec: DatasetSpec) -> List[str]:
+    path = os.path.join(spec.dirname, "ImageSets", "Main", spec.split + ".txt")
+    if not os.path.isfile(path):
+        raise DatasetError(f"VOC split file {path} does not exist: '{spec.name}' needs "
+                           f"{spec.dirname}/ImageSets/Main/{spec.split}.txt")
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _class_names(spec: DatasetSpec) -> List[str]:
+    """Explicit names win; then a classes.txt beside the layout (one name a line); then the 20
+    PASCAL VOC classes, Detectron2's default for a VOC-layout dataset."""
+    if spec.class_names:
+        return list(spec.class_names)
+    return layout_class_names(spec.dirname)
+
+
+def layout_class_names(dirname: str) -> List[str]:
+    """classes.txt beside a VOC layout (one name a line), else the 20 PASCAL VOC classes."""
+    listed = os.path.join(dirname, "classes.txt")
+    if os.path.isfile(listed):
+        with open(listed) as f:
+            return [line.strip() for line in f if line.strip()]
+    return list(VOC_CLASSES)
+
+
+def _parse(spec: DatasetSpec, image_id: str) -> ET.Element:
+    path = os.path.join(spec.dirname, "Annotations", image_id + ".xml")
+    try:
+        return ET.parse(path).getroot()
+    except FileNotFoundError as e:
+        raise DatasetError(f"VOC annotation {path} listed in split '{spec.split}' does not exist") from e
+    except ET.ParseError as e:
+        raise DatasetError(f"VOC annotation {path} is not valid XML ({e}): the file is broken") from e
+
+
+def read_voc_boxes(spec: DatasetSpec, image_id: str):
+    """Raw VOC objects of one image: (class name, [xmin, ymin, xmax, ymax] 1-based, difficult)."""
+    out = []
+    for obj in _parse(spec, image_id).findall("object"):
+        bb = obj.find("bndbox")
+        box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        out.append((obj.findtext("name").strip(), box, int(obj.findtext("difficult") or 0) == 1))
+    return out
+
+
+def load_voc(spec: DatasetSpec) -> Dataset:
+    if not os.path.isdir(spec.dirname):
+        raise DatasetError(f"VOC folder {spec.dirname} for dataset '{spec.name}' does not exist")
+    ids = _image_ids(spec)
+    names = _class_names(spec)
+    index = {n: i for i, n in enumerate(names)}
+    records = []
+    for image_id in ids:
+        root = _parse(spec, image_id)
+        size = root.find("size")
+        annos = []
+        for name, box, difficult in read_voc_boxes(spec, image_id):
+            if name not in index:
+                raise DatasetError(f"{spec.dirname}/Annotations/{image_id}.xml has class '{name}', which is "
+                                   f"not among the dataset's classes {names}; list the classes in "
+                                   f"{spec.dirname}/classes.txt, one per line")
+            # 1-based inclusive VOC pixels -> 0-based continuous box, as Detectron2's VOC loader does.
+            annos.append({"bbox": [box[0] - 1.0, box[1] - 1.0, box[2], box[3]], "category_id": index[name],
+                          "iscrowd": 0, "difficult": difficult})
+        records.append({
+            "file_name": os.path.join(spec.dirname, "JPEGImages", image_id + ".jpg"), "image_id": image_id,
+            "height": int(size.findtext("height")), "width": int(size.findtext("width")), "annotations": annos,
+        })
+    return Dataset(spec, records, names)

@@ -1,0 +1,59 @@
+"""Atomic checkpoints of the torchvision engine and Detectron2-style `last_checkpoint` resume."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Dict, Optional
+
+import torch
+
+from .weights import ENGINE_TAG, WeightsError
+
+logger = logging.getLogger(__name__)
+
+LAST = "last_checkpoint"
+
+
+def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler=None, iteration: int = 0) -> str:
+    """Write output_dir/name via a temp file + os.replace, so a crash never leaves half a file."""
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, name)
+    payload = {"engine": ENGINE_TAG, "model": model.state_dict(), "iteration": iteration}
+    if optimizer is not None:
+        payload["optimizer"] = optimizer.state_dict()
+    if scheduler is not None:
+        payload["scheduler"] = scheduler.state_dict()
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=output_dir)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=output_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(name)
+    os.replace(tmp, os.path.join(output_dir, LAST))
+    logger.info("saved checkpoint %s (iteration %d)", path, iteration)
+    return path
+
+
+def last_checkpoint(output_dir: str) -> Optional[str]:
+    marker = os.path.join(output_dir, LAST)
+    if not os.path.isfile(marker):
+        return None
+    with open(marker) as f:
+        path = os.path.join(output_dir, f.read().strip())
+    return path if os.path.isfile(path) else None
+
+
+def load_checkpoint(path: str) -> Dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise WeightsError(f"cannot read checkpoint {path} ({e}); delete it to restart from MODEL.WEIGHTS") from e
+    if not isinstance(ckpt, dict) or ckpt.get("engine") != ENGINE_TAG:
+        raise WeightsError(f"{path} is not a torchvision-engine checkpoint; delete it or use another OUTPUT_DIR")
+    return ckpt

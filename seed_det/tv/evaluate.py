@@ -1,0 +1,43 @@
+"""Run a detection model over a test dataset and score it (VOC AP or COCO AP)."""
+from __future__ import annotations
+
+import logging
+from typing import Dict
+
+import torch
+from fvcore.common.config import CfgNode
+from tqdm import tqdm
+
+from seed_det.data.records import Dataset
+from seed_det.data.torch_dataset import DetectionDataset, collate
+from seed_det.evaluation import build_evaluator
+
+from .model import set_input_sizes
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_dataset(cfg: CfgNode, model: torch.nn.Module, dataset: Dataset, device: torch.device) -> Dict[str, float]:
+    """Batch size 1 at the test size, like Detectron2's inference loop; returns percent metrics."""
+    with_masks = bool(cfg.MODEL.MASK_ON) and dataset.spec.kind == "coco"
+    data = DetectionDataset(dataset, train=False, image_format=cfg.INPUT.FORMAT, with_masks=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=False, collate_fn=collate,
+                                         num_workers=cfg.DATALOADER.NUM_WORKERS)
+    evaluator = build_evaluator(dataset, with_masks=with_masks)
+    was_training = model.training
+    model.eval()
+    set_input_sizes(model, cfg, train=False)
+    try:
+        with torch.inference_mode():
+            for images, targets in tqdm(loader, desc=f"eval {dataset.spec.name}", dynamic_ncols=True, mininterval=1.0):
+                out = model([images[0].to(device)])[0]
+                record = data.records[int(targets[0]["index"])]
+                masks = out["masks"][:, 0].cpu().numpy() if with_masks else None
+                evaluator.process(record, out["boxes"].cpu().numpy(), out["scores"].cpu().numpy(),
+                                  (out["labels"] - 1).cpu().numpy(), masks)
+    finally:
+        model.train(was_training)
+        set_input_sizes(model, cfg, train=was_training)
+    metrics = evaluator.evaluate()
+    logger.info("%s: %s", dataset.spec.name, ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+    return metrics

@@ -1,0 +1,36 @@
+"""TEST.PRECISE_BN: replace BatchNorm running statistics by their average over NUM_ITER training
+batches before evaluation, as Detectron2's PreciseBN hook does (the EMA of a short fine-tuning
+run is a poor estimate)."""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def update_bn_stats(model: nn.Module, batches: Iterator, num_iter: int, device: torch.device) -> None:
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or num_iter <= 0:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # None = cumulative average over all batches seen
+    was_training = model.training
+    model.train()
+    try:
+        for _ in tqdm(range(num_iter), desc="precise BN", dynamic_ncols=True, leave=False):
+            images, targets = next(batches)
+            model([im.to(device) for im in images],
+                  [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets])
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    logger.info("precise BN: recomputed %d BatchNorm statistics over %d batches", len(bns), num_iter)

@@ -1,0 +1,144 @@
+"""Backbone weights for the torchvision engine: Detectron2 names -> torchvision names, and a
+strict, verified load into the detection model (every backbone tensor must come from the file)."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Dict, List, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from seed_det import SeedDetError
+from seed_det.convert import extract_backbone_state, load_user_checkpoint, read_d2_pkl
+
+logger = logging.getLogger(__name__)
+
+ENGINE_TAG = "seed_det.torchvision"  # marks checkpoints written by this engine
+
+# Detectron2 -> torchvision, the inverse of seed_det.convert's mapping. Order matters: the
+# norm patterns must be tried before the conv patterns they extend.
+_D2_PATTERNS = [
+    (re.compile(r"^stem\.conv1\.norm\.(\w+)$"), r"bn1.\1"),
+    (re.compile(r"^stem\.conv1\.weight$"), "conv1.weight"),
+    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.norm\.(\w+)$"), r"layer{L}.\2.downsample.1.\3"),
+    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.weight$"), r"layer{L}.\2.downsample.0.weight"),
+    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.norm\.(\w+)$"), r"layer{L}.\2.bn\3.\4"),
+    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.weight$"), r"layer{L}.\2.conv\3.weight"),
+]
+# Where a Detectron2 detection checkpoint keeps the ResNet (C4 res5 lives in the ROI head).
+_D2_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
+BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+
+
+class WeightsError(SeedDetError):
+    """MODEL.WEIGHTS cannot be loaded into the model the config builds."""
+
+
+def d2_to_torchvision_name(name: str):
+    """'res3.1.conv2.norm.running_mean' -> 'layer2.1.bn2.running_mean'; None if not a ResNet name."""
+    for prefix in _D2_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    for rx, template in _D2_PATTERNS:
+        m = rx.match(name)
+        if m:
+            target = template.replace("{L}", str(int(m.group(1)) - 1)) if "{L}" in template else template
+            return m.expand(target)
+    return None
+
+
+def d2_to_torchvision_state(model: Mapping[str, np.ndarray]) -> Dict[str, torch.Tensor]:
+    """Rename the ResNet tensors of a Detectron2 state; anything else (heads, FPN) is left out."""
+    out = {}
+    for k, v in model.items():
+        name = d2_to_torchvision_name(k)
+        if name is not None:
+            out[name] = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+    return out
+
+
+def read_weights(path: str):
+    """Return ("detection", state of this engine's model) or ("backbone", torchvision ResNet state)."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"MODEL.WEIGHTS {path} does not exist: convert the student first "
+                           "(tools/convert_to_d2.py) or pass the right path")
+    if path.endswith(".pkl"):
+        state = d2_to_torchvision_state(read_d2_pkl(path)["model"])
+        if not state:
+            raise WeightsError(f"{path} holds no Detectron2 ResNet tensors (stem.*, res2..res5.*)")
+        return "backbone", state
+    obj = load_user_checkpoint(path)
+    if isinstance(obj, Mapping) and obj.get("engine") == ENGINE_TAG:
+        return "detection", obj["model"]
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and any(
+            re.search(r"(^|\.)stem\.conv1\.", k) for k in obj["model"]):
+        return "backbone", d2_to_torchvision_state(obj["model"])  # a Detectron2 training checkpoint
+    state, _ = extract_backbone_state(obj, path)
+    return "backbone", state
+
+
+def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """torchvision ResNet prefix -> the module of the detection model that holds it."""
+    return model.seed_backbone_modules()
+
+
+def _depth_hint(state: Mapping[str, torch.Tensor]) -> str:
+    counts = [len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
+    bottleneck = any(".conv3." in k for k in state)
+    depths = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
+              (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152}
+    depth = depths.get((bottleneck, tuple(counts)))
+    return f" The file holds a ResNet-{depth}: check MODEL.RESNETS.DEPTH." if depth else ""
+
+
+def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> Dict[str, List[str]]:
+    """Copy every backbone tensor from `state` (torchvision names) into the model.
+
+    Missing or surplus ResNet tensors and shape mismatches are errors (a silently random layer
+    would spoil a transfer number). BN `num_batches_tracked` counters are optional.
+    Returns {"loaded": [...], "ignored": [...]} for logging and tests.
+    """
+    modules = backbone_modules(model)
+    expected = {}
+    for prefix, module in modules.items():
+        for k, v in module.state_dict().items():
+            expected[f"{prefix}.{k}"] = v
+    required = {k for k in expected if not k.endswith("num_batches_tracked")}
+    provided = {k for k in state if k.startswith(BACKBONE_PREFIXES) and not k.endswith("num_batches_tracked")}
+    missing, surplus = sorted(required - provided), sorted(provided - required)
+    if missing or surplus:
+        raise WeightsError(
+            f"{source} does not fit the backbone the config builds: {len(missing)} missing backbone keys "
+            f"{missing[:5]}, {len(surplus)} unexpected {surplus[:5]}.{_depth_hint(state)}")
+    for k in sorted(required):
+        if tuple(state[k].shape) != tuple(expected[k].shape):
+            raise WeightsError(f"{source}: {k} has shape {tuple(state[k].shape)}, the model needs "
+                               f"{tuple(expected[k].shape)}; check MODEL.RESNETS.DEPTH / RES2_OUT_CHANNELS")
+    for prefix, module in modules.items():
+        sub = {k[len(prefix) + 1:]: state[k] for k in required if k.startswith(prefix + ".")}
+        own = module.state_dict()
+        sub.update({k: v for k, v in own.items() if k.endswith("num_batches_tracked")})
+        module.load_state_dict(sub, strict=True)
+    ignored = sorted(k for k in state if k not in required and not k.endswith("num_batches_tracked"))
+    logger.info("loaded %d backbone tensors from %s; missing backbone keys: none%s", len(required), source,
+                f"; ignored {len(ignored)} non-backbone keys" if ignored else "")
+    return {"loaded": sorted(required), "ignored": ignored}
+
+
+def load_weights(model: nn.Module, path: str) -> Dict[str, List[str]]:
+    """Load MODEL.WEIGHTS: a backbone (.pkl / student_backbone.pth / ResNet .pth) or this engine's
+    own detection checkpoint (then every model key must match)."""
+    kind, state = read_weights(path)
+    if kind == "detection":
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise WeightsError(f"{path} is a torchvision-engine checkpoint of another model: missing "
+                               f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "
+                               "use the config it was trained with")
+        logger.info("loaded the full detection model from %s", path)
+        return {"loaded": sorted(state), "ignored": []}
+    return load_backbone(model, state, path)

@@ -1,0 +1,280 @@
+"""Detectron2 engine: res5 head, shipped configs, checkpoint loading, 2-iteration train + eval.
+
+Needs Detectron2 (not on PyPI, absent in CI): every test here is skipped without it.
+Tiny data: 64-96 px images, 2 iterations, CPU.
+"""
+import argparse
+import glob
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+
+d2 = pytest.importorskip("detectron2", reason="Detectron2 is not installed (it has no PyPI release); "
+                                              "the Detectron2 engine tests need it")
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.modeling import ROI_HEADS_REGISTRY, build_model  # noqa: E402
+from detectron2.modeling.backbone import build_resnet_backbone  # noqa: E402
+from detectron2.layers import ShapeSpec  # noqa: E402
+
+import seed_det.d2.engine as d2_engine  # noqa: E402
+from seed_det import SeedDetError  # noqa: E402
+from seed_det.config import BASIC_BLOCK_ROI_HEAD  # noqa: E402
+from seed_det.convert import convert_to_d2, read_d2_pkl  # noqa: E402
+from seed_det.d2.checkpoint import verify_backbone_loaded  # noqa: E402
+from seed_det.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
+from seed_det.engines import main  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_*.yaml")) +  # the transfer-protocol configs
+                 glob.glob(os.path.join(ROOT, "configs", "coco_*.yaml")))
+CPU = ["MODEL.DEVICE", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def _converted(tmp_path, arch="resnet18"):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)()
+    for m in model.modules():  # non-trivial BN statistics, so "loaded" is distinguishable from "init"
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    src = tmp_path / f"{arch}.pth"
+    torch.save(model.state_dict(), src)
+    out = tmp_path / f"{arch}.pkl"
+    convert_to_d2(src, out)
+    return str(out)
+
+
+def _cfg(config, *opts):
+    return load_d2_config(os.path.join(ROOT, "configs", config), list(CPU) + list(opts))
+
+
+# ----------------------------------------------------------------------------------------------
+# res5 head and model construction
+# ----------------------------------------------------------------------------------------------
+
+def test_basic_block_head_registered_and_shaped():
+    assert BASIC_BLOCK_ROI_HEAD in ROI_HEADS_REGISTRY
+    for depth, blocks in ((18, 2), (34, 3)):
+        model = build_model(_cfg("voc_r18_seed.yaml", "MODEL.RESNETS.DEPTH", str(depth), "MODEL.WEIGHTS", ""))
+        res5 = model.roi_heads.res5
+        convs = [n for n, _ in res5.named_children() if n != "norm"]
+        assert len(convs) == blocks
+        assert type(res5[0]).__name__ == "BasicBlock"
+        assert res5[0].conv1.weight.shape == (512, 256, 3, 3)
+        assert res5[0].shortcut.weight.shape == (512, 256, 1, 1)
+        assert hasattr(res5, "norm")  # RES5_EXTRA_NORM in the C4 base config
+        assert model.roi_heads.box_predictor.cls_score.in_features == 512
+    model = build_model(_cfg("voc_r18_seed.yaml", "MODEL.ROI_HEADS.RES5_EXTRA_NORM", "False"))
+    assert not hasattr(model.roi_heads.res5, "norm")
+
+
+@pytest.mark.parametrize("config", [os.path.basename(c) for c in CONFIGS])
+def test_every_shipped_config_builds_on_cpu(config):
+    cfg = _cfg(config)
+    cfg.defrost()
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TEST = 50  # build only; keep it light
+    model = build_model(cfg)
+    assert model.roi_heads.num_classes == (20 if config.startswith("voc") else 80)
+    assert model.roi_heads.mask_on == config.startswith("coco")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("config,arch", [("voc_r18_seed.yaml", "resnet18"), ("voc_r34_seed.yaml", "resnet34"),
+                                         ("voc_r18_fpn_seed.yaml", "resnet18"),
+                                         ("coco_r34_fpn_1x_seed.yaml", "resnet34")])
+def test_converted_checkpoint_fills_backbone_and_res5(tmp_path, config, arch):
+    pkl = _converted(tmp_path, arch)
+    model = build_model(_cfg(config, "MODEL.WEIGHTS", pkl))
+    DetectionCheckpointer(model).load(pkl)
+    state = read_d2_pkl(pkl)["model"]
+    assert verify_backbone_loaded(model, state) == []
+    # Every converted tensor found a home (stem..res4 in the backbone, res5 in backbone or head).
+    model_names = list(model.state_dict())
+    homeless = [k for k in state if not any(m.endswith("." + k) for m in model_names)]
+    assert homeless == []
+
+
+def test_stock_res5_head_would_not_load_r18(tmp_path):
+    """The failure our head exists for: stock Res5ROIHeads with R18 weights leaves res5 random."""
+    pkl = _converted(tmp_path)
+    cfg = get_d2_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "voc_r18_seed.yaml"))
+    cfg.merge_from_list(CPU + ["MODEL.ROI_HEADS.NAME", "Res5ROIHeads"])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(pkl)
+    problems = verify_backbone_loaded(model, read_d2_pkl(pkl)["model"])
+    assert problems and all(p.startswith("roi_heads.res5") for p in problems)
+
+
+def test_golden_d2_resnet_names(tmp_path):
+    """Converted names are exactly Detectron2's own ResNet state names (BN counters aside)."""
+    for arch, depth, res2 in (("resnet18", 18, 64), ("resnet34", 34, 64), ("resnet50", 50, 256)):
+        cfg = get_d2_cfg()
+        cfg.merge_from_list(["MODEL.RESNETS.DEPTH", str(depth), "MODEL.RESNETS.RES2_OUT_CHANNELS", str(res2),
+                             "MODEL.RESNETS.OUT_FEATURES", "['res5']", "MODEL.RESNETS.NORM", "BN"])
+        backbone = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+        expected = {k for k in backbone.state_dict() if not k.endswith("num_batches_tracked")}
+        assert set(read_d2_pkl(_converted(tmp_path, arch))["model"]) == expected
+
+
+# ----------------------------------------------------------------------------------------------
+# Tiny datasets and end-to-end runs
+# ----------------------------------------------------------------------------------------------
+
+def _draw(path, box, size=96, color=(200, 30, 30)):
+    img = Image.new("RGB", (size, size), (90, 120, 150))
+    ImageDraw.Draw(img).rectangle(box, fill=color)
+    img.save(path)
+
+
+def make_tiny_voc(root, n=4):
+    """VOC layout: Annotations/*.xml, JPEGImages/*.jpg, ImageSets/Main/{trainval,test}.txt."""
+    for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main")):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    ids = []
+    for i in range(n):
+        iid = f"{i:06d}"
+        box = (10 + 5 * i, 12, 60 + 5 * i, 70)
+        _draw(os.path.join(root, "JPEGImages", iid + ".jpg"), box)
+        ann = ET.Element("annotation")
+        size = ET.SubElement(ann, "size")
+        for tag, val in (("width", 96), ("height", 96), ("depth", 3)):
+            ET.SubElement(size, tag).text = str(val)
+        obj = ET.SubElement(ann, "object")
+        ET.SubElement(obj, "name").text = ("dog", "cat")[i % 2]
+        for tag, val in (("pose", "Unspecified"), ("truncated", "0"), ("difficult", "0")):
+            ET.SubElement(obj, tag).text = val  # Detectron2's VOC evaluator reads all three
+        bnd = ET.SubElement(obj, "bndbox")
+        for tag, val in zip(("xmin", "ymin", "xmax", "ymax"), box):
+            ET.SubElement(bnd, tag).text = str(val)
+        ET.ElementTree(ann).write(os.path.join(root, "Annotations", iid + ".xml"))
+        ids.append(iid)
+    for split in ("trainval", "test"):
+        with open(os.path.join(root, "ImageSets", "Main", split + ".txt"), "w") as f:
+            f.write("\n".join(ids) + "\n")
+    return str(root)
+
+
+def make_tiny_coco(root, n=4):
+    """COCO json with boxes and polygon masks."""
+    os.makedirs(os.path.join(root, "images"), exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        x0, y0, x1, y1 = 8 + 4 * i, 10, 56 + 4 * i, 60
+        _draw(os.path.join(root, "images", f"{i}.png"), (x0, y0, x1, y1))
+        images.append({"id": i + 1, "file_name": f"{i}.png", "width": 96, "height": 96})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "iscrowd": 0,
+                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": float((x1 - x0) * (y1 - y0)),
+                     "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})
+    data = {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "square"}, {"id": 2, "name": "block"}]}
+    json_file = os.path.join(root, "instances.json")
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    return json_file, os.path.join(root, "images")
+
+
+TINY = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()", "SOLVER.BASE_LR", "0.001",
+        "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64",
+        "INPUT.MAX_SIZE_TEST", "96", "DATALOADER.NUM_WORKERS", "0", "TEST.PRECISE_BN.ENABLED", "False",
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50",
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", "200", "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        "SEED", "0"] + CPU
+
+
+def _args(config, opts, eval_only=False):
+    return argparse.Namespace(config_file=os.path.join(ROOT, "configs", config), engine="detectron2",
+                              num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto", resume=False,
+                              eval_only=eval_only, opts=list(opts))
+
+
+def _finite_metrics(metrics, keys):
+    for k in keys:
+        assert isinstance(metrics[k], float) and 0.0 <= metrics[k] <= 100.0, (k, metrics[k])
+
+
+def test_voc_train_two_iterations_then_eval_only(tmp_path):
+    voc = make_tiny_voc(tmp_path / "VOCtiny")
+    pkl = _converted(tmp_path)
+    out = tmp_path / "runs" / "voc_r18_seed"
+    opts = TINY + ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007], "
+                                   f"['tiny_voc_test', '{voc}', 'test', 2007]]",
+                   "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_test',)",
+                   "MODEL.WEIGHTS", pkl, "OUTPUT_DIR", str(out)]
+    metrics = main(_args("voc_r18_seed.yaml", opts))
+    _finite_metrics(metrics, ("AP", "AP50", "AP75"))
+    assert (out / "model_final.pth").is_file()
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["engine"] == "detectron2" and record["weights"] == pkl
+
+    final = str(out / "model_final.pth")
+    again = main(_args("voc_r18_seed.yaml", opts[:-4] + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", str(out)],
+                       eval_only=True))
+    _finite_metrics(again, ("AP", "AP50", "AP75"))
+    rows = (tmp_path / "runs" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("timestamp,config,weights,engine,AP")
+
+
+def test_coco_json_mask_rcnn_two_iterations(tmp_path, monkeypatch):
+    """Also runs COCO evaluation the way it must work without Detectron2's compiled extension."""
+    monkeypatch.setattr(d2_engine, "fast_coco_eval_available", lambda: False)
+    built = []
+    real_build = d2_engine.build_evaluator
+    monkeypatch.setattr(d2_engine, "build_evaluator", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    json_file, images = make_tiny_coco(tmp_path / "coco_tiny")
+    pkl = _converted(tmp_path)
+    out = tmp_path / "runs" / "coco"
+    opts = TINY + ["DATASETS.COCO_JSON", f"[['tiny_coco', '{json_file}', '{images}']]",
+                   "DATASETS.TRAIN", "('tiny_coco',)", "DATASETS.TEST", "('tiny_coco',)",
+                   "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.WEIGHTS", pkl, "OUTPUT_DIR", str(out)]
+    metrics = main(_args("coco_r18_1x_seed.yaml", opts))
+    _finite_metrics(metrics, ("AP", "AP50", "AP75", "mask_AP"))
+    assert "segm" in metrics["per_dataset"]["tiny_coco"]
+    assert built and not built[0]._use_fast_impl
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input fails before training
+# ----------------------------------------------------------------------------------------------
+
+def test_depth_mismatch_refused_before_training(tmp_path):
+    voc = make_tiny_voc(tmp_path / "VOCtiny", n=2)
+    data = ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
+            "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
+            "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(SeedDetError, match="ResNet-34 but the config builds ResNet-18"):
+        main(_args("voc_r18_seed.yaml", TINY + data + ["MODEL.WEIGHTS", _converted(tmp_path, "resnet34")]))
+    with pytest.raises(SeedDetError, match="ResNet-18 but the config builds ResNet-34"):
+        main(_args("voc_r34_seed.yaml", TINY + data + ["MODEL.WEIGHTS", _converted(tmp_path, "resnet18")]))
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_unconverted_pth_refused_by_detectron2_engine(tmp_path):
+    voc = make_tiny_voc(tmp_path / "VOCtiny", n=2)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    opts = TINY + ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
+                   "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
+                   "MODEL.WEIGHTS", str(tmp_path / "r18.pth"), "OUTPUT_DIR", str(tmp_path / "out")]
+    with pytest.raises(SeedDetError, match="not a Detectron2 checkpoint. Convert it first"):
+        main(_args("voc_r18_seed.yaml", opts))
+
+
+def test_missing_dataset_root_names_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
+    with pytest.raises(SeedDetError, match="DETECTRON2_DATASETS"):
+        main(_args("voc_r18_random.yaml", CPU + ["OUTPUT_DIR", str(tmp_path / "out")]))

@@ -1,0 +1,254 @@
+"""The torchvision engine: trains and evaluates on tiny shapes data (C4/FPN, with/without masks),
+loads converted checkpoints with every backbone key, and refuses bad input by name."""
+import argparse
+import json
+import os
+
+import pytest
+import torch
+import torchvision
+
+from seed_det.config import ConfigError, load_det_config
+from seed_det.convert import torchvision_to_d2_state, write_d2_pkl
+from seed_det.data import DatasetError, write_shapes_dataset
+from seed_det.engines.torchvision_engine import run
+from seed_det.tv.checks import check_supported
+from seed_det.tv.model import build_model
+from seed_det.tv.solver import lr_factor
+from seed_det.tv.weights import WeightsError, d2_to_torchvision_name, load_weights
+
+
+BASE = """
+MODEL:
+  DEVICE: cpu
+  RESNETS: {DEPTH: 18, RES2_OUT_CHANNELS: 64, NORM: BN, STRIDE_IN_1X1: False}
+  BACKBONE: {FREEZE_AT: 0}
+  PIXEL_MEAN: [123.675, 116.28, 103.53]
+  PIXEL_STD: [58.395, 57.12, 57.375]
+  RPN: {BATCH_SIZE_PER_IMAGE: 32, PRE_NMS_TOPK_TRAIN: 300, POST_NMS_TOPK_TRAIN: 50, PRE_NMS_TOPK_TEST: 200, POST_NMS_TOPK_TEST: 20}
+  ROI_HEADS: {NUM_CLASSES: 3, BATCH_SIZE_PER_IMAGE: 16}
+INPUT: {FORMAT: RGB, MIN_SIZE_TRAIN: [64], MAX_SIZE_TRAIN: 96, MIN_SIZE_TEST: 64, MAX_SIZE_TEST: 96}
+SOLVER: {IMS_PER_BATCH: 2, BASE_LR: 0.01, MAX_ITER: 2, STEPS: [1], WARMUP_ITERS: 1, CHECKPOINT_PERIOD: 1000}
+DATALOADER: {NUM_WORKERS: 0}
+SEED: 0
+"""
+C4 = "MODEL: {ROI_HEADS: {NAME: BasicBlockRes5ROIHeads}}\n"
+FPN = """
+MODEL:
+  BACKBONE: {NAME: build_resnet_fpn_backbone}
+  RESNETS: {OUT_FEATURES: [res2, res3, res4, res5]}
+  FPN: {IN_FEATURES: [res2, res3, res4, res5]}
+  ANCHOR_GENERATOR: {SIZES: [[32], [64], [128], [256], [512]]}
+  RPN: {IN_FEATURES: [p2, p3, p4, p5, p6]}
+  ROI_HEADS: {NAME: StandardROIHeads, IN_FEATURES: [p2, p3, p4, p5]}
+  ROI_BOX_HEAD: {NAME: FastRCNNConvFCHead, NUM_FC: 2, FC_DIM: 64, POOLER_RESOLUTION: 7}
+  ROI_MASK_HEAD: {NUM_CONV: 2, CONV_DIM: 32}
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("shapes_det"))
+    write_shapes_dataset(out, num_train=4, num_val=2, size=64, seed=0)
+    return out
+
+
+def _datasets(root, kind):
+    if kind == "coco":
+        ann, img = os.path.join(root, "annotations"), os.path.join(root, "JPEGImages")
+        return [f"DATASETS.COCO_JSON", repr([["tr", f"{ann}/instances_train.json", img], ["te", f"{ann}/instances_val.json", img]]),
+                "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)"]
+    return ["DATASETS.VOC", repr([["tr", root, "train", 2007], ["te", root, "val", 2007]]),
+            "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)"]
+
+
+def make_cfg(tmp_path, shapes, arch="c4", kind="voc", opts=()):
+    base = tmp_path / "base.yaml"
+    base.write_text(BASE)
+    path = tmp_path / f"{arch}.yaml"
+    path.write_text(f"_BASE_: base.yaml\n" + (FPN if arch == "fpn" else C4))
+    opts = ["OUTPUT_DIR", str(tmp_path / "out")] + _datasets(shapes, kind) + list(opts)
+    return load_det_config(str(path), opts), str(path)
+
+
+def _args(config_file, **kw):
+    return argparse.Namespace(config_file=config_file, resume=kw.get("resume", False),
+                              eval_only=kw.get("eval_only", False), opts=[])
+
+
+@pytest.mark.parametrize("arch,mask", [("c4", False), ("c4", True), ("fpn", False), ("fpn", True)])
+def test_trains_and_evaluates(tmp_path, shapes, arch, mask):
+    kind = "coco" if mask else "voc"  # masks need the COCO json; boxes alone exercise the VOC layout
+    opts = ["MODEL.MASK_ON", str(mask)]
+    if arch == "c4" and mask:
+        opts += ["TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2"]
+    cfg, path = make_cfg(tmp_path, shapes, arch, kind, opts)
+    metrics = run(cfg, _args(path))
+    expected = {"AP", "AP50", "AP75"} | ({"mask_AP", "mask_AP50", "mask_AP75"} if mask else set())
+    assert expected <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 100.0 for k in expected)
+    out = tmp_path / "out"
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["engine"] == "torchvision" and record["metrics"]["AP"] == pytest.approx(metrics["AP"])
+    assert (tmp_path / "results.csv").read_text().count("\n") == 2  # header + this run
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+    assert ("loss_mask" in log[0]) == mask
+    assert (out / "model_final.pth").is_file() and (out / "log.txt").stat().st_size > 0
+
+
+def test_resume_and_eval_only_reproduce(tmp_path, shapes):
+    cfg, path = make_cfg(tmp_path, shapes, "fpn")
+    first = run(cfg, _args(path))
+    again = run(cfg, _args(path, eval_only=True, resume=True))  # last_checkpoint -> model_final.pth
+    assert again == pytest.approx(first)
+    cfg.defrost()
+    cfg.SOLVER.MAX_ITER = 3
+    run(cfg, _args(path, resume=True))
+    log = (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in log] == [1, 2, 3]  # continued, not restarted
+
+
+def _resnet_state(depth):
+    torch.manual_seed(depth)
+    net = getattr(torchvision.models, f"resnet{depth}")()
+    with torch.no_grad():  # non-default BN statistics, so a skipped buffer would show
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    return net.state_dict()
+
+
+@pytest.mark.parametrize("arch", ["c4", "fpn"])
+def test_converted_checkpoint_loads_every_backbone_key(tmp_path, shapes, arch):
+    state = _resnet_state(18)
+    write_d2_pkl(torchvision_to_d2_state(state), tmp_path / "r18.pkl")
+    torch.save(state, tmp_path / "student_backbone.pth")
+    cfg, _ = make_cfg(tmp_path, shapes, arch)
+    expected = {k for k in state if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    for weights in ("r18.pkl", "student_backbone.pth"):
+        model = build_model(cfg)
+        report = load_weights(model, str(tmp_path / weights))
+        assert set(report["loaded"]) == expected
+        loaded = {f"{p}.{k}": v for p, m in model.seed_backbone_modules().items() for k, v in m.state_dict().items()}
+        for k in expected:
+            assert torch.equal(loaded[k], state[k]), k
+    assert d2_to_torchvision_name("roi_heads.res5.1.shortcut.norm.bias") == "layer4.1.downsample.1.bias"
+
+
+def test_wrong_depth_checkpoint_is_named(tmp_path, shapes):
+    write_d2_pkl(torchvision_to_d2_state(_resnet_state(34)), tmp_path / "r34.pkl")
+    cfg, _ = make_cfg(tmp_path, shapes, "c4")
+    with pytest.raises(WeightsError, match="ResNet-34"):
+        load_weights(build_model(cfg), str(tmp_path / "r34.pkl"))
+
+
+def test_freeze_at_freezes_stem_and_res2(tmp_path, shapes):
+    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.BACKBONE.FREEZE_AT", "2"])
+    body = build_model(cfg).backbone.body
+    assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    assert isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
+
+
+@pytest.mark.parametrize("opts,key", [
+    (["MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, False, True, True]", "MODEL.RESNETS.DEPTH", "50",
+      "MODEL.RESNETS.RES2_OUT_CHANNELS", "256", "MODEL.ROI_HEADS.NAME", "Res5ROIHeads"],
+     "MODEL.RESNETS.DEFORM_ON_PER_STAGE"),
+    (["MODEL.BACKBONE.NAME", "build_mobilenetv2_fpn_backbone"], "MODEL.BACKBONE.NAME"),
+    (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED"),
+    (["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"], "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"),
+])
+def test_unsupported_config_key_is_named(tmp_path, shapes, opts, key):
+    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=opts)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        run(cfg, _args(path))
+    assert not (tmp_path / "out" / "model_final.pth").exists()
+
+
+def test_zero_annotations_and_broken_json(tmp_path, shapes):
+    src = json.load(open(os.path.join(shapes, "annotations", "instances_train.json")))
+    empty, broken = tmp_path / "empty.json", tmp_path / "broken.json"
+    empty.write_text(json.dumps(dict(src, annotations=[])))
+    broken.write_text(json.dumps(src)[:200])
+    img = os.path.join(shapes, "JPEGImages")
+    for bad, message in ((empty, "zero annotations"), (broken, "not valid JSON")):
+        cfg, path = make_cfg(tmp_path, shapes, "c4", "coco",
+                             ["DATASETS.COCO_JSON", repr([["tr", str(bad), img], ["te", str(bad), img]])])
+        with pytest.raises(DatasetError, match=message):
+            run(cfg, _args(path))
+
+
+def test_missing_builtin_root_names_env_var(tmp_path, shapes, monkeypatch):
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
+    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["DATASETS.TEST", "('voc_2007_test',)"])
+    with pytest.raises(DatasetError, match="DETECTRON2_DATASETS"):
+        run(cfg, _args(path))
+
+
+def test_class_count_mismatch(tmp_path, shapes):
+    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["MODEL.ROI_HEADS.NUM_CLASSES", "20"])
+    with pytest.raises(ConfigError, match="NUM_CLASSES"):
+        run(cfg, _args(path))
+
+
+def test_shipped_configs_build(tmp_path):
+    """Every detection config in configs/ is one the engine can honour; each distinct model builds."""
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    paths = sorted(p for p in os.listdir(root) if p.endswith(".yaml"))
+    assert paths, "no detection configs found"
+    built = set()
+    for name in paths:
+        cfg = load_det_config(os.path.join(root, name), ["MODEL.WEIGHTS", ""])
+        check_supported(cfg)
+        key = (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.MASK_ON, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        if key not in built:
+            built.add(key)
+            model = build_model(cfg)
+            assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
+            assert set(model.seed_backbone_modules()) == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+
+
+def test_precise_bn_replaces_running_stats():
+    from seed_det.tv.precise_bn import update_bn_stats
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(1, momentum=0.1)
+
+        def forward(self, images, targets):
+            return self.bn(torch.stack(images))
+
+    net = Net()
+    batches = iter([([torch.full((1, 2, 2), 2.0)], [{}]), ([torch.full((1, 2, 2), 4.0)], [{}])])
+    update_bn_stats(net, batches, 2, torch.device("cpu"))
+    assert net.bn.running_mean.item() == pytest.approx(3.0)  # the plain average, not an EMA
+    assert net.bn.momentum == 0.1
+
+
+def test_pooler_levels_and_alignment():
+    from torchvision.ops import MultiScaleRoIAlign
+
+    from seed_det.tv.layers import RoIPooler
+
+    torch.manual_seed(0)
+    feats = {"0": torch.randn(1, 4, 8, 8)}
+    boxes = [torch.tensor([[3.0, 5.0, 60.0, 70.0], [10.0, 10.0, 40.0, 30.0]])]
+    unaligned = RoIPooler(["0"], [16], 7, 2, aligned=False)(feats, boxes)
+    reference = MultiScaleRoIAlign(["0"], 7, 2)(feats, boxes, [(128, 128)])
+    assert torch.allclose(unaligned, reference)
+    assert not torch.allclose(RoIPooler(["0"], [16], 7, 2, aligned=True)(feats, boxes), reference)
+    fpn = RoIPooler(["0", "1", "2", "3"], [4, 8, 16, 32], 7, 0, aligned=True)
+    sizes = torch.tensor([[0, 0, 224, 224], [0, 0, 112, 112], [0, 0, 10, 10], [0, 0, 900, 900]], dtype=torch.float)
+    assert fpn._levels(sizes).tolist() == [2, 1, 0, 3]  # Detectron2: 224 px -> P4, clamped to P2..P5
+
+
+def test_schedule_matches_detectron2(tmp_path, shapes):
+    cfg, _ = make_cfg(tmp_path, shapes, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+                                              "SOLVER.STEPS", "(20, 30)", "SOLVER.MAX_ITER", "40"])
+    assert lr_factor(cfg, 0) == pytest.approx(0.1)
+    assert lr_factor(cfg, 5) == pytest.approx(0.1 * 0.5 + 0.5)
+    assert [lr_factor(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])

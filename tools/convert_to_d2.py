@@ -1,0 +1,42 @@
+#!/usr/bin/env python
+"""Convert a ResNet checkpoint to a Detectron2 backbone checkpoint (.pkl).
+
+    python tools/convert_to_d2.py runs/seed_r18/student_backbone.pth pretrained/seed_r18.pkl
+
+Accepts student_backbone.pth (+ meta.json), a full distillation checkpoint, MoCo checkpoints and
+torchvision ResNet state dicts. ResNet-18/34/50/101/152 only.
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from seed_det import SeedDetError  # noqa: E402
+from seed_det.convert import convert_to_d2  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", help="PyTorch checkpoint (.pth/.pth.tar)")
+    p.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if not args.output.endswith(".pkl"):
+        print("error: the output must end in .pkl (Detectron2 reads numpy checkpoints from .pkl files)",
+              file=sys.stderr)
+        sys.exit(2)
+    try:
+        summary = convert_to_d2(args.input, args.output)
+    except SeedDetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary, indent=2))
+    print(f"Fine-tune with: python tools/train_net.py --config configs/voc_r{summary['depth']}_seed.yaml "
+          f"MODEL.WEIGHTS {args.output}")
