@@ -56,7 +56,7 @@ def shapes(tmp_path_factory):
 def _datasets(root, kind):
     if kind == "coco":
         ann, img = os.path.join(root, "annotations"), os.path.join(root, "JPEGImages")
-        return [f"DATASETS.COCO_JSON", repr([["tr", f"{ann}/instances_train.json", img], ["te", f"{ann}/instances_val.json", img]]),
+        return ["DATASETS.COCO_JSON", repr([["tr", f"{ann}/instances_train.json", img], ["te", f"{ann}/instances_val.json", img]]),
                 "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)"]
     return ["DATASETS.VOC", repr([["tr", root, "train", 2007], ["te", root, "val", 2007]]),
             "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)"]
@@ -66,7 +66,7 @@ def make_cfg(tmp_path, shapes, arch="c4", kind="voc", opts=()):
     base = tmp_path / "base.yaml"
     base.write_text(BASE)
     path = tmp_path / f"{arch}.yaml"
-    path.write_text(f"_BASE_: base.yaml\n" + (FPN if arch == "fpn" else C4))
+    path.write_text("_BASE_: base.yaml\n" + (FPN if arch == "fpn" else C4))
     opts = ["OUTPUT_DIR", str(tmp_path / "out")] + _datasets(shapes, kind) + list(opts)
     return load_det_config(str(path), opts), str(path)
 
@@ -179,6 +179,15 @@ def test_zero_annotations_and_broken_json(tmp_path, shapes):
                              ["DATASETS.COCO_JSON", repr([["tr", str(bad), img], ["te", str(bad), img]])])
         with pytest.raises(DatasetError, match=message):
             run(cfg, _args(path))
+
+
+def test_missing_image_is_named(tmp_path, shapes):
+    ann = os.path.join(shapes, "annotations")
+    wrong_root = str(tmp_path)  # the json is right, the image folder is not
+    registered = [["tr", f"{ann}/instances_train.json", wrong_root], ["te", f"{ann}/instances_val.json", wrong_root]]
+    cfg, path = make_cfg(tmp_path, shapes, "c4", "coco", ["DATASETS.COCO_JSON", repr(registered)])
+    with pytest.raises(DatasetError, match="do not exist"):
+        run(cfg, _args(path))
 
 
 def test_missing_builtin_root_names_env_var(tmp_path, shapes, monkeypatch):

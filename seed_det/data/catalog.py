@@ -52,7 +52,8 @@ def _builtin(name: str) -> DatasetSpec:
     if not os.path.exists(needed):
         raise DatasetError(
             f"builtin dataset '{name}' expects {needed}, which does not exist. Set DETECTRON2_DATASETS to the "
-            f"folder holding VOC20xx/ and coco/ (now DETECTRON2_DATASETS={os.environ.get('DETECTRON2_DATASETS', '<unset, default ./datasets>')})")
+            f"folder holding VOC20xx/ and coco/ (now DETECTRON2_DATASETS="
+            f"{os.environ.get('DETECTRON2_DATASETS', '<unset, default ./datasets>')})")
     return spec
 
 

@@ -140,7 +140,8 @@ def _coco_json(split_records, size: int) -> Dict:
                 "segmentation": [s.polygon],
             })
     categories = [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]
-    return {"info": {"description": "generated shapes"}, "images": images, "annotations": annotations, "categories": categories}
+    return {"info": {"description": "generated shapes"}, "images": images, "annotations": annotations,
+            "categories": categories}
 
 
 def write_shapes_dataset(out_dir: str, num_train: int = 64, num_val: int = 16, size: int = 128,

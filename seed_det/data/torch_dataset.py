@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, Iterator, List
 
 import numpy as np
@@ -49,6 +50,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         if with_masks and any("segmentation" not in a for r in records for a in r["annotations"]):
             raise DatasetError(f"MODEL.MASK_ON is True but dataset '{dataset.spec.name}' has annotations without "
                                "'segmentation': use a COCO json with masks or set MODEL.MASK_ON False")
+        missing = [r["file_name"] for r in records if not os.path.isfile(r["file_name"])]
+        if missing:
+            raise DatasetError(f"dataset '{dataset.spec.name}': {len(missing)} of {len(records)} images do not exist, "
+                               f"e.g. {missing[0]}; check the image folder in the config")
         self.records = records
 
     def __len__(self) -> int:

@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 def evaluate_dataset(cfg: CfgNode, model: torch.nn.Module, dataset: Dataset, device: torch.device) -> Dict[str, float]:
     """Batch size 1 at the test size, like Detectron2's inference loop; returns percent metrics."""
     with_masks = bool(cfg.MODEL.MASK_ON) and dataset.spec.kind == "coco"
+    if with_masks and not all("segmentation" in a for r in dataset.records for a in r["annotations"]):
+        logger.warning("%s has annotations without masks: reporting box AP only", dataset.spec.name)
+        with_masks = False
     data = DetectionDataset(dataset, train=False, image_format=cfg.INPUT.FORMAT, with_masks=False)
     loader = torch.utils.data.DataLoader(data, batch_size=1, shuffle=False, collate_fn=collate,
                                          num_workers=cfg.DATALOADER.NUM_WORKERS)

@@ -209,7 +209,8 @@ def _build_fpn(cfg: CfgNode, net: resnet.ResNet):
                                m.FPN.OUT_CHANNELS, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer(m.FPN.NORM))
     names = ["0", "1", "2", "3"]
     bh = m.ROI_BOX_HEAD
-    box_head = ConvFCHead(m.FPN.OUT_CHANNELS, bh.POOLER_RESOLUTION, bh.CONV_DIM, bh.NUM_CONV, bh.FC_DIM, bh.NUM_FC, bh.NORM)
+    box_head = ConvFCHead(m.FPN.OUT_CHANNELS, bh.POOLER_RESOLUTION, bh.CONV_DIM, bh.NUM_CONV, bh.FC_DIM, bh.NUM_FC,
+                          bh.NORM)
     parts = dict(
         rpn_anchor_generator=_anchors(cfg, 5),
         box_roi_pool=_pooler(names, (4, 8, 16, 32), bh),

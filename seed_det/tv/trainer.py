@@ -88,7 +88,8 @@ class Trainer:
                 losses = {k: v * self.loss_weights.get(k, 1.0) for k, v in self.model(images, targets).items()}
                 loss = sum(losses.values())
                 if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss became {loss.item()} at iteration {it} ({ {k: v.item() for k, v in losses.items()} }); "
+                    parts = {k: round(v.item(), 4) for k, v in losses.items()}
+                    raise FloatingPointError(f"loss became {loss.item()} at iteration {it} ({parts}); "
                                              "lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
