@@ -26,7 +26,7 @@ demo: install
 	$(PY) tools/demo.py
 
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/distill_step.py

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seed_core.encoders import build_student  # noqa: E402
 from seed_core.objectives import DistillationObjective  # noqa: E402
-from seed_core.precision import DTYPES, autocast, resolve_precision, cpu_supports_bf16  # noqa: E402
+from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision  # noqa: E402
 from seed_core.queue import EmbeddingQueue  # noqa: E402
 from seed_core.teachers import FrozenTeacher  # noqa: E402
 
@@ -45,8 +45,8 @@ class OursStep:
         self.precision = precision
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.student = student.to(memory_format=self.fmt)
-        self.queue = EmbeddingQueue(*queue_init.shape)
-        self.queue.embeddings.copy_(queue_init)
+        self.queue = EmbeddingQueue(*queue_init.shape, shadow_dtype=None if precision == "fp32" else DTYPES[precision])
+        self.queue.load_state_dict({"embeddings": queue_init.clone(), "ptr": torch.zeros((), dtype=torch.long)})
         self.objective = DistillationObjective(teacher, self.queue, "seed", 0.2, 0.01,
                                                DTYPES[precision], channels_last)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
@@ -128,7 +128,7 @@ class QueueLossStep:
 
     def __call__(self, x):
         from seed_core.losses import seed_loss
-        loss = seed_loss(self.zs, self.zt, self.o.queue.embeddings, 0.2, 0.01)
+        loss = seed_loss(self.zs, self.zt, self.o.queue.embeddings, 0.2, 0.01, self.o.queue.shadow)
         loss.backward()
         self.o.queue.enqueue(self.zt)
         return loss
@@ -202,6 +202,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
+    # Process-wide allocator setting of the training loop (seed_core.trainer); it applies to every
+    # variant below alike, the reference included.
+    heap = keep_large_allocations_on_heap()
 
     torch.manual_seed(0)
     student_ours = build_student(args.student, args.dim)
@@ -222,7 +225,7 @@ def main(argv=None):
                           "queue_loss": QueueLossStep(ours, args.batch, args.dim)},
                          x, args.repeats, args.warmup)
     res = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16(),
+        "machine": {"cpu_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16(), "heap_tuned": heap,
                     "torch": torch.__version__},
         "setup": {"student": args.student, "teacher": args.teacher, "K": args.queue_size, "batch": args.batch,
                   "image_size": args.image_size, "precision": precision, "channels_last": True},

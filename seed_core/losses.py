@@ -12,14 +12,42 @@ def similarity_logits(query: torch.Tensor, positive: torch.Tensor, queue: torch.
     return torch.cat([pos, query @ queue.t()], dim=1)
 
 
+class _SoftCrossEntropy(torch.autograd.Function):
+    """mean_i -sum_j p_ij log softmax(s)_ij with p = softmax(t). The gradient softmax(s) - p is
+    written directly, with PyTorch's vectorised softmax kernels: at tau_T = 0.01 most exponents
+    are far below zero, where elementwise exp() takes a slow path."""
+
+    @staticmethod
+    def forward(ctx, s, t):
+        p = torch.softmax(t, dim=1)
+        loss = -(p * torch.log_softmax(s, dim=1)).sum() / s.shape[0]
+        ctx.save_for_backward(s, p)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        s, p = ctx.saved_tensors
+        return torch.softmax(s, dim=1).sub_(p).mul_(grad / s.shape[0]), None
+
+
 def seed_loss(z_student: torch.Tensor, z_teacher: torch.Tensor, queue: torch.Tensor,
-              student_temp: float = 0.2, teacher_temp: float = 0.01) -> torch.Tensor:
+              student_temp: float = 0.2, teacher_temp: float = 0.01,
+              student_queue: torch.Tensor | None = None) -> torch.Tensor:
     """Soft cross-entropy between the teacher's and the student's similarity distributions over
-    {teacher embedding of the same image} + queue. The teacher side carries no gradient."""
+    {teacher embedding of the same image} + queue: logits [z.z_T, z.d_1, ..., z.d_K] / tau.
+    The teacher side carries no gradient and is computed in fp32 (at tau_T = 0.01 rounding
+    would be amplified 100x). `student_queue`, a reduced-precision copy of `queue`, lets the
+    student's similarities run as fast bf16 matmuls (their rounding is divided by tau_S only)."""
     with torch.no_grad():
-        target = F.softmax(similarity_logits(z_teacher, z_teacher, queue) / teacher_temp, dim=1)
-    log_prob = F.log_softmax(similarity_logits(z_student, z_teacher, queue) / student_temp, dim=1)
-    return -(target * log_prob).sum(dim=1).mean()
+        zt = z_teacher / teacher_temp  # scaling the (N, D) side is cheaper than the (N, K) logits
+        t = torch.cat([(zt * z_teacher).sum(dim=1, keepdim=True), torch.mm(queue, zt.t()).t()], dim=1)
+    zs = z_student / student_temp
+    s_pos = (zs * z_teacher).sum(dim=1, keepdim=True)
+    if student_queue is not None and student_queue.dtype != zs.dtype:
+        s_neg = zs.to(student_queue.dtype) @ student_queue.t()
+    else:
+        s_neg = zs @ queue.t()
+    return _SoftCrossEntropy.apply(torch.cat([s_pos, s_neg.float()], dim=1), t)
 
 
 def l2_loss(z_student: torch.Tensor, z_teacher: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ class DistillationObjective(nn.Module):
         if self.loss == "l2":
             loss = l2_loss(z_s, z_t)
         else:
-            loss = seed_loss(z_s, z_t, self.queue.embeddings, self.student_temp, self.teacher_temp)
+            loss = seed_loss(z_s, z_t, self.queue.embeddings, self.student_temp, self.teacher_temp,
+                             student_queue=self.queue.shadow)
         return loss, z_t
 
     def after_step(self, student: nn.Module, to_enqueue: torch.Tensor) -> None:

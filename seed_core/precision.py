@@ -43,3 +43,20 @@ def autocast(precision: str, device: torch.device):
 def make_grad_scaler(precision: str, device: torch.device):
     """Only fp16 needs loss scaling; the scaler is disabled (a no-op) otherwise."""
     return torch.amp.GradScaler(device.type, enabled=(precision == "fp16"))
+
+
+def keep_large_allocations_on_heap() -> bool:
+    """Stop glibc from returning every large tensor to the OS on free (its default for blocks above
+    a dynamic threshold): otherwise each step page-faults its activation and (N, K) logit buffers
+    afresh, which costs more than the similarity math itself on CPU. Returns True when applied."""
+    import ctypes
+    import ctypes.util
+    import sys
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(libc.mallopt(M_TRIM_THRESHOLD, (1 << 31) - 1))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False

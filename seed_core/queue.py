@@ -10,13 +10,23 @@ class EmbeddingQueue(nn.Module):
     """K x D ring buffer. `embeddings` is read in place by the loss; `enqueue` runs after the
     backward pass, so the hot path never copies the queue (the reference code clones it per step)."""
 
-    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
+    def __init__(self, size: int, dim: int, generator: torch.Generator | None = None,
+                 shadow_dtype: torch.dtype | None = None):
         super().__init__()
         if size < 1 or dim < 1:
             raise ValueError(f"queue size and dim must be positive, got K={size}, D={dim}")
         init = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         self.register_buffer("embeddings", init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        # Optional reduced-precision copy for fast student-side matmuls, kept in sync row by row
+        # (not saved: it is derived from `embeddings`).
+        self.shadow_dtype = shadow_dtype
+        self.register_buffer("shadow", init.to(shadow_dtype) if shadow_dtype else None, persistent=False)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        if self.shadow is not None:
+            self.shadow = self.embeddings.to(self.shadow_dtype)
 
     @property
     def size(self) -> int:
@@ -30,11 +40,13 @@ class EmbeddingQueue(nn.Module):
             raise ValueError(f"cannot enqueue {n} embeddings into a queue of size {self.size}")
         start = int(self.ptr)
         end = start + n
-        batch = batch.to(self.embeddings.dtype)
-        if end <= self.size:
-            self.embeddings[start:end] = batch
-        else:  # wrap around: K need not be a multiple of the global batch
-            first = self.size - start
-            self.embeddings[start:] = batch[:first]
-            self.embeddings[: n - first] = batch[first:]
+        for buf in (self.embeddings, self.shadow):
+            if buf is None:
+                continue
+            if end <= self.size:
+                buf[start:end] = batch
+            else:  # wrap around: K need not be a multiple of the global batch
+                first = self.size - start
+                buf[start:] = batch[:first]
+                buf[: n - first] = batch[first:]
         self.ptr.fill_(end % self.size)

@@ -21,7 +21,7 @@ from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
 from .objectives import DistillationObjective, MoCoObjective
-from .precision import DTYPES, autocast, make_grad_scaler, resolve_precision
+from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
 from .schedule import lr_at, scaled_lr
 from .teachers import embedding_dim, load_teacher
@@ -72,6 +72,8 @@ class Trainer:
         random.seed(cfg.SEED)
         self.moco = cfg.LOSS.NAME == "moco"
         self.precision = resolve_precision(cfg.TRAIN.PRECISION, self.device)
+        if self.device.type == "cpu":
+            keep_large_allocations_on_heap()
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_path = os.path.join(self.out_dir, CHECKPOINT_FILE)
 
@@ -115,7 +117,9 @@ class Trainer:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student = student.to(self.device, memory_format=fmt)
         queue_gen = torch.Generator().manual_seed(cfg.SEED + 1)
-        self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen).to(self.device)
+        # SEED's student similarities run in the training precision; the teacher side stays fp32.
+        shadow = DTYPES[self.precision] if (self.precision != "fp32" and cfg.LOSS.NAME == "seed") else None
+        self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen, shadow).to(self.device)
         if self.moco:
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM)
         else:

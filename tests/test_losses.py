@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from seed_core.encoders import build_student
 from seed_core.losses import info_nce_loss, l2_loss, seed_loss
+from seed_core.losses import similarity_logits as similarity_logits_ref
 from seed_core.objectives import DistillationObjective
 from seed_core.queue import EmbeddingQueue
 from seed_core.teachers import FrozenTeacher
@@ -90,3 +91,38 @@ def test_folded_teacher_computes_the_same_embeddings():
     x = torch.randn(3, 3, 48, 48)
     with torch.no_grad():
         assert torch.allclose(folded(x), teacher(x), atol=1e-5)
+
+
+def test_soft_cross_entropy_gradient_matches_autograd_of_the_plain_formula():
+    zs = _unit(5, 6, seed=11).requires_grad_(True)
+    zt, queue = _unit(5, 6, seed=12), _unit(9, 6, seed=13)
+    ours = seed_loss(zs, zt, queue, 0.2, 0.05)
+    (g_ours,) = torch.autograd.grad(ours, zs)
+    t = similarity_logits_ref(zt, zt, queue) / 0.05
+    s = similarity_logits_ref(zs, zt, queue) / 0.2
+    plain = -(F.softmax(t, 1) * F.log_softmax(s, 1)).sum(1).mean()
+    (g_plain,) = torch.autograd.grad(plain, zs)
+    assert torch.allclose(ours, plain, atol=1e-12)
+    assert torch.allclose(g_ours, g_plain, atol=1e-12)
+
+
+def test_reduced_precision_student_queue_stays_close_to_fp32():
+    zs = _unit(8, 16, seed=14).float().requires_grad_(True)
+    zt, queue = _unit(8, 16, seed=15).float(), _unit(300, 16, seed=16).float()
+    full = seed_loss(zs, zt, queue)
+    low = seed_loss(zs, zt, queue, student_queue=queue.bfloat16())
+    assert low.dtype == torch.float32
+    assert abs(full.item() - low.item()) < 2e-2 * full.item()
+    (g_full,) = torch.autograd.grad(full, zs)
+    (g_low,) = torch.autograd.grad(seed_loss(zs, zt, queue, student_queue=queue.bfloat16()), zs)
+    assert torch.allclose(g_full, g_low, atol=0.05 * g_full.abs().max().item())
+
+
+def test_queue_shadow_copy_follows_enqueue_and_load():
+    q = EmbeddingQueue(6, 4, shadow_dtype=torch.bfloat16)
+    q.enqueue(torch.full((4, 4), 0.5))
+    q.enqueue(torch.full((4, 4), 0.25))  # wraps around
+    assert torch.equal(q.shadow, q.embeddings.bfloat16())
+    r = EmbeddingQueue(6, 4, torch.Generator().manual_seed(3), shadow_dtype=torch.bfloat16)
+    r.load_state_dict(q.state_dict())
+    assert "shadow" not in q.state_dict() and torch.equal(r.shadow, q.embeddings.bfloat16())
