@@ -47,7 +47,7 @@ def seed_loss(z_student: torch.Tensor, z_teacher: torch.Tensor, queue: torch.Ten
         s_neg = zs.to(student_queue.dtype) @ student_queue.t()
     else:
         s_neg = zs @ queue.t()
-    return _SoftCrossEntropy.apply(torch.cat([s_pos, s_neg.float()], dim=1), t)
+    return _SoftCrossEntropy.apply(torch.cat([s_pos, s_neg.to(zs.dtype)], dim=1), t)
 
 
 def l2_loss(z_student: torch.Tensor, z_teacher: torch.Tensor) -> torch.Tensor:
