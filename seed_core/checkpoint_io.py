@@ -13,6 +13,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit."""
 
 
+def key_mismatch_report(expected: dict, state: dict, ignore_prefixes=(), max_shown: int = 6) -> list[str]:
+    """What keeps `state` from loading into a module whose state dict is `expected`: missing and
+    unexpected keys, shape mismatches (file vs model). Empty when it fits exactly."""
+    def show(items):
+        items = sorted(items)
+        more = f" (+{len(items) - max_shown} more)" if len(items) > max_shown else ""
+        return ", ".join(items[:max_shown]) + more
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and not k.startswith(tuple(ignore_prefixes))]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+             for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    report = []
+    if missing:
+        report.append(f"missing keys: {show(missing)}")
+    if unexpected:
+        report.append(f"unexpected keys: {show(unexpected)}")
+    if wrong:
+        report.append(f"shape mismatch (file vs model): {show(wrong)}")
+    return report
+
+
 def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
     """Load a user-supplied checkpoint without executing code: `weights_only=True` accepts only
     tensors and plain containers; anything else is refused with an explanation."""

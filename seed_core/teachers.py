@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .checkpoint_io import CheckpointError, load_untrusted
+from .checkpoint_io import CheckpointError, key_mismatch_report, load_untrusted
 from .encoders import EmbeddingNet, build_backbone
 
 logger = logging.getLogger(__name__)
@@ -96,23 +96,11 @@ def build_mlp_from_state(head_state: dict) -> nn.Module:
 
 def _load_exact(module: nn.Module, state: dict, what: str, path: str, optional_prefixes=()) -> None:
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own and not k.startswith(optional_prefixes)]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-                   for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong_shape:
-        def show(items):
-            return ", ".join(items[:6]) + (f" (+{len(items) - 6} more)" if len(items) > 6 else "")
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {show(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {show(unexpected)}")
-        if wrong_shape:
-            parts.append(f"shape mismatch (checkpoint vs model): {show(wrong_shape)}")
+    problems = key_mismatch_report(own, state, optional_prefixes)
+    if problems:
         hint = guess_resnet_arch(state)
         hint = f" The checkpoint looks like a {hint}." if hint else ""
-        raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(parts) + "." + hint +
+        raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(problems) + "." + hint +
                               " Set MODEL.TEACHER.ARCH (or MODEL.TEACHER.FORMAT) to match the checkpoint.")
     module.load_state_dict({k: state[k] for k in own}, strict=True)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint_io import load_untrusted
+from ..checkpoint_io import key_mismatch_report, load_untrusted
 from ..encoders import available_backbones, build_backbone
 
 logger = logging.getLogger(__name__)
@@ -106,18 +106,7 @@ def _load_state_dict(weights: Path) -> dict:
 
 
 def _check_keys(model: nn.Module, state: dict, weights: Path, arch: str) -> None:
-    expected = model.state_dict()
-    missing = expected.keys() - state.keys()
-    unexpected = state.keys() - expected.keys()
-    wrong_shape = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_format_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_format_keys(unexpected)}")
-    if wrong_shape:
-        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(wrong_shape)]
-        problems.append(f"shape mismatches (file vs {arch}): " + "; ".join(shapes[:_MAX_KEYS_SHOWN]))
+    problems = key_mismatch_report(model.state_dict(), state, max_shown=_MAX_KEYS_SHOWN)
     if problems:
         raise ValueError(f"{weights} does not match architecture '{arch}': " + " | ".join(problems)
                          + ". Check the arch in meta.json / --arch.")

@@ -95,3 +95,26 @@ def run_linear(args) -> dict:
                              weight_decay=args.weight_decay, batch_size=args.probe_batch_size, seed=args.seed)
     return _report(args, "eval_linear", backbone, train, val,
                    {**res.as_dict(), "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed})
+
+
+_TOOLS = {"knn": ("k-NN", add_knn_arguments, run_knn), "linear": ("linear probe", add_linear_arguments, run_linear)}
+
+
+def cli_main(kind: str, doc: str, argv=None) -> int:
+    """Command line of tools/eval_knn.py and tools/eval_linear.py."""
+    import json
+    import logging
+    from ..checkpoint_io import CheckpointError
+    label, add_arguments, run = _TOOLS[kind]
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = run(args)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:  # user input problems: a message, not a traceback
+        parser.exit(2, f"error: {e}\n")
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(f"{label} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}")
+    return 0
