@@ -234,11 +234,13 @@ class Trainer:
                 epoch, step = divmod(it, self.steps_per_epoch)
                 self.sampler.set_position(epoch, step)
                 bad_seen: set[int] = set()
+                epoch_bad = 0
                 for images, bad in self.loader:
                     new_bad = len(set(bad) - bad_seen)
                     bad_seen.update(bad)
                     loss, stats = self._guarded_step(images, it, new_bad)
                     bad_total += int(stats[2])
+                    epoch_bad += int(stats[2])
                     if stats[1] > 0:  # a rank was asked to stop: every rank stops at the same step
                         self.save(it + 1)
                         raise Interrupted(self.stop_signal or signal.SIGTERM, it + 1, self.ckpt_path)
@@ -250,7 +252,7 @@ class Trainer:
                     else:
                         skipped_nonfinite = 0
                         loss_sum += float(stats[0]) / ctx.world_size
-                    self._check_bad_images(bad_total, epoch)
+                    self._check_bad_images(epoch_bad, epoch)
                     it += 1
                     progress.update(1)
                     if it % cfg.TRAIN.LOG_PERIOD == 0 or it == end:
@@ -267,8 +269,9 @@ class Trainer:
                         self.save(it)
                     if it >= end:
                         break
-                if bad_seen and ctx.is_main:
-                    logger.warning("epoch %d: %d unreadable images skipped so far", epoch, bad_total)
+                if epoch_bad and ctx.is_main:
+                    logger.warning("epoch %d: %d unreadable images skipped (replaced by the next readable "
+                                   "image); %d in the run so far", epoch, epoch_bad, bad_total)
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
@@ -319,11 +322,11 @@ class Trainer:
         self.objective.after_step(self.model, to_enqueue)
         return loss, stats
 
-    def _check_bad_images(self, bad_total: int, epoch: int) -> None:
+    def _check_bad_images(self, epoch_bad: int, epoch: int) -> None:
         limit = self.cfg.DATA.MAX_BAD_FRACTION * len(self.dataset)
-        if bad_total > limit:
+        if epoch_bad > limit:
             raise TooManyBadImagesError(
-                f"{bad_total} unreadable images in epoch {epoch}, more than DATA.MAX_BAD_FRACTION = "
+                f"{epoch_bad} unreadable images in epoch {epoch}, more than DATA.MAX_BAD_FRACTION = "
                 f"{self.cfg.DATA.MAX_BAD_FRACTION} of {len(self.dataset)}: check {self.cfg.DATA.ROOT} "
                 f"(run with log level DEBUG to list them) or raise DATA.MAX_BAD_FRACTION")
 

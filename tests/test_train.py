@@ -78,9 +78,15 @@ def test_corrupt_and_empty_images_are_skipped_and_counted(moco_teacher, tmp_path
     (root / "class0" / "zero.jpg").write_bytes(b"")
     (root / "class1" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     (root / "class1" / "text.png").write_text("hello")
-    summary = run(str(root), moco_teacher, str(tmp_path / "o"), **{"DATA.MAX_BAD_FRACTION": 0.2})
+    os.symlink(str(root / "gone.png"), str(root / "class0" / "dangling.png"))  # unreadable: target missing
+    locked = root / "class1" / "img0001.png"
+    os.chmod(locked, 0)  # unreadable for a normal user (root reads it anyway)
+    unreadable = 4 + (os.geteuid() != 0)
+    # bad files are ~10% of 45: the limit applies per epoch, not to the run's total (~20%).
+    summary = run(str(root), moco_teacher, str(tmp_path / "o"), **{"DATA.MAX_BAD_FRACTION": 0.15})
+    os.chmod(locked, 0o644)
     assert summary["finished"]
-    assert summary["bad_images"] == 6  # 3 bad files, seen once in each of 2 epochs
+    assert summary["bad_images"] == 2 * unreadable  # each bad file seen once in each of 2 epochs
     with pytest.raises(TooManyBadImagesError, match="DATA.MAX_BAD_FRACTION"):
         run(str(root), moco_teacher, str(tmp_path / "o2"), **{"DATA.MAX_BAD_FRACTION": 0.01})
 
