@@ -40,7 +40,7 @@ def _train_seconds(engine: str, config: str, data: str, weights: str, iters: int
             "DATASETS.TRAIN", "('bench_train',)", "DATASETS.TEST", "('bench_val',)",
             "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size),
             "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size),
-            "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.WARMUP_ITERS", "1",
+            "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.BASE_LR", "0.005", "SOLVER.WARMUP_ITERS", "10",
             "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "1", "SEED", "0",
             "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out, "RESULTS_CSV", os.path.join(out, "results.csv")]
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config", config, "--engine", engine, *opts]

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 logger = logging.getLogger(__name__)
@@ -25,29 +25,31 @@ DEMO_DET_CONFIG = os.path.join(REPO, "configs", "demo", "shapes_r18_fpn.yaml")
 
 @dataclass(frozen=True)
 class DemoPreset:
-    # unlabeled images for self-supervised training (a stand-in for ImageNet)
+    # unlabeled images for self-supervised training (a stand-in for ImageNet), cropped to 32 px
     unlabeled_images: int = 1536
-    distill_image_size: int = 64
-    teacher_arch: str = "resnet50"
+    unlabeled_size: int = 64
+    distill_image_size: int = 32
+    teacher_arch: str = "resnet34"
     student_arch: str = "resnet18"
-    teacher_epochs: int = 10
-    student_epochs: int = 6
+    teacher_epochs: int = 30
+    student_epochs: int = 20
     distill_batch: int = 64
-    queue_size: int = 1024
+    distill_base_lr: float = 0.24   # x batch/256: 0.06, what short MoCo runs on small data need
+    queue_size: int = 256           # small data: a large queue would hold stale, near-duplicate keys
     # detection data and fine-tuning
     det_train: int = 192
     det_val: int = 64
     det_image_size: int = 128
-    det_iters: int = 240
+    det_iters: int = 150
     det_batch: int = 4
-    det_lr: float = 0.02
+    det_lr: float = 0.01            # batch 4 (Detectron2 uses 0.02 at batch 16)
     seed: int = 0
 
 
 PRESETS = {
     "default": DemoPreset(),
     # for tests: every stage runs, in well under a few minutes
-    "tiny": DemoPreset(unlabeled_images=64, distill_image_size=32, teacher_arch="resnet18",
+    "tiny": DemoPreset(unlabeled_images=64, unlabeled_size=32, distill_image_size=32, teacher_arch="resnet18",
                        teacher_epochs=1, student_epochs=1, distill_batch=16, queue_size=64,
                        det_train=8, det_val=4, det_image_size=64, det_iters=2, det_batch=2),
 }
@@ -108,7 +110,7 @@ def _detect(stage: Stage, weights: str, data_root: str, p: DemoPreset, engine: s
         "INPUT.MIN_SIZE_TRAIN": (p.det_image_size,), "INPUT.MAX_SIZE_TRAIN": p.det_image_size,
         "INPUT.MIN_SIZE_TEST": p.det_image_size, "INPUT.MAX_SIZE_TEST": p.det_image_size,
         "SOLVER.MAX_ITER": p.det_iters, "SOLVER.IMS_PER_BATCH": p.det_batch, "SOLVER.BASE_LR": p.det_lr,
-        "SOLVER.STEPS": (int(p.det_iters * 0.75),), "SOLVER.WARMUP_ITERS": min(50, p.det_iters // 4),
+        "SOLVER.STEPS": (int(p.det_iters * 0.75),), "SOLVER.WARMUP_ITERS": min(50, p.det_iters // 3),
         "SOLVER.CHECKPOINT_PERIOD": max(1, p.det_iters), "SEED": p.seed,
         "OUTPUT_DIR": stage.dir, "RESULTS_CSV": os.path.join(os.path.dirname(stage.dir), "results.csv"),
     }
@@ -127,17 +129,18 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     params = asdict(p)
 
     from seed_det.data.shapes import write_shapes_dataset
-    data = Stage(out_root, "data", {k: params[k] for k in ("unlabeled_images", "det_train", "det_val",
-                                                           "det_image_size", "distill_image_size", "seed")})
+    data = Stage(out_root, "data", {k: params[k] for k in ("unlabeled_images", "unlabeled_size", "det_train",
+                                                           "det_val", "det_image_size", "seed")})
     data_result = data.run(lambda: {
         "unlabeled": write_shapes_dataset(os.path.join(data.dir, "unlabeled"), num_train=p.unlabeled_images,
-                                          num_val=1, size=max(p.distill_image_size, 32), seed=p.seed + 1000)["image_root"],
+                                          num_val=1, size=p.unlabeled_size, seed=p.seed + 1000)["image_root"],
         "detection": write_shapes_dataset(os.path.join(data.dir, "shapes"), num_train=p.det_train,
                                           num_val=p.det_val, size=p.det_image_size, seed=p.seed)["root"],
     })
 
     common = {"DATA.ROOT": data_result["unlabeled"], "DATA.IMAGE_SIZE": p.distill_image_size,
               "DATA.NUM_WORKERS": workers, "SOLVER.BATCH_SIZE": p.distill_batch, "QUEUE.SIZE": p.queue_size,
+              "SOLVER.BASE_LR": p.distill_base_lr,
               "SOLVER.WARMUP_EPOCHS": 1.0, "TRAIN.CHECKPOINT_PERIOD": 50, "SEED": p.seed, "TRAIN.LOG_PERIOD": 5}
     teacher_opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p.teacher_arch,
                     "SOLVER.EPOCHS": p.teacher_epochs}
@@ -180,7 +183,3 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     print("\n" + table)
     print(f"table: {out_root}/results.md   chart: {out_root}/results.png   losses: {out_root}/loss_curves.png")
     return results
-
-
-def scaled_preset(base: str = "default", **changes) -> DemoPreset:
-    return replace(PRESETS[base], **changes)
