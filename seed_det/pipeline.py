@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -73,13 +74,16 @@ class Stage:
             return None
         return record["result"] if record.get("params") == self.params else None
 
-    def run(self, fn: Callable[[], dict]) -> dict:
+    def run(self, fn: Callable[[], dict], fresh: bool = False) -> dict:
+        """`fresh`: the stage cannot resume, so leftovers of an interrupted attempt are removed."""
         cached = self.done()
         if cached is not None:
             print(f"[{self.name}] done before: reusing {self.dir}")
             return cached
         print(f"[{self.name}] running ...", flush=True)
         t0 = time.time()
+        if fresh and os.path.isdir(self.dir):
+            shutil.rmtree(self.dir)
         os.makedirs(self.dir, exist_ok=True)
         result = fn()
         result["seconds"] = round(time.time() - t0, 1)
@@ -168,7 +172,7 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
         det = Stage(out_root, f"det_{name}", {**{k: params[k] for k in params if k.startswith("det_")},
                                               "weights": weights[name], "engine": engine})
         results[name] = det.run(lambda det=det, name=name: _detect(det, weights[name], data_result["detection"],
-                                                                    p, engine))["metrics"]
+                                                                    p, engine), fresh=True)["metrics"]
 
     from .report import loss_curves_png, metrics_bar_png, results_markdown
     labels = {"random": "random init", "moco": f"MoCo-v2 {p.student_arch}", "seed": f"SEED {p.student_arch} (teacher {p.teacher_arch})"}
