@@ -50,7 +50,9 @@ def shared(tmp_path_factory):
     torch.save(moco_state("resnet18"), root / "teacher.pth")
     images, teacher = str(root / "images"), str(root / "teacher.pth")
     out = str(root / "reference")
-    train(load_cfg(None, tiny_opts(images, teacher, out, **{"TRAIN.CHECKPOINT_PERIOD": 1})))
+    # In a worker process like the faulty runs: same thread count, so bit-identical arithmetic.
+    done = _worker(tiny_opts(images, teacher, out, **{"TRAIN.CHECKPOINT_PERIOD": 1}))
+    assert done.returncode == 0, done.stderr[-2000:]
     return images, teacher, out
 
 
