@@ -1,0 +1,80 @@
+"""benchmarks/paper_claim.py end to end in its tiny mode: files written, expected rows present."""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("paper_claim_cli", os.path.join(ROOT, "benchmarks", "paper_claim.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def restore_threads():
+    # The CLI sets the torch thread count for the whole process.
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
+    out, work = tmp_path / "out", tmp_path / "work"
+    argv = ["--tiny", "--out-dir", str(out), "--work-dir", str(work), "--ablations", "teacher_temp", "queue_size"]
+    assert _load_cli().main(argv) == 0
+
+    for stem in ("paper_claim", "paper_claim_teacher_temp", "paper_claim_queue_size"):
+        for ext in ("md", "png", "json"):
+            assert (out / f"{stem}.{ext}").stat().st_size > 0, f"{stem}.{ext} missing or empty"
+
+    result = json.loads((out / "paper_claim.json").read_text())
+    archs = result["settings"]["student_archs"]
+    assert set(result["rows"]) == {f"{a}/{v}" for a in archs for v in ("random", "moco", "seed", "l2")}
+    assert {"top1", "clearly_beats_random"} <= set(result["teacher"])
+    table = (out / "paper_claim.md").read_text()
+    assert table.startswith("| student | random init | MoCo-v2 alone | SEED | L2 distillation | SEED − MoCo |")
+    assert all(any(line.startswith(f"| {a} |") for line in table.splitlines()) for a in archs)
+
+    ablation = json.loads((out / "paper_claim_teacher_temp.json").read_text())
+    assert [p["value"] for p in ablation["points"]] == [1e-3, 1e-2]
+    assert len((out / "paper_claim_queue_size.md").read_text().splitlines()) >= 4
+
+
+def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
+    from seed_core.experiments import RUN_SUMMARY
+    argv = ["--tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+            "--archs", "resnet18", "--teacher-arch", "resnet18"]
+    cli = _load_cli()
+    assert cli.main(argv) == 0
+    runs = sorted((tmp_path / "work" / "runs").glob(f"*/{RUN_SUMMARY}"))
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    assert cli.main(argv) == 0
+    assert [p.stat().st_mtime_ns for p in runs] == stamps
+    assert len(sorted((tmp_path / "work" / "runs").glob(f"*/{RUN_SUMMARY}"))) == len(runs)
+
+
+def test_run_key_ignores_paths_and_logging_but_not_settings():
+    from seed_core.config import load_cfg
+    from seed_core.experiments import run_key
+    ids = {"DATA.ROOT": "digits"}
+    a = load_cfg(None, ["DATA.ROOT", "/a", "OUTPUT_DIR", "/x", "TRAIN.PROGRESS", "False"])
+    b = load_cfg(None, ["DATA.ROOT", "/b", "OUTPUT_DIR", "/y", "DATA.NUM_WORKERS", "0"])
+    c = load_cfg(None, ["DATA.ROOT", "/a", "LOSS.TEACHER_TEMP", "0.1"])
+    assert run_key(a, ids) == run_key(b, ids)
+    assert run_key(a, ids) != run_key(c, ids)
+    assert run_key(a, ids) != run_key(a, {"DATA.ROOT": "other digits"})
+    with pytest.raises(ValueError, match="DATA.ROOT"):
+        run_key(a, {})
+
+
+def test_mean_std():
+    from seed_core.experiments import mean_std
+    assert mean_std([5.0]) == (5.0, 0.0)
+    mean, std = mean_std([1.0, 2.0, 3.0])
+    assert mean == 2.0 and abs(std - 1.0) < 1e-12
