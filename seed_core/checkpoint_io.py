@@ -56,14 +56,14 @@ def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save `obj` to `path` atomically (see `_atomic_write`)."""
-    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+    atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(text: str, path: str) -> None:
-    _atomic_write(path, "w", lambda f: f.write(text))
+    atomic_write(path, "w", lambda f: f.write(text))
 
 
-def _atomic_write(path: str, mode: str, write: Callable[[Any], Any]) -> None:
+def atomic_write(path: str, mode: str, write: Callable[[Any], Any]) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash at any point
     leaves either the previous file or the new one, never a partial file."""
     folder = os.path.dirname(os.path.abspath(path))

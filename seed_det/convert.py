@@ -19,7 +19,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass
@@ -28,6 +27,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from seed_core.checkpoint_io import atomic_write
 from seed_det import SeedDetError
 
 logger = logging.getLogger(__name__)
@@ -124,15 +124,7 @@ def write_d2_pkl(model: Mapping[str, np.ndarray], out_path: str | os.PathLike, a
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     payload = {"model": dict(model), "__author__": author, "matching_heuristics": True}
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=4)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(out_path, "wb", lambda f: pickle.dump(payload, f, protocol=4))
 
 
 def _looks_like_d2_pkl(path: str) -> bool:

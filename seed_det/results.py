@@ -15,11 +15,11 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import OrderedDict
 from typing import Iterable, Mapping
 
+from seed_core.checkpoint_io import atomic_write_text
 from seed_det import SeedDetError
 
 try:
@@ -30,7 +30,7 @@ except ImportError:  # Windows: no cross-process lock; concurrent runs may then 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CSV_FIELDS", "record_run", "default_csv_path", "read_results", "split_config_name",
-           "render_markdown", "atomic_write_text"]
+           "render_markdown"]
 
 CSV_FIELDS = ("timestamp", "config", "weights", "engine", "AP", "AP50", "AP75", "mask_AP")
 METRIC_KEYS = ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75")
@@ -38,22 +38,6 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75")
 VARIANTS = ("random", "supervised", "mocov2", "seed")
 VARIANT_TITLES = {"random": "Random init", "supervised": "Supervised", "mocov2": "MoCo-v2 student",
                   "seed": "SEED student"}
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a whole file so readers never see it half-written (temp file + os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def default_csv_path(output_dir: str | os.PathLike) -> str:
@@ -92,7 +76,7 @@ def record_run(output_dir, config_file, weights, metrics: Mapping[str, float], c
         row[k] = _fmt(metrics.get(k))
 
     record = dict(row, metrics=metrics)
-    atomic_write_text(os.path.join(output_dir, "metrics.json"), json.dumps(record, indent=2) + "\n")
+    atomic_write_text(json.dumps(record, indent=2) + "\n", os.path.join(output_dir, "metrics.json"))
 
     csv_path = os.fspath(csv_path) if csv_path else default_csv_path(output_dir)
     with _folder_lock(os.path.dirname(os.path.abspath(csv_path))):
@@ -132,7 +116,7 @@ def _append_row(csv_path: str, row: Mapping[str, str]) -> None:
     elif not existing.endswith("\n"):
         buf.write("\n")
     writer.writerow(row)
-    atomic_write_text(csv_path, existing + buf.getvalue())
+    atomic_write_text(existing + buf.getvalue(), csv_path)
 
 
 def read_results(csv_path: str | os.PathLike) -> list[dict]:

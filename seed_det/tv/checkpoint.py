@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Dict, Optional
 
 import torch
+
+from seed_core.checkpoint_io import atomic_save, atomic_write_text
 
 from .weights import ENGINE_TAG, WeightsError
 
@@ -24,18 +25,8 @@ def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler
         payload["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         payload["scheduler"] = scheduler.state_dict()
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=output_dir)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=output_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(name)
-    os.replace(tmp, os.path.join(output_dir, LAST))
+    atomic_save(payload, path)
+    atomic_write_text(name, os.path.join(output_dir, LAST))
     logger.info("saved checkpoint %s (iteration %d)", path, iteration)
     return path
 
