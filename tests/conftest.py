@@ -10,6 +10,17 @@ sys.path.insert(0, ROOT)
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def load_script(relative_path):
+    """Import a command-line script (tools/..., benchmarks/...) as a module to call its main()."""
+    import importlib.util
+    path = os.path.join(ROOT, relative_path)
+    name = os.path.splitext(os.path.basename(path))[0] + "_script"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_images(folder, n, size=32, seed=0, classes=2):
     """Small random-texture PNGs in ImageFolder layout."""
     from PIL import Image

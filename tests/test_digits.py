@@ -1,8 +1,6 @@
 """The digits ImageFolder writer: real images, stratified deterministic split, idempotent, offline."""
 import hashlib
-import importlib.util
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +10,8 @@ from torchvision.datasets import ImageFolder
 
 from seed_core.digits import stratified_split, write_digits_imagefolder
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
+
 
 
 def tree_digest(root):
@@ -103,9 +102,7 @@ def test_works_without_network(tmp_path, monkeypatch):
 
 
 def test_command_line(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("make_digits_dataset", ROOT / "tools" / "make_digits_dataset.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/make_digits_dataset.py")
     assert tool.main([str(tmp_path / "cli"), "--size", "16", "--max-per-class", "10"]) == 0
     assert "70 train and 30 val" in capsys.readouterr().out
     assert tool.main([str(tmp_path / "cli"), "--size", "16", "--max-per-class", "10"]) == 0

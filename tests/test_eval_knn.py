@@ -1,9 +1,7 @@
 """Weighted k-NN, feature caching, backbone loading and the k-NN command line."""
-import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +12,8 @@ from seed_core.encoders import build_backbone
 from seed_core.evaluation import features as features_mod
 from seed_core.evaluation import knn_class_scores, knn_evaluate, load_backbone, load_or_compute_features, topk_accuracy
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +210,7 @@ def test_random_init_is_seeded_and_leaves_global_rng_alone():
 # ---------------------------------------------------------------- command line
 
 def test_eval_knn_cli_end_to_end(tiny_digits, tmp_path, capsys):
-    tool = load_tool("eval_knn")
+    tool = load_script("tools/eval_knn.py")
     out, csv_path = tmp_path / "knn.json", tmp_path / "results.csv"
     args = ["--arch", "resnet18", "--random-init", "--train", str(tiny_digits / "train"),
             "--val", str(tiny_digits / "val"), "--image-size", "32", "--batch-size", "64", "--workers", "0",
@@ -238,7 +230,7 @@ def test_eval_knn_cli_end_to_end(tiny_digits, tmp_path, capsys):
 
 
 def test_eval_knn_cli_reports_bad_input_without_traceback(tmp_path, capsys):
-    tool = load_tool("eval_knn")
+    tool = load_script("tools/eval_knn.py")
     with pytest.raises(SystemExit) as exc:
         tool.main(["--backbone", str(tmp_path / "absent"), "--train", str(tmp_path), "--val", str(tmp_path)])
     assert exc.value.code == 2

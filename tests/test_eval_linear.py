@@ -1,8 +1,6 @@
 """Linear probe on frozen features, results files, and the linear-probe command line."""
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,14 +10,8 @@ from seed_core.evaluation import train_linear_probe
 from seed_core.evaluation.linear import standardize
 from seed_core.evaluation.results import append_results_row, write_json_atomic
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def separable_problem(seed=0, n_train=600, n_val=300, dim=32, classes=4, scale=5.0):
@@ -107,7 +99,7 @@ def test_results_csv_appends_rows_under_one_header(tmp_path):
 def test_eval_linear_cli_end_to_end_reuses_cached_features(tmp_path, capsys):
     data = tmp_path / "digits"
     write_digits_imagefolder(data, size=32, max_per_class=10)
-    tool = load_tool("eval_linear")
+    tool = load_script("tools/eval_linear.py")
     out, csv_path, cache = tmp_path / "lin.json", tmp_path / "results.csv", tmp_path / "cache"
     args = ["--arch", "resnet18", "--random-init", "--train", str(data / "train"), "--val", str(data / "val"),
             "--image-size", "32", "--batch-size", "64", "--workers", "0", "--cache-dir", str(cache),

@@ -1,19 +1,15 @@
 """benchmarks/paper_claim.py end to end in its tiny mode: files written, expected rows present."""
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import load_script
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("paper_claim_cli", os.path.join(ROOT, "benchmarks", "paper_claim.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/paper_claim.py")
 
 
 @pytest.fixture

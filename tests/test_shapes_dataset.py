@@ -1,6 +1,5 @@
 """The generated shapes dataset: deterministic, consistent across its COCO and VOC forms."""
 import hashlib
-import importlib.util
 import json
 import os
 
@@ -12,6 +11,8 @@ from seed_det.data import DatasetSpec, SHAPES_CLASSES, write_shapes_dataset
 from seed_det.data.coco_json import load_coco_json
 from seed_det.data.torch_dataset import segmentation_to_mask
 from seed_det.data.voc import load_voc
+
+from conftest import load_script
 
 
 def _digest(folder):
@@ -94,11 +95,7 @@ def test_voc_layout_matches_coco(shapes):
 
 
 def test_separate_test_split_and_cli(tmp_path):
-    tool = os.path.join(os.path.dirname(__file__), "..", "tools", "make_shapes_dataset.py")
-    spec = importlib.util.spec_from_file_location("make_shapes_dataset", tool)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    main = module.main
+    main = load_script("tools/make_shapes_dataset.py").main
     main([str(tmp_path), "--num-train", "2", "--num-val", "1", "--num-test", "2", "--size", "48", "--seed", "0"])
     test_ids = open(tmp_path / "ImageSets" / "Main" / "test.txt").read().split()
     assert test_ids == ["test_000000", "test_000001"]
