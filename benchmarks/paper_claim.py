@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.base_lr, help="SOLVER.BASE_LR (per 256 images)")
     p.add_argument("--queue-size", type=int, default=d.queue_size)
+    p.add_argument("--augmentation", default=d.augmentation, choices=["glyphs", "mocov2"],
+                   help="DATA.AUGMENTATION of every run (glyphs: no mirror images, gentle crops)")
     p.add_argument("--teacher-temp", type=float, default=d.teacher_temp)
     p.add_argument("--num-workers", type=int, default=d.num_workers)
     p.add_argument("--threads", type=int, default=1,
@@ -66,7 +68,7 @@ def settings_from_args(args) -> Settings:
     s = Settings(work_dir=args.work_dir, student_archs=tuple(args.archs), teacher_arch=args.teacher_arch,
                  seeds=tuple(args.seeds), teacher_epochs=args.teacher_epochs, epochs=args.epochs,
                  batch_size=args.batch_size, base_lr=args.lr, queue_size=args.queue_size,
-                 teacher_temp=args.teacher_temp, num_workers=args.num_workers)
+                 teacher_temp=args.teacher_temp, num_workers=args.num_workers, augmentation=args.augmentation)
     if args.tiny:
         from dataclasses import replace
         s = replace(s, **TINY)

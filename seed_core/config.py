@@ -49,7 +49,7 @@ def get_default_cfg() -> CfgNode:
     C.DATA.ROOT = ""                         # ImageFolder root (class sub-folders) or a flat folder of images
     C.DATA.IMAGE_SIZE = 224
     C.DATA.NUM_WORKERS = 8
-    C.DATA.AUGMENTATION = "mocov2"           # mocov2 | none
+    C.DATA.AUGMENTATION = "mocov2"           # mocov2 | glyphs (digits/characters: no flip) | none
     C.DATA.MAX_BAD_FRACTION = 0.01           # unreadable images tolerated per epoch before failing
 
     C.SOLVER = CfgNode()
@@ -77,7 +77,7 @@ def get_default_cfg() -> CfgNode:
 _CHOICES = {
     "LOSS.NAME": ("seed", "l2", "moco"),
     "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "torchvision", "timm", "seed"),
-    "DATA.AUGMENTATION": ("mocov2", "none"),
+    "DATA.AUGMENTATION": ("mocov2", "glyphs", "none"),
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.TEACHER_PRECISION": ("auto", "fp32", "bf16", "fp16"),
 }

@@ -53,8 +53,34 @@ def mocov2_transform(size: int) -> T.Compose:
     ])
 
 
+def glyphs_transform(size: int) -> T.Compose:
+    """For characters and digits, where a mirror image or a small fragment is a different symbol:
+    gentle crops, small rotations/shears, contrast and blur; no flip, no colour."""
+    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.8, 1.25)),
+        T.RandomApply([T.RandomAffine(degrees=15, translate=(0.1, 0.1), shear=10)], p=0.8),
+        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 1.0))], p=0.5),
+        T.ToTensor(),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+AUGMENTATIONS = {"mocov2": mocov2_transform, "glyphs": glyphs_transform}
+
+
 def plain_transform(size: int) -> T.Compose:
     return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def training_transform(name: str, size: int) -> T.Compose:
+    """DATA.AUGMENTATION by name; "none" resizes and center-crops only."""
+    if name == "none":
+        return plain_transform(size)
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}: choose from none, {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[name](size)
 
 
 class UnlabeledImages(Dataset):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
-from .data import ResumableSampler, UnlabeledImages, collate, list_images, mocov2_transform, plain_transform
+from .data import ResumableSampler, UnlabeledImages, collate, list_images, training_transform
 from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
@@ -89,7 +89,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         files = list_images(cfg.DATA.ROOT)
         size = cfg.DATA.IMAGE_SIZE
-        transform = mocov2_transform(size) if cfg.DATA.AUGMENTATION == "mocov2" else plain_transform(size)
+        transform = training_transform(cfg.DATA.AUGMENTATION, size)
         self.dataset = UnlabeledImages(files, transform, views=2 if self.moco else 1, seed=cfg.SEED)
         self.sampler = ResumableSampler(len(files), cfg.SOLVER.BATCH_SIZE, ctx.rank, ctx.world_size, cfg.SEED)
         workers = cfg.DATA.NUM_WORKERS
