@@ -220,8 +220,23 @@ def extract_backbone_state(obj, source: str = "checkpoint") -> tuple[dict[str, t
         if not isinstance(v, torch.Tensor):
             raise CheckpointError(f"{source}: {k} is a {type(v).__name__}, not a tensor.")
         out[name] = v
+    if not any(k.startswith("layer4.") for k in out):
+        out.update(_c4_res5(sd))
     logger.info("%s: %s checkpoint, ResNet under prefix %r, %d tensors", source, kind, prefix, len(out))
     return out, kind
+
+
+# A C4 detector of the torchvision engine runs res5 (layer4) inside its box head, not its backbone.
+_C4_RES5 = re.compile(r"^roi_heads\.box_head\.res5\.(layer4\..+)$")
+
+
+def _c4_res5(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    found = {}
+    for k, v in sd.items():
+        m = _C4_RES5.match(k)
+        if m and not k.endswith("num_batches_tracked"):
+            found[m.group(1)] = v
+    return found
 
 
 def _spec(block: str, counts: tuple, stem: int, res2: int, source: str) -> ResNetSpec:

@@ -9,9 +9,10 @@ import torch
 import torchvision
 
 from seed_det.config import ConfigError, load_det_config
-from seed_det.convert import torchvision_to_d2_state, write_d2_pkl
+from seed_det.convert import CheckpointError, check_weights_depth, convert_to_d2, read_d2_pkl, torchvision_to_d2_state, write_d2_pkl
 from seed_det.data import DatasetError, write_shapes_dataset
 from seed_det.engines.torchvision_engine import run
+from seed_det.tv.checkpoint import save_checkpoint
 from seed_det.tv.checks import check_supported
 from seed_det.tv.model import build_model
 from seed_det.tv.solver import lr_factor
@@ -261,3 +262,19 @@ def test_schedule_matches_detectron2(tmp_path, shapes):
     assert lr_factor(cfg, 0) == pytest.approx(0.1)
     assert lr_factor(cfg, 5) == pytest.approx(0.1 * 0.5 + 0.5)
     assert [lr_factor(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+@pytest.mark.parametrize("arch", ["c4", "fpn"])
+def test_preflight_reads_the_depth_of_an_engine_checkpoint(tmp_path, shapes, arch):
+    # A fine-tuned model of this engine used as MODEL.WEIGHTS for further fine-tuning.
+    cfg, _ = make_cfg(tmp_path, shapes, arch, opts=["MODEL.MASK_ON", "True"])
+    path = save_checkpoint(str(tmp_path / "ft"), "model_final.pth", build_model(cfg))
+    assert check_weights_depth(path, 18, 64).depth == 18
+    with pytest.raises(CheckpointError, match="is a ResNet-18 but the config builds ResNet-34"):
+        check_weights_depth(path, 34)
+    # ... and converts to Detectron2 with res5 included, bit-equal.
+    convert_to_d2(path, tmp_path / "ft.pkl")
+    converted = read_d2_pkl(tmp_path / "ft.pkl")["model"]
+    res5 = "roi_heads.box_head.res5.layer4" if arch == "c4" else "backbone.body.layer4"
+    source = torch.load(path, weights_only=True)["model"][f"{res5}.1.conv2.weight"]
+    assert (converted["res5.1.conv2.weight"] == source.numpy()).all()
