@@ -22,10 +22,11 @@ def restore_threads():
 
 def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
     out, work = tmp_path / "out", tmp_path / "work"
-    argv = ["--tiny", "--out-dir", str(out), "--work-dir", str(work), "--ablations", "teacher_temp", "queue_size"]
+    argv = ["--tiny", "--out-dir", str(out), "--work-dir", str(work), "--ablations", "teacher_temp", "queue_size",
+            "teacher_epochs"]
     assert _load_cli().main(argv) == 0
 
-    for stem in ("paper_claim", "paper_claim_teacher_temp", "paper_claim_queue_size"):
+    for stem in ("paper_claim", "paper_claim_teacher_temp", "paper_claim_queue_size", "paper_claim_teacher_epochs"):
         for ext in ("md", "png", "json"):
             assert (out / f"{stem}.{ext}").stat().st_size > 0, f"{stem}.{ext} missing or empty"
 
@@ -40,6 +41,8 @@ def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
     ablation = json.loads((out / "paper_claim_teacher_temp.json").read_text())
     assert [p["value"] for p in ablation["points"]] == [1e-3, 1e-2]
     assert len((out / "paper_claim_queue_size.md").read_text().splitlines()) >= 4
+    teachers = json.loads((out / "paper_claim_teacher_epochs.json").read_text())["points"]
+    assert [p["value"] for p in teachers] == [1, 2] and all(0 <= p["teacher_top1"] <= 100 for p in teachers)
 
 
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
