@@ -276,11 +276,13 @@ def main_chart(result: dict, path: Path) -> None:
     for i, v in enumerate(VARIANTS):
         rows = [result["rows"][f"{a}/{v}"] for a in archs]
         xs = [j + (i - (len(VARIANTS) - 1) / 2) * width for j in range(len(archs))]
-        bars = ax.bar(xs, [r["top1_mean"] for r in rows], width, yerr=[r["top1_std"] for r in rows],
-                      capsize=3, label=VARIANT_LABELS[v])
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.bar(xs, [r["top1_mean"] for r in rows], width, yerr=[r["top1_std"] for r in rows],
+               capsize=3, label=VARIANT_LABELS[v])
+        for x, r in zip(xs, rows):  # above the error bar, where bar_label would sit on it
+            ax.text(x, r["top1_mean"] + r["top1_std"] + 0.8, f"{r['top1_mean']:.1f}", ha="center", fontsize=7,
+                    bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
     t = result["teacher"]
-    ax.axhline(t["top1"], color="k", ls="--", lw=1, label=f"teacher {t['arch']} ({t['top1']:.1f})")
+    ax.axhline(t["top1"], color="k", ls="--", lw=1, zorder=0, label=f"teacher {t['arch']} ({t['top1']:.1f})")
     ax.set_xticks(range(len(archs)), archs)
     ax.set_ylabel("k-NN top-1 (%)")
     lo = min(r["top1_mean"] - r["top1_std"] for r in result["rows"].values())
