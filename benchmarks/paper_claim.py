@@ -6,8 +6,9 @@ Trains a ResNet-34 teacher with MoCo-v2, then for each student architecture and 
 same budget and augmentation, by weighted k-NN top-1 on a held-out split. Writes
 <out-dir>/paper_claim.{md,png,json}; ablations write paper_claim_<name>.{md,png,json}.
 
-    python benchmarks/paper_claim.py                                   # main table (~45 min on 2 CPU cores)
-    python benchmarks/paper_claim.py --ablations teacher_temp queue_size
+    python benchmarks/paper_claim.py                                   # main table (~30 min on 2 CPU cores)
+    python benchmarks/paper_claim.py --skip-main --ablations teacher_temp queue_size
+    python benchmarks/paper_claim.py --skip-main --ablations teacher_epochs --ablation-arch resnet18
     python benchmarks/paper_claim.py --tiny --out-dir /tmp/pc --work-dir /tmp/pc/work   # seconds
 
 Every training run is cached under --work-dir by its settings: a rerun reuses finished runs and

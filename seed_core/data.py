@@ -1,5 +1,6 @@
-"""Images for distillation: ImageFolder or flat folders, MoCo-v2 augmentation, a resumable
-sampler, and unreadable files skipped and counted instead of killing a multi-day run."""
+"""Images for distillation: ImageFolder or flat folders, MoCo-v2 (or digit-safe "glyphs")
+augmentation, a resumable sampler, and unreadable files skipped and counted instead of killing a
+multi-day run."""
 from __future__ import annotations
 
 import logging

@@ -9,7 +9,8 @@ import torch
 import torchvision
 
 from seed_det.config import ConfigError, load_det_config
-from seed_det.convert import CheckpointError, check_weights_depth, convert_to_d2, read_d2_pkl, torchvision_to_d2_state, write_d2_pkl
+from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d2, read_d2_pkl,
+                              torchvision_to_d2_state, write_d2_pkl)
 from seed_det.data import DatasetError, write_shapes_dataset
 from seed_det.engines.torchvision_engine import run
 from seed_det.tv.checkpoint import save_checkpoint
