@@ -51,7 +51,7 @@ def seed_loss(z_student: torch.Tensor, z_teacher: torch.Tensor, queue: torch.Ten
 
 
 def l2_loss(z_student: torch.Tensor, z_teacher: torch.Tensor) -> torch.Tensor:
-    """Paper Table 4 baseline: squared L2 distance between normalised embeddings."""
+    """The paper's L2 distillation baseline: squared L2 distance between normalised embeddings."""
     return (z_student - z_teacher.detach()).pow(2).sum(dim=1).mean()
 
 
