@@ -4,13 +4,28 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit."""
+
+
+# Containers that wrap a state dict in common checkpoints (ours keep the student under "student").
+STATE_DICT_CONTAINERS = ("student", "state_dict", "model", "model_state", "backbone")
+
+
+def unwrap_state_dict(ckpt) -> tuple[Mapping, str | None]:
+    """The state dict inside a checkpoint and the container key it came from (None: the checkpoint
+    is the state dict itself)."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"expected a dict of tensors, got {type(ckpt).__name__}")
+    for key in STATE_DICT_CONTAINERS:
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key], key
+    return ckpt, None
 
 
 def key_mismatch_report(expected: dict, state: dict, ignore_prefixes=(), max_shown: int = 6) -> list[str]:

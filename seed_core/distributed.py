@@ -65,10 +65,3 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(x)
     return x
 
-
-def broadcast_object(obj, src: int = 0):
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -44,10 +44,6 @@ class SwAVWideResNet(ResNet):
                 nn.init.zeros_(m.bias)
 
 
-def is_resnet(name: str) -> bool:
-    return name in TORCHVISION_RESNETS or name in SWAV_WIDE_RESNETS
-
-
 def available_backbones() -> str:
     return ", ".join(TORCHVISION_RESNETS + tuple(SWAV_WIDE_RESNETS)) + ", or any timm model name"
 

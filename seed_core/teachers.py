@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .checkpoint_io import CheckpointError, key_mismatch_report, load_untrusted
+from .checkpoint_io import CheckpointError, key_mismatch_report, load_untrusted, unwrap_state_dict
 from .encoders import EmbeddingNet, build_backbone
 
 logger = logging.getLogger(__name__)
@@ -17,18 +17,6 @@ logger = logging.getLogger(__name__)
 # Where each format keeps its projection head (an MLP of Linear / BatchNorm1d layers).
 _HEAD_PREFIXES = {"moco": "fc.", "swav": "projection_head.", "simclr": "projection_head.", "seed": "head."}
 _IGNORED = {"swav": ("prototypes.",)}
-
-
-def unwrap_state_dict(ckpt) -> tuple[dict, str | None]:
-    """Find the state dict inside a checkpoint; also return the format when the container says it."""
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"expected a dict of tensors, got {type(ckpt).__name__}")
-    if "student" in ckpt and isinstance(ckpt["student"], dict):
-        return ckpt["student"], "seed"
-    for key in ("state_dict", "model", "model_state"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            return ckpt[key], None
-    return ckpt, None
 
 
 def detect_format(state: dict) -> str:
@@ -149,9 +137,9 @@ def fold_batchnorm(teacher: nn.Module) -> FrozenTeacher:
 
 def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True) -> FrozenTeacher:
     ckpt = load_untrusted(path)
-    state, container_fmt = unwrap_state_dict(ckpt)
+    state, container = unwrap_state_dict(ckpt)
     if fmt == "auto":
-        fmt = container_fmt or detect_format(state)
+        fmt = "seed" if container == "student" else detect_format(state)
     backbone_state, head_state = split_teacher_state(state, fmt)
     backbone, _ = build_backbone(arch)
     # Classifiers (torchvision/SimCLR `fc`, timm heads) are not part of the representation.

@@ -27,7 +27,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from seed_core.checkpoint_io import atomic_write
+from seed_core.checkpoint_io import atomic_write, unwrap_state_dict
 from seed_det import SeedDetError
 
 logger = logging.getLogger(__name__)
@@ -171,19 +171,11 @@ def load_user_checkpoint(path: str | os.PathLike):
 # Finding the ResNet inside a checkpoint
 # ----------------------------------------------------------------------------------------------
 
-def _tensor_dict(obj) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
-
-def _state_dict_of(obj, source: str) -> tuple[Mapping[str, torch.Tensor], str]:
+def _state_dict_of(obj, source: str) -> tuple[Mapping[str, torch.Tensor], str | None]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a dict checkpoint, got {type(obj).__name__}.")
-    if "student" in obj and isinstance(obj["student"], Mapping):
-        return obj["student"], "seed-distill"
-    for key in ("state_dict", "model", "backbone"):
-        if key in obj and isinstance(obj[key], Mapping):
-            return obj[key], "state_dict" if key != "model" else "model"
-    return obj, "plain"
+    return unwrap_state_dict(obj)
 
 
 def _resnet_prefix(keys, source: str) -> str:
@@ -207,9 +199,9 @@ def extract_backbone_state(obj, source: str = "checkpoint") -> tuple[dict[str, t
     Kinds: "seed-distill" (dict with "student": backbone.* + head.*), "moco" (module.encoder_q.*),
     "torchvision" (plain keys, possibly under state_dict/model, possibly with module.).
     """
-    sd, wrapper = _state_dict_of(obj, source)
+    sd, container = _state_dict_of(obj, source)
     prefix = _resnet_prefix(list(sd.keys()), source)
-    kind = "seed-distill" if wrapper == "seed-distill" else "moco" if "encoder_q" in prefix else "torchvision"
+    kind = "seed-distill" if container == "student" else "moco" if "encoder_q" in prefix else "torchvision"
     out = {}
     for k, v in sd.items():
         if not k.startswith(prefix):

@@ -34,6 +34,17 @@ def test_distillation_writes_a_backbone_that_loads_into_torchvision(images, moco
     assert ckpt["iteration"] == 6 and int(ckpt["queue"]["ptr"]) == (6 * 8) % 20
 
 
+def test_export_from_checkpoint_matches_the_exported_backbone(images, moco_teacher, tmp_path):
+    from seed_core.export import export_from_checkpoint
+    summary = run(images, moco_teacher, str(tmp_path / "run"))
+    path = export_from_checkpoint(summary["checkpoint"], str(tmp_path / "again"))
+    again, first = torch.load(path, weights_only=True), torch.load(summary["backbone"], weights_only=True)
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+    assert json.load(open(tmp_path / "again" / "meta.json"))["arch"] == "resnet18"
+    with pytest.raises(CheckpointError, match="not a distillation checkpoint"):
+        export_from_checkpoint(summary["backbone"], str(tmp_path / "bad"))
+
+
 @pytest.mark.parametrize("loss", ["seed", "l2", "moco"])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, moco_teacher, tmp_path, loss):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

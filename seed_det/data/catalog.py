@@ -29,10 +29,6 @@ def register_dataset(spec: DatasetSpec) -> None:
     _REGISTERED[spec.name] = spec
 
 
-def registered_names():
-    return sorted(_REGISTERED)
-
-
 def datasets_root() -> str:
     return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
