@@ -24,7 +24,7 @@ def _prepare(work: str, size: int) -> tuple[str, str]:
     import torch
     import torchvision
     from seed_det.convert import convert_to_d2
-    from seed_det.data.shapes import write_shapes_dataset
+    from tools.apps.shapes import write_shapes_dataset
     data = write_shapes_dataset(os.path.join(work, "shapes"), num_train=64, num_val=8, size=size, seed=0)["root"]
     net = torchvision.models.resnet18()
     pth = os.path.join(work, "r18.pth")

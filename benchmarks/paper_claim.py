@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seed_core.config import ConfigError  # noqa: E402
-from seed_core.paper_claim import (ABLATIONS, Settings, ablation_chart, ablation_table, main_chart,  # noqa: E402
+from tools.apps.paper_claim import (ABLATIONS, Settings, ablation_chart, ablation_table, main_chart,  # noqa: E402
                                    main_table, run_ablation, run_main, write_report)
 
 HERE = os.path.dirname(os.path.abspath(__file__))

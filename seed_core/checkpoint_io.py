@@ -8,9 +8,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit."""
+from .errors import CheckpointError
 
 
 # Containers that wrap a state dict in common checkpoints (ours keep the student under "student").

@@ -8,9 +8,7 @@ import os
 
 from fvcore.common.config import CfgNode as _CfgNode
 
-
-class ConfigError(ValueError):
-    """A config that cannot run: unknown key, wrong type or impossible value."""
+from .errors import ConfigError
 
 
 class CfgNode(_CfgNode):

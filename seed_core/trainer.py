@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .data import ResumableSampler, UnlabeledImages, collate, list_images, training_transform
+from .errors import TrainingError
 from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
@@ -33,15 +34,15 @@ RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "
                      "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS", "OUTPUT_DIR", "DATA.ROOT"}
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingError):
     pass
 
 
-class TooManyBadImagesError(RuntimeError):
+class TooManyBadImagesError(TrainingError):
     pass
 
 
-class PeerLostError(RuntimeError):
+class PeerLostError(TrainingError):
     """Another rank died or stopped answering: this rank stops instead of waiting forever."""
 
 

@@ -3,7 +3,7 @@
 `get_det_cfg()` mirrors the Detectron2 default keys our configs use (same names, same default values)
 plus the SEED additions from `add_seed_config`, so configs load and validate without Detectron2.
 The Detectron2 engine builds its config from Detectron2's own `get_cfg()` plus the same additions
-(`seed_det.d2.config`), merged from the same YAML.
+(`seed_det.engines.d2.config`), merged from the same YAML.
 
 SEED additions
 --------------
@@ -29,20 +29,16 @@ from typing import Iterable, Sequence
 import yaml
 from fvcore.common.config import CfgNode
 
-from seed_det import SeedDetError
+from seed_core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "get_det_cfg", "add_seed_config", "load_det_config", "merge_det_config",
            "validate_det_config", "flatten_keys", "BASIC_BLOCK_ROI_HEAD", "RESNET_DEPTHS"]
 
-# Name under which seed_det.d2 registers its res5 ROI head (BasicBlocks for R18/R34).
+# Name under which seed_det.engines.d2 registers its res5 ROI head (BasicBlocks for R18/R34).
 BASIC_BLOCK_ROI_HEAD = "BasicBlockRes5ROIHeads"
 RESNET_DEPTHS = (18, 34, 50, 101, 152)
-
-
-class ConfigError(SeedDetError):
-    """A config file or override that cannot be used."""
 
 
 def _mirror_detectron2_defaults(c: CfgNode) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from seed_core.checkpoint_io import atomic_write, unwrap_state_dict
-from seed_det import SeedDetError
+from seed_core.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ _TV_PATTERNS = [
     (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"), "res{L}.\\2.shortcut.weight"),
     (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.1\.(\w+)$"), "res{L}.\\2.shortcut.norm.\\3"),
 ]
-
-
-class CheckpointError(SeedDetError):
-    """A checkpoint that cannot be read or converted."""
 
 
 @dataclass(frozen=True)

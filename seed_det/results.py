@@ -20,7 +20,7 @@ from collections import OrderedDict
 from typing import Iterable, Mapping
 
 from seed_core.checkpoint_io import atomic_write_text
-from seed_det import SeedDetError
+from seed_core.errors import SeedError
 
 try:
     import fcntl
@@ -56,7 +56,7 @@ def _json_safe(v):
 def _clean_metrics(metrics: Mapping[str, float]) -> dict:
     missing = [k for k in ("AP", "AP50", "AP75") if k not in metrics]
     if missing:
-        raise SeedDetError(f"metrics lack {missing}; an evaluator must return AP, AP50 and AP75 "
+        raise SeedError(f"metrics lack {missing}; an evaluator must return AP, AP50 and AP75 "
                            f"(got keys {sorted(metrics)}).")
     out = {k: _json_safe(float(v) if k in METRIC_KEYS and v is not None else v) for k, v in metrics.items()}
     return out
@@ -107,7 +107,7 @@ def _append_row(csv_path: str, row: Mapping[str, str]) -> None:
             existing = f.read()
         header = existing.splitlines()[0].split(",") if existing.strip() else []
         if header and tuple(header) != CSV_FIELDS:
-            raise SeedDetError(f"{csv_path} has columns {header}, expected {list(CSV_FIELDS)}; "
+            raise SeedError(f"{csv_path} has columns {header}, expected {list(CSV_FIELDS)}; "
                                "move it aside or pass another results CSV.")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -121,7 +121,7 @@ def _append_row(csv_path: str, row: Mapping[str, str]) -> None:
 
 def read_results(csv_path: str | os.PathLike) -> list[dict]:
     if not os.path.isfile(csv_path):
-        raise SeedDetError(f"results CSV not found: {csv_path}. Runs of tools/train_net.py write it "
+        raise SeedError(f"results CSV not found: {csv_path}. Runs of tools/train_net.py write it "
                            "(default: next to their OUTPUT_DIR).")
     with open(csv_path, newline="") as f:
         return list(csv.DictReader(f))

@@ -21,12 +21,12 @@ from detectron2.modeling import ROI_HEADS_REGISTRY, build_model  # noqa: E402
 from detectron2.modeling.backbone import build_resnet_backbone  # noqa: E402
 from detectron2.layers import ShapeSpec  # noqa: E402
 
-import seed_det.d2.engine as d2_engine  # noqa: E402
-from seed_det import SeedDetError  # noqa: E402
+import seed_det.engines.d2.engine as d2_engine  # noqa: E402
+from seed_core.errors import SeedError  # noqa: E402
 from seed_det.config import BASIC_BLOCK_ROI_HEAD  # noqa: E402
 from seed_det.convert import convert_to_d2, read_d2_pkl  # noqa: E402
-from seed_det.d2.checkpoint import verify_backbone_loaded  # noqa: E402
-from seed_det.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
+from seed_det.engines.d2.checkpoint import verify_backbone_loaded  # noqa: E402
+from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
 from seed_det.engines import main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,9 +257,9 @@ def test_depth_mismatch_refused_before_training(tmp_path):
     data = ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
             "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
             "OUTPUT_DIR", str(tmp_path / "out")]
-    with pytest.raises(SeedDetError, match="ResNet-34 but the config builds ResNet-18"):
+    with pytest.raises(SeedError, match="ResNet-34 but the config builds ResNet-18"):
         main(_args("voc_r18_seed.yaml", TINY + data + ["MODEL.WEIGHTS", _converted(tmp_path, "resnet34")]))
-    with pytest.raises(SeedDetError, match="ResNet-18 but the config builds ResNet-34"):
+    with pytest.raises(SeedError, match="ResNet-18 but the config builds ResNet-34"):
         main(_args("voc_r34_seed.yaml", TINY + data + ["MODEL.WEIGHTS", _converted(tmp_path, "resnet18")]))
     assert not (tmp_path / "out").exists()  # nothing started
 
@@ -270,11 +270,11 @@ def test_unconverted_pth_refused_by_detectron2_engine(tmp_path):
     opts = TINY + ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
                    "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
                    "MODEL.WEIGHTS", str(tmp_path / "r18.pth"), "OUTPUT_DIR", str(tmp_path / "out")]
-    with pytest.raises(SeedDetError, match="not a Detectron2 checkpoint. Convert it first"):
+    with pytest.raises(SeedError, match="not a Detectron2 checkpoint. Convert it first"):
         main(_args("voc_r18_seed.yaml", opts))
 
 
 def test_missing_dataset_root_names_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
-    with pytest.raises(SeedDetError, match="DETECTRON2_DATASETS"):
+    with pytest.raises(SeedError, match="DETECTRON2_DATASETS"):
         main(_args("voc_r18_random.yaml", CPU + ["OUTPUT_DIR", str(tmp_path / "out")]))

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from seed_det import SeedDetError
+from seed_core.errors import SeedError
 from seed_det import engines
 from seed_det.config import BASIC_BLOCK_ROI_HEAD, ConfigError, flatten_keys, get_det_cfg, load_det_config
 from seed_det.convert import CheckpointError, convert_to_d2
@@ -167,7 +167,7 @@ def _get(cfg, key):
 
 def test_defaults_mirror_detectron2():
     pytest.importorskip("detectron2", reason="Detectron2 not installed: nothing to compare against")
-    from seed_det.d2.config import get_d2_cfg
+    from seed_det.engines.d2.config import get_d2_cfg
 
     d2 = get_d2_cfg()
     for key in flatten_keys(get_det_cfg()):
@@ -177,7 +177,7 @@ def test_defaults_mirror_detectron2():
 @pytest.mark.parametrize("name", NAMES)
 def test_detectron2_config_equals_portable(name):
     pytest.importorskip("detectron2", reason="Detectron2 not installed: nothing to compare against")
-    from seed_det.d2.config import load_d2_config
+    from seed_det.engines.d2.config import load_d2_config
 
     path = os.path.join(ROOT, "configs", name)
     portable, d2 = load_det_config(path), load_d2_config(path)
@@ -197,9 +197,9 @@ def fake_tv_engine(monkeypatch):
         calls.append((cfg, args))
         return {"AP": 12.5, "AP50": 30.0, "AP75": 10.0}
 
-    module = types.ModuleType("seed_det.engines.torchvision_engine")
+    module = types.ModuleType("seed_det.engines.tv.engine")
     module.run = run
-    monkeypatch.setitem(sys.modules, "seed_det.engines.torchvision_engine", module)
+    monkeypatch.setitem(sys.modules, "seed_det.engines.tv.engine", module)
     return calls
 
 
@@ -258,14 +258,14 @@ def test_missing_dataset_root_names_env_var(tmp_path, monkeypatch, fake_tv_engin
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
     args = argparse.Namespace(config_file=os.path.join(ROOT, "configs", "voc_r18_random.yaml"),
                               engine="torchvision", eval_only=False, opts=["MODEL.DEVICE", "cpu"])
-    with pytest.raises(SeedDetError, match=r"voc_2007_trainval.*DETECTRON2_DATASETS.*nowhere"):
+    with pytest.raises(SeedError, match=r"voc_2007_trainval.*DETECTRON2_DATASETS.*nowhere"):
         engines.main(args)
     assert fake_tv_engine == []
 
 
 def test_missing_registered_dataset_files(tiny_setup, fake_tv_engine):
     os.remove(tiny_setup / "ann.json")
-    with pytest.raises(SeedDetError, match="dataset 'tiny'.*missing"):
+    with pytest.raises(SeedError, match="dataset 'tiny'.*missing"):
         engines.main(_args(tiny_setup))
 
 
@@ -275,12 +275,12 @@ def test_cuda_device_without_cuda(tiny_setup, fake_tv_engine, monkeypatch):
     monkeypatch.setattr(engines, "detectron2_available", lambda: True)
     args = _args(tiny_setup, extra=["MODEL.DEVICE", "cuda"])
     args.engine = "detectron2"
-    with pytest.raises(SeedDetError, match="MODEL.DEVICE cpu"):
+    with pytest.raises(SeedError, match="MODEL.DEVICE cpu"):
         engines.main(args)
     args.engine = "torchvision"  # the portable engine falls back to CPU by itself
     assert engines.main(args)["AP"] == 12.5
 
 
 def test_unknown_engine():
-    with pytest.raises(SeedDetError, match="unknown engine"):
+    with pytest.raises(SeedError, match="unknown engine"):
         engines.resolve_engine("mmdet")

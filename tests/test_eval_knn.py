@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from seed_core.checkpoint_io import CheckpointError
-from seed_core.digits import write_digits_imagefolder
+from tools.apps.digits import write_digits_imagefolder
 from seed_core.encoders import build_backbone
 from seed_core.evaluation import features as features_mod
 from seed_core.evaluation import knn_class_scores, knn_evaluate, load_backbone, load_or_compute_features, topk_accuracy

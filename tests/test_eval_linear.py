@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from seed_core.digits import write_digits_imagefolder
+from tools.apps.digits import write_digits_imagefolder
 from seed_core.evaluation import train_linear_probe
 from seed_core.evaluation.linear import standardize
 from seed_core.evaluation.results import append_results_row, write_json_atomic

@@ -46,7 +46,7 @@ def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
 
 
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
-    from seed_core.experiments import RUN_SUMMARY
+    from tools.apps.experiments import RUN_SUMMARY
     argv = ["--tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
             "--archs", "resnet18", "--teacher-arch", "resnet18"]
     cli = _load_cli()
@@ -60,7 +60,7 @@ def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
 
 def test_run_key_ignores_paths_and_logging_but_not_settings():
     from seed_core.config import load_cfg
-    from seed_core.experiments import run_key
+    from tools.apps.experiments import run_key
     ids = {"DATA.ROOT": "digits"}
     a = load_cfg(None, ["DATA.ROOT", "/a", "OUTPUT_DIR", "/x", "TRAIN.PROGRESS", "False"])
     b = load_cfg(None, ["DATA.ROOT", "/b", "OUTPUT_DIR", "/y", "DATA.NUM_WORKERS", "0"])
@@ -73,7 +73,7 @@ def test_run_key_ignores_paths_and_logging_but_not_settings():
 
 
 def test_mean_std():
-    from seed_core.experiments import mean_std
+    from tools.apps.experiments import mean_std
     assert mean_std([5.0]) == (5.0, 0.0)
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and abs(std - 1.0) < 1e-12

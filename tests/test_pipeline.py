@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from seed_det.pipeline import run_demo
-from seed_det.report import read_loss_curve
+from tools.apps.demo_pipeline import run_demo
+from tools.apps.report import read_loss_curve
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from seed_det import SeedDetError
+from seed_core.errors import SeedError
 from seed_det.results import CSV_FIELDS, default_csv_path, read_results, record_run, render_markdown, \
     split_config_name
 
@@ -45,14 +45,14 @@ def test_explicit_csv_and_nan(tmp_path):
 
 
 def test_bad_metrics_and_foreign_csv(tmp_path):
-    with pytest.raises(SeedDetError, match="AP75"):
+    with pytest.raises(SeedError, match="AP75"):
         record_run(tmp_path / "run", "c.yaml", "", {"AP": 1.0, "AP50": 2.0})
     foreign = tmp_path / "results.csv"
     foreign.write_text("a,b\n1,2\n")
-    with pytest.raises(SeedDetError, match="has columns"):
+    with pytest.raises(SeedError, match="has columns"):
         record_run(tmp_path / "run", "c.yaml", "", BOX, csv_path=foreign)
     assert foreign.read_text() == "a,b\n1,2\n"
-    with pytest.raises(SeedDetError, match="not found"):
+    with pytest.raises(SeedError, match="not found"):
         read_results(tmp_path / "none.csv")
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seed_det.data import DatasetSpec, SHAPES_CLASSES, write_shapes_dataset
+from seed_det.data import DatasetSpec
+from tools.apps.shapes import CLASSES as SHAPES_CLASSES, write_shapes_dataset
 from seed_det.data.coco_json import load_coco_json
 from seed_det.data.torch_dataset import segmentation_to_mask
 from seed_det.data.voc import load_voc

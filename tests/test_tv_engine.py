@@ -11,13 +11,14 @@ import torchvision
 from seed_det.config import ConfigError, load_det_config
 from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d2, read_d2_pkl,
                               torchvision_to_d2_state, write_d2_pkl)
-from seed_det.data import DatasetError, write_shapes_dataset
-from seed_det.engines.torchvision_engine import run
-from seed_det.tv.checkpoint import save_checkpoint
-from seed_det.tv.checks import check_supported
-from seed_det.tv.model import build_model
-from seed_det.tv.solver import lr_factor
-from seed_det.tv.weights import WeightsError, d2_to_torchvision_name, load_weights
+from seed_det.data import DatasetError
+from tools.apps.shapes import write_shapes_dataset
+from seed_det.engines.tv.engine import run
+from seed_det.engines.tv.checkpoint import save_checkpoint
+from seed_det.engines.tv.checks import check_supported
+from seed_det.engines.tv.model import backbone_modules, build_model
+from seed_det.engines.tv.solver import lr_factor
+from seed_det.engines.tv.weights import WeightsError, d2_to_torchvision_name, load_weights
 
 
 BASE = """
@@ -133,7 +134,7 @@ def test_converted_checkpoint_loads_every_backbone_key(tmp_path, shapes, arch):
         model = build_model(cfg)
         report = load_weights(model, str(tmp_path / weights))
         assert set(report["loaded"]) == expected
-        loaded = {f"{p}.{k}": v for p, m in model.seed_backbone_modules().items() for k, v in m.state_dict().items()}
+        loaded = {f"{p}.{k}": v for p, m in backbone_modules(model).items() for k, v in m.state_dict().items()}
         for k in expected:
             assert torch.equal(loaded[k], state[k]), k
     assert d2_to_torchvision_name("roi_heads.res5.1.shortcut.norm.bias") == "layer4.1.downsample.1.bias"
@@ -219,11 +220,11 @@ def test_shipped_configs_build(tmp_path):
             built.add(key)
             model = build_model(cfg)
             assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
-            assert set(model.seed_backbone_modules()) == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+            assert set(backbone_modules(model)) == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
 
 
 def test_precise_bn_replaces_running_stats():
-    from seed_det.tv.precise_bn import update_bn_stats
+    from seed_det.engines.tv.precise_bn import update_bn_stats
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -243,7 +244,7 @@ def test_precise_bn_replaces_running_stats():
 def test_pooler_levels_and_alignment():
     from torchvision.ops import MultiScaleRoIAlign
 
-    from seed_det.tv.layers import RoIPooler
+    from seed_det.engines.tv.layers import RoIPooler
 
     torch.manual_seed(0)
     feats = {"0": torch.randn(1, 4, 8, 8)}

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seed_det import SeedDetError  # noqa: E402
+from seed_core.errors import SeedError  # noqa: E402
 from seed_det.convert import convert_to_d2  # noqa: E402
 
 
@@ -34,7 +34,7 @@ if __name__ == "__main__":
         sys.exit(2)
     try:
         summary = convert_to_d2(args.input, args.output)
-    except SeedDetError as err:
+    except SeedError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(summary, indent=2))

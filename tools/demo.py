@@ -12,8 +12,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seed_core.cli import setup_logging  # noqa: E402
-from seed_det.pipeline import PRESETS, run_demo  # noqa: E402
+from tools.apps.cli import setup_logging  # noqa: E402
+from tools.apps.demo_pipeline import PRESETS, run_demo  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -10,11 +10,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seed_core.checkpoint_io import CheckpointError  # noqa: E402
-from seed_core.cli import fail, setup_logging  # noqa: E402
-from seed_core.config import ConfigError, load_cfg  # noqa: E402
-from seed_core.data import DatasetError  # noqa: E402
-from seed_core.trainer import Interrupted, NonFiniteLossError, PeerLostError, TooManyBadImagesError, train  # noqa: E402
+from tools.apps.cli import fail, setup_logging  # noqa: E402
+from seed_core.config import load_cfg  # noqa: E402
+from seed_core.errors import SeedError  # noqa: E402
+from seed_core.trainer import Interrupted, train  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -32,8 +31,7 @@ def main(argv=None) -> int:
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, TooManyBadImagesError,
-            PeerLostError) as e:
+    except SeedError as e:
         fail(str(e))
     if os.environ.get("RANK", "0") == "0":
         if summary.get("backbone"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seed_core.evaluation.runner import cli_main  # noqa: E402
+from tools.apps.eval_cli import cli_main  # noqa: E402
 
 
 def main(argv=None) -> int:

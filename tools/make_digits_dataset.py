@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seed_core.digits import write_digits_imagefolder  # noqa: E402
+from tools.apps.digits import write_digits_imagefolder  # noqa: E402
 
 
 def main(argv=None) -> int:

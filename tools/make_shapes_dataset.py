@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seed_det.data.shapes import CLASSES, write_shapes_dataset  # noqa: E402
+from tools.apps.shapes import CLASSES, write_shapes_dataset  # noqa: E402
 
 
 def main(argv=None):

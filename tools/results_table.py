@@ -9,7 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seed_det import SeedDetError  # noqa: E402
+from seed_core.errors import SeedError  # noqa: E402
 from seed_det.results import read_results, render_markdown  # noqa: E402
 
 if __name__ == "__main__":
@@ -18,6 +18,6 @@ if __name__ == "__main__":
     args = p.parse_args()
     try:
         print(render_markdown(read_results(args.csv)), end="")
-    except SeedDetError as err:
+    except SeedError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

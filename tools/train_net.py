@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from seed_det import SeedDetError  # noqa: E402
+from seed_core.errors import SeedError  # noqa: E402
 from seed_det.engines import ENGINES, main  # noqa: E402
 
 
@@ -39,7 +39,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         metrics = main(args)
-    except SeedDetError as err:
+    except SeedError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     if metrics:

@@ -1,10 +1,13 @@
-"""Dataset names -> DatasetSpec: Detectron2's builtin VOC/COCO names under $DETECTRON2_DATASETS,
-plus datasets registered at run time (from a config or by code)."""
+"""The one catalog of dataset names: Detectron2's builtin VOC/COCO names under $DETECTRON2_DATASETS,
+and the datasets a config registers (DATASETS.COCO_JSON / DATASETS.VOC) or code registers.
+
+Every engine and the preflight ask this module where a dataset lives and which files it needs.
+"""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Dict
+from typing import Dict, List
 
 from .coco_json import load_coco_json
 from .records import Dataset, DatasetError, DatasetSpec
@@ -12,14 +15,24 @@ from .voc import VOC_CLASSES, load_voc
 
 logger = logging.getLogger(__name__)
 
+DATASETS_ENV = "DETECTRON2_DATASETS"
 _REGISTERED: Dict[str, DatasetSpec] = {}
 
-# name -> (kind, folder under DETECTRON2_DATASETS, split or json, year / image folder)
+# Builtin names as Detectron2 defines them: name -> (folder under the datasets root, split, year)
 _BUILTIN_VOC = {f"voc_{y}_{s}": (f"VOC{y}", s, int(y))
                 for y in ("2007", "2012") for s in ("train", "val", "trainval")}
 _BUILTIN_VOC["voc_2007_test"] = ("VOC2007", "test", 2007)
+# name -> (image folder, instances json) under the datasets root
 _BUILTIN_COCO = {f"coco_{y}_{s}": (f"coco/{s}{y}", f"coco/annotations/instances_{s}{y}.json")
                  for y in ("2014", "2017") for s in ("train", "val")}
+
+
+def datasets_root() -> str:
+    return os.path.expanduser(os.environ.get(DATASETS_ENV, "datasets"))
+
+
+def is_builtin(name: str) -> bool:
+    return name in _BUILTIN_VOC or name in _BUILTIN_COCO
 
 
 def register_dataset(spec: DatasetSpec) -> None:
@@ -29,42 +42,66 @@ def register_dataset(spec: DatasetSpec) -> None:
     _REGISTERED[spec.name] = spec
 
 
-def datasets_root() -> str:
-    return os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+def config_specs(cfg) -> List[DatasetSpec]:
+    """The datasets a detection config registers in DATASETS.COCO_JSON and DATASETS.VOC."""
+    specs = [DatasetSpec(name, "coco", image_root=image_root, json_file=json_file)
+             for name, json_file, image_root in cfg.DATASETS.COCO_JSON]
+    specs += [DatasetSpec(name, "voc", dirname=dirname, split=split, year=int(year))
+              for name, dirname, split, year in cfg.DATASETS.VOC]
+    return specs
 
 
-def _builtin(name: str) -> DatasetSpec:
-    root = datasets_root()
+def register_from_config(cfg) -> None:
+    for spec in config_specs(cfg):
+        register_dataset(spec)
+
+
+def builtin_spec(name: str, root: str | None = None) -> DatasetSpec:
+    root = datasets_root() if root is None else root
     if name in _BUILTIN_VOC:
         folder, split, year = _BUILTIN_VOC[name]
-        spec = DatasetSpec(name, "voc", dirname=os.path.join(root, folder), split=split, year=year,
+        return DatasetSpec(name, "voc", dirname=os.path.join(root, folder), split=split, year=year,
                            class_names=list(VOC_CLASSES))
-        needed = spec.dirname
-    else:
-        images, json_file = _BUILTIN_COCO[name]
-        spec = DatasetSpec(name, "coco", image_root=os.path.join(root, images),
-                           json_file=os.path.join(root, json_file))
-        needed = spec.json_file
-    if not os.path.exists(needed):
-        raise DatasetError(
-            f"builtin dataset '{name}' expects {needed}, which does not exist. Set DETECTRON2_DATASETS to the "
-            f"folder holding VOC20xx/ and coco/ (now DETECTRON2_DATASETS="
-            f"{os.environ.get('DETECTRON2_DATASETS', '<unset, default ./datasets>')})")
-    return spec
+    images, json_file = _BUILTIN_COCO[name]
+    return DatasetSpec(name, "coco", image_root=os.path.join(root, images), json_file=os.path.join(root, json_file))
+
+
+def required_paths(spec: DatasetSpec) -> List[str]:
+    """Files and folders that must exist for `spec` to be read."""
+    if spec.kind == "coco":
+        return [spec.json_file, spec.image_root]
+    return [os.path.join(spec.dirname, "ImageSets", "Main", f"{spec.split}.txt"),
+            os.path.join(spec.dirname, "Annotations"), os.path.join(spec.dirname, "JPEGImages")]
 
 
 def resolve(name: str) -> DatasetSpec:
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name in _BUILTIN_VOC or name in _BUILTIN_COCO:
-        return _builtin(name)
+    if is_builtin(name):
+        return builtin_spec(name)
     known = sorted(_REGISTERED) + sorted(_BUILTIN_VOC) + sorted(_BUILTIN_COCO)
-    raise DatasetError(f"unknown dataset '{name}': register it in the config (COCO json or VOC layout) "
-                       f"or use a builtin name; known: {', '.join(known)}")
+    raise DatasetError(f"unknown dataset '{name}': register it in the config (DATASETS.COCO_JSON or "
+                       f"DATASETS.VOC) or use a builtin name; known: {', '.join(known)}")
+
+
+def check_present(name: str, spec: DatasetSpec) -> None:
+    """Refuse a dataset whose files are missing, saying where they were looked for."""
+    missing = [p for p in required_paths(spec) if not os.path.exists(p)]
+    if not missing:
+        return
+    if is_builtin(name) and name not in _REGISTERED:
+        raise DatasetError(
+            f"dataset '{name}' not found: missing {missing[0]}. Builtin VOC/COCO datasets are read from "
+            f"${DATASETS_ENV} (now '{datasets_root()}'); set {DATASETS_ENV} to the folder holding VOC2007/, "
+            f"VOC2012/ and coco/ (see the README), or register your own data with DATASETS.COCO_JSON / "
+            f"DATASETS.VOC.")
+    raise DatasetError(f"dataset '{name}' (registered in DATASETS.COCO_JSON/VOC) is missing {missing}; "
+                       f"fix the paths in the config.")
 
 
 def load_dataset(name: str) -> Dataset:
     spec = resolve(name)
+    check_present(name, spec)
     dataset = load_coco_json(spec) if spec.kind == "coco" else load_voc(spec)
     logger.info("dataset %s: %d images, %d annotations, %d classes",
                 name, len(dataset.records), dataset.num_annotations, len(dataset.class_names))

@@ -10,11 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from seed_det import SeedDetError
-
-
-class DatasetError(SeedDetError, ValueError):
-    """A dataset is missing, malformed or unusable; the message says which file and what to do."""
+from seed_core.errors import DatasetError
 
 
 @dataclass

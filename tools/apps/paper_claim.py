@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .digits import write_digits_imagefolder
-from .evaluation import load_backbone
+from seed_core.evaluation import load_backbone
 from .experiments import RunRecord, cached_train, knn_accuracy, mean_std
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Datasets named by a config: registration from DATASETS.COCO_JSON / DATASETS.VOC, loading, checks."""
+"""The datasets a config names, loaded through the catalog and checked for training/evaluation."""
 from __future__ import annotations
 
 import logging
@@ -6,17 +6,10 @@ from typing import List, Sequence
 
 from fvcore.common.config import CfgNode
 
-from seed_det.config import ConfigError
-from seed_det.data import Dataset, DatasetSpec, load_dataset, register_dataset, require_annotations
+from seed_core.errors import ConfigError
+from seed_det.data import Dataset, DatasetSpec, load_dataset, require_annotations
 
 logger = logging.getLogger(__name__)
-
-
-def register_from_config(cfg: CfgNode) -> None:
-    for name, json_file, image_root in cfg.DATASETS.COCO_JSON:
-        register_dataset(DatasetSpec(name, "coco", image_root=image_root, json_file=json_file))
-    for name, dirname, split, year in cfg.DATASETS.VOC:
-        register_dataset(DatasetSpec(name, "voc", dirname=dirname, split=split, year=int(year)))
 
 
 def load_checked(cfg: CfgNode, names: Sequence[str], key: str) -> List[Dataset]:

@@ -3,5 +3,5 @@
 Importing this package imports Detectron2 and registers `BasicBlockRes5ROIHeads` in its
 ROI_HEADS_REGISTRY. Nothing outside the Detectron2 engine imports it.
 """
-from seed_det.d2.roi_heads import BasicBlockRes5ROIHeads  # noqa: F401  (registers the head)
-from seed_det.d2.config import get_d2_cfg, load_d2_config  # noqa: F401
+from seed_det.engines.d2.roi_heads import BasicBlockRes5ROIHeads  # noqa: F401  (registers the head)
+from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: F401

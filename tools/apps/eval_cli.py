@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 
 import torch
 
-from .backbone_io import LoadedBackbone, load_backbone
-from .features import FeatureSet, default_resize, load_or_compute_features
-from .knn import knn_evaluate
-from .linear import OPTIMIZERS, train_linear_probe
-from .results import append_results_row, write_json_atomic
+from seed_core.evaluation.backbone_io import LoadedBackbone, load_backbone
+from seed_core.evaluation.features import FeatureSet, default_resize, load_or_compute_features
+from seed_core.evaluation.knn import knn_evaluate
+from seed_core.evaluation.linear import OPTIMIZERS, train_linear_probe
+from seed_core.evaluation.results import append_results_row, write_json_atomic
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +104,7 @@ def cli_main(kind: str, doc: str, argv=None) -> int:
     """Command line of tools/eval_knn.py and tools/eval_linear.py."""
     import json
     import logging
-    from ..checkpoint_io import CheckpointError
+    from seed_core.errors import SeedError
     label, add_arguments, run = _TOOLS[kind]
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
@@ -113,7 +113,7 @@ def cli_main(kind: str, doc: str, argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         metrics = run(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:  # user input problems: a message, not a traceback
+    except (ValueError, FileNotFoundError, SeedError) as e:  # user input problems: a message, not a traceback
         parser.exit(2, f"error: {e}\n")
     print(json.dumps(metrics, indent=2, sort_keys=True))
     print(f"{label} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}")

@@ -20,7 +20,7 @@ from typing import Callable
 
 logger = logging.getLogger(__name__)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO_DET_CONFIG = os.path.join(REPO, "configs", "demo", "shapes_r18_fpn.yaml")
 
 
@@ -132,7 +132,7 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     os.makedirs(out_root, exist_ok=True)
     params = asdict(p)
 
-    from seed_det.data.shapes import write_shapes_dataset
+    from tools.apps.shapes import write_shapes_dataset
     data = Stage(out_root, "data", {k: params[k] for k in ("unlabeled_images", "unlabeled_size", "det_train",
                                                            "det_val", "det_image_size", "seed")})
     data_result = data.run(lambda: {

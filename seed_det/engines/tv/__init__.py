@@ -1,4 +1,4 @@
-"""Building blocks of the torchvision detection engine (seed_det.engines.torchvision_engine).
+"""Building blocks of the torchvision detection engine (seed_det.engines.tv.engine).
 
 checks      config keys the engine cannot honour -> ConfigError naming them
 model       Faster/Mask R-CNN (C4 or FPN) from a Detectron2-style config

@@ -16,13 +16,14 @@ from fvcore.common.config import CfgNode
 
 from seed_det.data.torch_dataset import DetectionDataset
 from seed_det.results import record_run
-from seed_det.tv.checkpoint import last_checkpoint, load_checkpoint
-from seed_det.tv.checks import check_supported
-from seed_det.tv.datasets import load_checked, merge, register_from_config
-from seed_det.tv.evaluate import evaluate_dataset
-from seed_det.tv.model import build_model
-from seed_det.tv.trainer import Trainer
-from seed_det.tv.weights import load_weights
+from seed_det.engines.tv.checkpoint import last_checkpoint, load_checkpoint
+from seed_det.engines.tv.checks import check_supported
+from seed_det.data.catalog import register_from_config
+from seed_det.engines.tv.datasets import load_checked, merge
+from seed_det.engines.tv.evaluate import evaluate_dataset
+from seed_det.engines.tv.model import build_model
+from seed_det.engines.tv.trainer import Trainer
+from seed_det.engines.tv.weights import load_weights
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from seed_det import SeedDetError
+from seed_core.errors import SeedError
 from seed_det.convert import extract_backbone_state, load_user_checkpoint, read_d2_pkl
+from seed_det.engines.tv.model import backbone_modules
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _D2_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
-class WeightsError(SeedDetError):
+class WeightsError(SeedError):
     """MODEL.WEIGHTS cannot be loaded into the model the config builds."""
 
 
@@ -79,11 +80,6 @@ def read_weights(path: str):
         return "backbone", d2_to_torchvision_state(obj["model"])  # a Detectron2 training checkpoint
     state, _ = extract_backbone_state(obj, path)
     return "backbone", state
-
-
-def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
-    """torchvision ResNet prefix -> the module of the detection model that holds it."""
-    return model.seed_backbone_modules()
 
 
 def _depth_hint(state: Mapping[str, torch.Tensor]) -> str:

@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import register_pascal_voc
 
-from seed_det import SeedDetError
+from seed_core.errors import SeedError
 from seed_det.data.voc import layout_class_names
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def register_from_config(cfg) -> None:
     known = set(DatasetCatalog.list())
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         if name not in known:
-            raise SeedDetError(f"dataset '{name}' is not registered. Use a Detectron2 builtin name "
+            raise SeedError(f"dataset '{name}' is not registered. Use a Detectron2 builtin name "
                                "(e.g. voc_2007_trainval, coco_2017_train) or register it with "
                                "DATASETS.COCO_JSON [[name, json_file, image_root]] / DATASETS.VOC "
                                "[[name, dirname, split, year]].")

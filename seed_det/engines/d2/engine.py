@@ -18,17 +18,17 @@ from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
-import seed_det.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
-from seed_det import SeedDetError
+import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
+from seed_core.errors import SeedError
 from seed_det.convert import read_d2_pkl
-from seed_det.d2.checkpoint import verify_backbone_loaded
-from seed_det.d2.config import load_d2_config
-from seed_det.d2.datasets import register_from_config
+from seed_det.engines.d2.checkpoint import verify_backbone_loaded
+from seed_det.engines.d2.config import to_d2_config
+from seed_det.engines.d2.datasets import register_from_config
 from seed_det.results import record_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "build_evaluator", "metrics_from_results", "setup", "run_worker", "launch_from_args"]
+__all__ = ["Trainer", "build_evaluator", "metrics_from_results", "run"]
 
 
 def fast_coco_eval_available() -> bool:
@@ -43,7 +43,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
     if kind == "coco":
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=fast_coco_eval_available())
-    raise SeedDetError(f"no evaluator for dataset '{dataset_name}' (evaluator_type={kind!r}); use a VOC "
+    raise SeedError(f"no evaluator for dataset '{dataset_name}' (evaluator_type={kind!r}); use a VOC "
                        "or COCO-format dataset (DATASETS.VOC / DATASETS.COCO_JSON).")
 
 
@@ -67,7 +67,7 @@ def metrics_from_results(results: Mapping, test_names) -> dict:
     The first test dataset is the one recorded; all datasets stay in metrics["per_dataset"].
     """
     if not results:
-        raise SeedDetError("evaluation produced no results; check DATASETS.TEST and TEST.EVAL_PERIOD.")
+        raise SeedError("evaluation produced no results; check DATASETS.TEST and TEST.EVAL_PERIOD.")
     per_dataset = {test_names[0]: results} if "bbox" in results else dict(results)
     first = per_dataset[test_names[0]] if test_names[0] in per_dataset else next(iter(per_dataset.values()))
     box, mask = first.get("bbox", {}), first.get("segm", {})
@@ -78,12 +78,9 @@ def metrics_from_results(results: Mapping, test_names) -> dict:
     return metrics
 
 
-def setup(args: argparse.Namespace):
-    cfg = load_d2_config(args.config_file, args.opts)
-    cfg.freeze()
+def _setup(cfg, args: argparse.Namespace):
     default_setup(cfg, args)
     register_from_config(cfg)
-    return cfg
 
 
 def _check_pretrained_loaded(cfg, model) -> None:
@@ -92,14 +89,14 @@ def _check_pretrained_loaded(cfg, model) -> None:
         return
     problems = verify_backbone_loaded(model, read_d2_pkl(cfg.MODEL.WEIGHTS)["model"])
     if problems:
-        raise SeedDetError(f"{cfg.MODEL.WEIGHTS} did not load into the model's backbone/res5 "
+        raise SeedError(f"{cfg.MODEL.WEIGHTS} did not load into the model's backbone/res5 "
                            f"({len(problems)} problems, e.g. {problems[:3]}). Check MODEL.RESNETS.DEPTH and "
                            "MODEL.ROI_HEADS.NAME against the checkpoint.")
 
 
-def run_worker(args: argparse.Namespace) -> dict | None:
+def _worker(cfg, args: argparse.Namespace) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
-    cfg = setup(args)
+    _setup(cfg, args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -120,10 +117,13 @@ def run_worker(args: argparse.Namespace) -> dict | None:
     return metrics
 
 
-def launch_from_args(args: argparse.Namespace) -> dict | None:
+def run(cfg, args: argparse.Namespace) -> dict | None:
+    """Train (unless args.eval_only) and evaluate the config `cfg` (parsed and checked once by
+    seed_det.engines.main) on 1..N processes; returns the metrics in the main process."""
+    cfg = to_d2_config(cfg)
     world = args.num_gpus * args.num_machines
     if world <= 1:
-        return run_worker(args)  # Detectron2's launch() drops the return value of a single process
-    launch(run_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+        return _worker(cfg, args)  # Detectron2's launch() drops the return value of a single process
+    launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(cfg, args))
     return None

@@ -9,7 +9,8 @@ from typing import Callable, List, Tuple
 
 from fvcore.common.config import CfgNode
 
-from seed_det.config import BASIC_BLOCK_ROI_HEAD, ConfigError
+from seed_core.errors import ConfigError
+from seed_det.config import BASIC_BLOCK_ROI_HEAD
 
 C4_BACKBONE, FPN_BACKBONE = "build_resnet_backbone", "build_resnet_fpn_backbone"
 NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")

@@ -158,7 +158,7 @@ def _anchors(cfg: CfgNode, num_levels: int) -> AnchorGenerator:
     sizes = list(sizes) * num_levels if len(sizes) == 1 else list(sizes)
     ratios = list(ratios) * num_levels if len(ratios) == 1 else list(ratios)
     if len(sizes) != num_levels or len(ratios) != num_levels:
-        from seed_det.config import ConfigError
+        from seed_core.errors import ConfigError
 
         raise ConfigError(f"MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS need 1 or {num_levels} entries "
                           f"(one per feature level), got {len(sizes)} and {len(ratios)}")
@@ -225,8 +225,7 @@ def _build_fpn(cfg: CfgNode, net: resnet.ResNet):
             mask_predictor=MaskRCNNPredictor(mh.CONV_DIM if mh.NUM_CONV else m.FPN.OUT_CHANNELS, mh.CONV_DIM,
                                              m.ROI_HEADS.NUM_CLASSES + 1),
         )
-    modules = lambda model: OrderedDict((s, getattr(model.backbone.body, s)) for s in _STAGES)  # noqa: E731
-    return backbone, parts, modules
+    return backbone, parts
 
 
 def _build_c4(cfg: CfgNode, net: resnet.ResNet):
@@ -247,13 +246,7 @@ def _build_c4(cfg: CfgNode, net: resnet.ResNet):
             mask_head=Res5MaskHead(res5),
             mask_predictor=MaskRCNNPredictor(res5.out_channels, mh.CONV_DIM, m.ROI_HEADS.NUM_CLASSES + 1),
         )
-
-    def modules(model):
-        found = OrderedDict((s, getattr(model.backbone, s)) for s in _STAGES[:-1])
-        found["layer4"] = model.roi_heads.box_head.res5.layer4
-        return found
-
-    return body, parts, modules
+    return body, parts
 
 
 def build_model(cfg: CfgNode) -> nn.Module:
@@ -261,7 +254,7 @@ def build_model(cfg: CfgNode) -> nn.Module:
     check_supported(cfg)
     fpn = cfg.MODEL.BACKBONE.NAME == FPN_BACKBONE
     net = build_resnet(cfg, fpn)
-    backbone, parts, modules = (_build_fpn if fpn else _build_c4)(cfg, net)
+    backbone, parts = (_build_fpn if fpn else _build_c4)(cfg, net)
     cls = MaskRCNN if cfg.MODEL.MASK_ON else FasterRCNN
     # torchvision insists on its own pooler type at construction; ours replace them afterwards.
     poolers = {k: parts.pop(k) for k in ("box_roi_pool", "mask_roi_pool") if k in parts}
@@ -273,12 +266,21 @@ def build_model(cfg: CfgNode) -> nn.Module:
     if abs(cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA - 1 / 9) > 1e-6:
         logger.warning("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA=%s is not honoured: torchvision's box-head loss is "
                        "smooth L1 with beta 1/9", cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA)
-    # Lets the weight loader find the ResNet stages wherever this layout put them.
-    model.seed_backbone_modules = lambda: modules(model)
     logger.info("built %s R%d-%s with %d classes (%d trainable parameters)", cls.__name__,
                 cfg.MODEL.RESNETS.DEPTH, "FPN" if fpn else "C4", cfg.MODEL.ROI_HEADS.NUM_CLASSES,
                 sum(p.numel() for p in model.parameters() if p.requires_grad))
     return model
+
+
+def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """torchvision ResNet prefix (conv1, bn1, layer1..4) -> the module of a model built by
+    `build_model` that holds it: FPN keeps the whole ResNet in the backbone body, C4 moves layer4
+    (res5) into the box head."""
+    if isinstance(model.backbone, BackboneWithFPN):
+        return OrderedDict((s, getattr(model.backbone.body, s)) for s in _STAGES)
+    found = OrderedDict((s, getattr(model.backbone, s)) for s in _STAGES[:-1])
+    found["layer4"] = model.roi_heads.box_head.res5.layer4
+    return found
 
 
 def set_input_sizes(model: nn.Module, cfg: CfgNode, train: bool) -> None:

@@ -20,3 +20,12 @@ def load_d2_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> CfgNode
     cfg = merge_det_config(get_d2_cfg(), path, tuple(opts))
     validate_det_config(cfg)
     return cfg
+
+
+def to_d2_config(cfg) -> CfgNode:
+    """Detectron2's own config holding the values of our parsed one (whose keys mirror Detectron2's
+    names and defaults), frozen: the YAML is parsed once, by seed_det.config."""
+    d2 = get_d2_cfg()
+    d2.merge_from_other_cfg(cfg)
+    d2.freeze()
+    return d2

@@ -16,10 +16,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoint_io import atomic_write_text
-from .config import CfgNode, load_cfg
-from .evaluation import LoadedBackbone, knn_evaluate, load_or_compute_features
-from .trainer import CHECKPOINT_FILE, train
+from seed_core.checkpoint_io import atomic_write_text
+from seed_core.config import CfgNode, load_cfg
+from seed_core.evaluation import LoadedBackbone, knn_evaluate, load_or_compute_features
+from seed_core.trainer import CHECKPOINT_FILE, train
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,25 @@
+"""The one error hierarchy of the project (seed_core and seed_det alike).
+
+Every error here is a problem the user can fix; its message says what was wrong and what to do.
+Command-line tools catch `SeedError` and print the message without a traceback.
+"""
+
+
+class SeedError(Exception):
+    """A problem with the user's input or environment (config, checkpoint, dataset, run)."""
+
+
+class ConfigError(SeedError, ValueError):
+    """A config that cannot run: unknown key, wrong type, impossible value, unreadable file."""
+
+
+class CheckpointError(SeedError):
+    """A checkpoint that cannot be read, does not fit, or cannot be written."""
+
+
+class DatasetError(SeedError, ValueError):
+    """A dataset that is missing, malformed or unusable; the message names the file."""
+
+
+class TrainingError(SeedError):
+    """A run that cannot go on (non-finite loss, too many unreadable images, a lost peer)."""
