@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import tempfile
+import warnings
+import zipfile
 from typing import Any, Callable, Mapping
 
 import torch
@@ -53,18 +56,42 @@ def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols before refusing non-torch pickles; the refusal is enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line] or _pickled_globals(path)
+        if not unsafe:  # not a pickle of objects at all: garbage or a torn file
+            raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?)") from None
         raise CheckpointError(
             f"refusing to load {path}: it contains objects other than tensors and plain containers "
             f"(loading it could execute code). If it is a Detectron2 .pkl, it is an output of "
-            f"tools/convert_to_d2.py, not an input. Details: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
-            AttributeError, UnicodeDecodeError) as e:  # what unpickling garbage can raise
+            f"tools/convert_to_d2.py, not an input. Details: {unsafe[0]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError, ImportError,
+            AttributeError, UnicodeDecodeError, zipfile.BadZipFile) as e:  # what unpickling garbage can raise
         raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _pickled_globals(path: str) -> list[str]:
+    """The globals a plain pickle file would import, read without executing it (torch's refusal
+    does not always name them, e.g. for protocol-4 pickles)."""
+    found, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+                    strings.append(str(arg))
+                elif op.name == "GLOBAL":
+                    found.append(f"GLOBAL {str(arg).replace(' ', '.')}")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"GLOBAL {strings[-2]}.{strings[-1]}")
+    except Exception:  # torn or not a pickle: report what was seen before the damage
+        pass
+    return found
 
 
 def atomic_save(obj: Any, path: str) -> None:

@@ -155,3 +155,14 @@ def cfg_from_string(text: str) -> CfgNode:
     cfg = get_default_cfg()
     cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
     return cfg
+
+
+def flatten_cfg(node, prefix: str = "") -> dict:
+    """{"SOLVER.BASE_LR": 0.03, ...}: every leaf of a config by its dotted key (tuples as lists)."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(flatten_cfg(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -6,13 +6,11 @@ import json
 import os
 import time
 
-import torch
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .config import cfg_from_string
+from .constants import BACKBONE_FILE, META_FILE
 
-BACKBONE_FILE = "student_backbone.pth"
-META_FILE = "meta.json"
 
 
 def backbone_state(student_state: dict) -> dict:

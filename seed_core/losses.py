@@ -31,7 +31,7 @@ class _SoftCrossEntropy(torch.autograd.Function):
 
 
 def seed_loss(z_student: torch.Tensor, z_teacher: torch.Tensor, queue: torch.Tensor,
-              student_temp: float = 0.2, teacher_temp: float = 0.01,
+              student_temp: float, teacher_temp: float,
               student_queue: torch.Tensor | None = None) -> torch.Tensor:
     """Soft cross-entropy between the teacher's and the student's similarity distributions over
     {teacher embedding of the same image} + queue: logits [z.z_T, z.d_1, ..., z.d_K] / tau.
@@ -56,7 +56,7 @@ def l2_loss(z_student: torch.Tensor, z_teacher: torch.Tensor) -> torch.Tensor:
 
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor,
-                  temperature: float = 0.2) -> torch.Tensor:
+                  temperature: float) -> torch.Tensor:
     """MoCo InfoNCE: the key of the same image is the positive (index 0), the queue the negatives."""
     logits = similarity_logits(query, key.detach(), queue) / temperature
     labels = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)

@@ -17,8 +17,8 @@ from .teachers import fold_batchnorm
 class DistillationObjective(nn.Module):
     """SEED (or L2): the same view goes to the frozen teacher and to the student."""
 
-    def __init__(self, teacher: nn.Module, queue: EmbeddingQueue, loss: str = "seed",
-                 student_temp: float = 0.2, teacher_temp: float = 0.01,
+    def __init__(self, teacher: nn.Module, queue: EmbeddingQueue, loss: str,
+                 student_temp: float, teacher_temp: float,
                  teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  fold_bn: bool = True):
         super().__init__()

@@ -11,6 +11,7 @@ from torch import nn
 
 from .checkpoint_io import CheckpointError, key_mismatch_report, load_untrusted, unwrap_state_dict
 from .encoders import EmbeddingNet, build_backbone
+from .resnet_spec import torchvision_depth
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +98,7 @@ def guess_resnet_arch(state: dict) -> str | None:
     """Name the torchvision ResNet a backbone state dict belongs to, if it is one."""
     if "conv1.weight" not in state:
         return None
-    blocks = []
-    for layer in range(1, 5):
-        ids = {int(m.group(1)) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
-        blocks.append(len(ids))
-    bottleneck = any(k.endswith("conv3.weight") for k in state)
-    depth = {(2, 2, 2, 2, False): 18, (3, 4, 6, 3, False): 34, (3, 4, 6, 3, True): 50,
-             (3, 4, 23, 3, True): 101, (3, 8, 36, 3, True): 152}.get((*blocks, bottleneck))
+    depth = torchvision_depth(state)
     if depth is None:
         return None
     width = state["conv1.weight"].shape[0] // 64

@@ -15,7 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
-from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
+from .constants import CHECKPOINT_FILE
+from .config import CfgNode, ConfigError, cfg_from_string, flatten_cfg, validate_cfg
 from .data import ResumableSampler, UnlabeledImages, collate, list_images, training_transform
 from .errors import TrainingError
 from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
@@ -28,7 +29,6 @@ from .schedule import lr_at, scaled_lr
 from .teachers import embedding_dim, load_teacher
 
 logger = logging.getLogger(__name__)
-CHECKPOINT_FILE = "checkpoint.pth"
 # Settings that may change between a run and its resume without changing the result.
 RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
                      "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS", "OUTPUT_DIR", "DATA.ROOT"}
@@ -192,8 +192,8 @@ class Trainer:
         return int(ckpt["iteration"])
 
     def _check_resume_config(self, saved_text: str) -> None:
-        saved = _flatten(cfg_from_string(saved_text)) if saved_text else {}
-        now = _flatten(self.cfg)
+        saved = flatten_cfg(cfg_from_string(saved_text)) if saved_text else {}
+        now = flatten_cfg(self.cfg)
         changed = [f"{k}: {saved[k]!r} -> {now[k]!r}" for k in now
                    if k in saved and saved[k] != now[k] and k not in RESUME_MAY_CHANGE]
         if changed:
@@ -394,17 +394,6 @@ def _progress_bar(enabled: bool, total: int, initial: int):
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, disable=not enabled, desc="distill", unit="it",
                 dynamic_ncols=True, smoothing=0.05)
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    out = {}
-    for k, v in node.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _as_tuple(x):

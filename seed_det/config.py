@@ -30,6 +30,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from seed_core.errors import ConfigError
+from seed_core.resnet_spec import RESNET_DEPTHS
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ __all__ = ["ConfigError", "get_det_cfg", "add_seed_config", "load_det_config", "
 
 # Name under which seed_det.engines.d2 registers its res5 ROI head (BasicBlocks for R18/R34).
 BASIC_BLOCK_ROI_HEAD = "BasicBlockRes5ROIHeads"
-RESNET_DEPTHS = (18, 34, 50, 101, 152)
 
 
 def _mirror_detectron2_defaults(c: CfgNode) -> None:

@@ -19,16 +19,16 @@ import logging
 import os
 import pickle
 import re
-import warnings
-import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from seed_core.checkpoint_io import atomic_write, unwrap_state_dict
+from seed_core.checkpoint_io import atomic_write, load_untrusted, unwrap_state_dict
+from seed_core.constants import META_FILE
 from seed_core.errors import CheckpointError
+from seed_core.resnet_spec import ResNetSpec, depth_of, stage_block_counts
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +36,6 @@ __all__ = ["CheckpointError", "ResNetSpec", "convert_to_d2", "torchvision_to_d2_
            "write_d2_pkl", "load_user_checkpoint", "extract_backbone_state", "infer_torchvision_spec",
            "infer_d2_spec", "weights_spec", "check_weights_depth"]
 
-# (block type, blocks per stage) -> depth, as in the ResNet paper.
-_DEPTHS = {
-    ("basic", (2, 2, 2, 2)): 18, ("basic", (3, 4, 6, 3)): 34,
-    ("bottleneck", (3, 4, 6, 3)): 50, ("bottleneck", (3, 4, 23, 3)): 101,
-    ("bottleneck", (3, 8, 36, 3)): 152,
-}
 SUPPORTED = ("resnet18/34/50/101/152 and their wide / ResNeXt / timm variants (torchvision key names: "
              "conv1, bn1, layer1..layer4)")
 _ANCHOR = "layer1.0.conv1.weight"  # present in every torchvision-style ResNet, used to find the prefix
@@ -57,19 +51,6 @@ _TV_PATTERNS = [
     (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"), "res{L}.\\2.shortcut.weight"),
     (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.1\.(\w+)$"), "res{L}.\\2.shortcut.norm.\\3"),
 ]
-
-
-@dataclass(frozen=True)
-class ResNetSpec:
-    depth: int
-    block: str                       # "basic" (R18/R34) or "bottleneck" (R50+)
-    blocks_per_stage: tuple
-    stem_out_channels: int
-    res2_out_channels: int
-
-    def config_hint(self) -> str:
-        return (f"MODEL.RESNETS.DEPTH {self.depth} MODEL.RESNETS.RES2_OUT_CHANNELS {self.res2_out_channels} "
-                f"MODEL.RESNETS.STEM_OUT_CHANNELS {self.stem_out_channels}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,26 +122,17 @@ def _refuse_d2(path: str) -> CheckpointError:
 
 
 def load_user_checkpoint(path: str | os.PathLike):
-    """torch.load(weights_only=True) with errors that say what is wrong with the file."""
+    """A PyTorch checkpoint to convert or fine-tune from (seed_core.checkpoint_io.load_untrusted),
+    refusing a Detectron2 .pkl, which is already converted, by name."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.endswith(".pkl"):
+    if path.endswith(".pkl") and os.path.isfile(path):
         raise _refuse_d2(path)
     try:
-        with warnings.catch_warnings():
-            # torch warns about pickle protocols before refusing non-torch pickles; the refusal is enough.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile,
-            AttributeError, ImportError, TypeError, OSError) as err:
-        if _looks_like_d2_pkl(path):
+        return load_untrusted(path)
+    except CheckpointError as err:
+        if os.path.isfile(path) and _looks_like_d2_pkl(path):
             raise _refuse_d2(path) from err
-        raise CheckpointError(
-            f"cannot read {path}: truncated, corrupt, or not a PyTorch checkpoint loadable with "
-            f"weights_only=True ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "Re-export or re-download it; checkpoints holding arbitrary Python objects are not accepted."
-        ) from err
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,7 +200,7 @@ def _c4_res5(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _spec(block: str, counts: tuple, stem: int, res2: int, source: str) -> ResNetSpec:
-    depth = _DEPTHS.get((block, counts))
+    depth = depth_of(block, counts)
     if depth is None:
         raise CheckpointError(f"{source}: {block} ResNet with blocks per stage {counts} is not a standard "
                               f"depth; supported: {SUPPORTED}.")
@@ -236,22 +208,13 @@ def _spec(block: str, counts: tuple, stem: int, res2: int, source: str) -> ResNe
 
 
 def infer_torchvision_spec(state: Mapping[str, torch.Tensor], source: str = "checkpoint") -> ResNetSpec:
-    counts = _tv_counts(state)
+    counts = stage_block_counts(state)
     block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     if "conv1.weight" not in state:
         raise CheckpointError(f"{source}: ResNet stem conv1.weight missing; the checkpoint is incomplete.")
     last = "conv3" if block == "bottleneck" else "conv2"
     res2 = state[f"layer1.0.{last}.weight"].shape[0]
     return _spec(block, counts, state["conv1.weight"].shape[0], res2, source)
-
-
-def _tv_counts(state) -> tuple:
-    counts = {L: 0 for L in range(1, 5)}
-    for k in state:
-        m = re.match(r"^layer([1-4])\.(\d+)\.", k)
-        if m:
-            counts[int(m.group(1))] = max(counts[int(m.group(1))], int(m.group(2)) + 1)
-    return tuple(counts[L] for L in range(1, 5))
 
 
 def infer_d2_spec(model: Mapping[str, np.ndarray], source: str = "checkpoint") -> ResNetSpec:
@@ -314,7 +277,7 @@ def torchvision_to_d2_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 
 
 def _read_meta(in_path: str) -> dict:
-    meta_path = os.path.join(os.path.dirname(os.path.abspath(in_path)), "meta.json")
+    meta_path = os.path.join(os.path.dirname(os.path.abspath(in_path)), META_FILE)
     if not os.path.isfile(meta_path):
         return {}
     try:

@@ -55,3 +55,4 @@ def test_missing_teacher_for_distillation():
     with pytest.raises(ConfigError, match="MODEL.TEACHER.WEIGHTS is empty"):
         validate_cfg(load_cfg(None, []))
     validate_cfg(load_cfg(None, ["LOSS.NAME", "moco"]))
+

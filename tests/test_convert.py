@@ -255,7 +255,7 @@ def test_object_pickle_is_refused(tmp_path):
         read_d2_pkl(path)
     disguised = tmp_path / "evil.pth"  # the converter must not run it either
     os.replace(path, disguised)
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="refusing to load"):
         convert_to_d2(disguised, tmp_path / "out.pkl")
     assert not marker.exists()
 

@@ -234,8 +234,8 @@ def test_coco_json_mask_rcnn_two_iterations(tmp_path, monkeypatch):
     """Also runs COCO evaluation the way it must work without Detectron2's compiled extension."""
     monkeypatch.setattr(d2_engine, "fast_coco_eval_available", lambda: False)
     built = []
-    real_build = d2_engine.build_evaluator
-    monkeypatch.setattr(d2_engine, "build_evaluator", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
+    real_build = d2_engine.d2_evaluator
+    monkeypatch.setattr(d2_engine, "d2_evaluator", lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     json_file, images = make_tiny_coco(tmp_path / "coco_tiny")
     pkl = _converted(tmp_path)
     out = tmp_path / "runs" / "coco"

@@ -61,7 +61,7 @@ def test_gradients_reach_only_student_and_head_and_teacher_bn_is_frozen():
     bn_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     queue = EmbeddingQueue(32, 16)
     queue_before = queue.embeddings.clone()
-    objective = DistillationObjective(teacher, queue, fold_bn=False)
+    objective = DistillationObjective(teacher, queue, "seed", 0.2, 0.01, fold_bn=False)
     assert objective.teacher is teacher
     images = torch.randn(4, 3, 32, 32)
     loss, z_t = objective(student, images, torch.autocast("cpu", enabled=False))
@@ -84,7 +84,7 @@ def test_folded_teacher_computes_the_same_embeddings():
             m.running_mean.normal_(0, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     teacher = FrozenTeacher(net.backbone, net.head)
-    folded = DistillationObjective(teacher, EmbeddingQueue(8, 16)).teacher
+    folded = DistillationObjective(teacher, EmbeddingQueue(8, 16), "seed", 0.2, 0.01).teacher
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     folded.train()
     assert not folded.training and not any(p.requires_grad for p in folded.parameters())
@@ -109,12 +109,12 @@ def test_soft_cross_entropy_gradient_matches_autograd_of_the_plain_formula():
 def test_reduced_precision_student_queue_stays_close_to_fp32():
     zs = _unit(8, 16, seed=14).float().requires_grad_(True)
     zt, queue = _unit(8, 16, seed=15).float(), _unit(300, 16, seed=16).float()
-    full = seed_loss(zs, zt, queue)
-    low = seed_loss(zs, zt, queue, student_queue=queue.bfloat16())
+    full = seed_loss(zs, zt, queue, 0.2, 0.01)
+    low = seed_loss(zs, zt, queue, 0.2, 0.01, student_queue=queue.bfloat16())
     assert low.dtype == torch.float32
     assert abs(full.item() - low.item()) < 2e-2 * full.item()
     (g_full,) = torch.autograd.grad(full, zs)
-    (g_low,) = torch.autograd.grad(seed_loss(zs, zt, queue, student_queue=queue.bfloat16()), zs)
+    (g_low,) = torch.autograd.grad(seed_loss(zs, zt, queue, 0.2, 0.01, student_queue=queue.bfloat16()), zs)
     assert torch.allclose(g_full, g_low, atol=0.05 * g_full.abs().max().item())
 
 

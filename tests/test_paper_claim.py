@@ -46,7 +46,7 @@ def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
 
 
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
-    from tools.apps.experiments import RUN_SUMMARY
+    from tools.apps.run_cache import MARKER as RUN_SUMMARY
     argv = ["--tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
             "--archs", "resnet18", "--teacher-arch", "resnet18"]
     cli = _load_cli()
@@ -60,7 +60,7 @@ def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
 
 def test_run_key_ignores_paths_and_logging_but_not_settings():
     from seed_core.config import load_cfg
-    from tools.apps.experiments import run_key
+    from tools.apps.run_cache import run_key
     ids = {"DATA.ROOT": "digits"}
     a = load_cfg(None, ["DATA.ROOT", "/a", "OUTPUT_DIR", "/x", "TRAIN.PROGRESS", "False"])
     b = load_cfg(None, ["DATA.ROOT", "/b", "OUTPUT_DIR", "/y", "DATA.NUM_WORKERS", "0"])

@@ -27,11 +27,11 @@ def test_tiny_pipeline_end_to_end_and_cached_rerun(tmp_path, capsys):
     meta = json.load(open(os.path.join(out, "student_seed", "meta.json")))
     assert meta["loss"] == "seed" and meta["teacher"]["arch"] == "resnet18"
 
-    markers = {s: os.path.getmtime(os.path.join(out, s, "stage.json"))
+    markers = {s: os.path.getmtime(os.path.join(out, s, "run.json"))
                for s in ("teacher_moco", "student_seed", "det_seed")}
     capsys.readouterr()
     again = run_demo(out, "tiny", engine="torchvision", workers=0)
     assert again == results
     assert "running" not in capsys.readouterr().out
     for s, t in markers.items():
-        assert os.path.getmtime(os.path.join(out, s, "stage.json")) == t
+        assert os.path.getmtime(os.path.join(out, s, "run.json")) == t

@@ -15,13 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..constants import BACKBONE_FILE, META_FILE
 from ..checkpoint_io import key_mismatch_report, load_untrusted
 from ..encoders import available_backbones, build_backbone
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_NAME = "student_backbone.pth"
-META_NAME = "meta.json"
 # How many key names an error message lists before summarising the rest.
 _MAX_KEYS_SHOWN = 8
 
@@ -56,13 +55,13 @@ def _format_keys(keys) -> str:
 def _resolve_paths(path: Path) -> tuple[Path, Path]:
     """Return (weights .pth, meta.json location) for a directory or a .pth path."""
     if path.is_dir():
-        weights = path / WEIGHTS_NAME
+        weights = path / BACKBONE_FILE
         if not weights.is_file():
-            raise FileNotFoundError(f"{path} is a directory without {WEIGHTS_NAME}. Point --backbone at an "
+            raise FileNotFoundError(f"{path} is a directory without {BACKBONE_FILE}. Point --backbone at an "
                                     f"exported backbone directory or directly at a .pth state dict.")
-        return weights, path / META_NAME
+        return weights, path / META_FILE
     if path.is_file():
-        return path, path.parent / META_NAME
+        return path, path.parent / META_FILE
     raise FileNotFoundError(f"backbone {path} does not exist: pass an export directory or a .pth file.")
 
 
@@ -85,7 +84,7 @@ def _resolve_arch(arch: str | None, meta_path: Path) -> tuple[str, dict]:
         return arch, meta
     if meta_arch:
         return str(meta_arch), meta
-    where = f"{meta_path} has no 'arch' entry" if meta_path.is_file() else f"no {META_NAME} found at {meta_path}"
+    where = f"{meta_path} has no 'arch' entry" if meta_path.is_file() else f"no {META_FILE} found at {meta_path}"
     raise ValueError(f"cannot tell the backbone architecture: {where}. Pass --arch (one of {available_backbones()}).")
 
 

@@ -19,14 +19,13 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from ..checkpoint_io import atomic_save
+from ..checkpoint_io import atomic_save, load_untrusted
+from ..errors import CheckpointError
+from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from .backbone_io import LoadedBackbone
 
 logger = logging.getLogger(__name__)
 
-# Self-supervised checkpoints are trained on torchvision-normalised inputs.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CACHE_FORMAT = 1  # bump when the cached content changes meaning
 
 
@@ -107,8 +106,8 @@ def _read_cache(path: Path, key: str) -> FeatureSet | None:
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a damaged file; recompute
+        blob = load_untrusted(str(path))
+    except CheckpointError as e:  # a damaged cache is recomputed, not fatal
         logger.warning("ignoring unreadable feature cache %s (%s); recomputing", path, e)
         return None
     if not isinstance(blob, dict) or blob.get("key") != key:

@@ -10,7 +10,7 @@ from .records import Dataset, DatasetError, DatasetSpec
 logger = logging.getLogger(__name__)
 
 
-def _load_json(path: str) -> dict:
+def read_coco_json(path: str) -> dict:
     if not os.path.isfile(path):
         raise DatasetError(f"COCO json {path} does not exist: check the path or DETECTRON2_DATASETS")
     try:
@@ -26,7 +26,7 @@ def _load_json(path: str) -> dict:
 
 
 def load_coco_json(spec: DatasetSpec) -> Dataset:
-    data = _load_json(spec.json_file)
+    data = read_coco_json(spec.json_file)
     cats = sorted(data["categories"], key=lambda c: c["id"])
     if not cats:
         raise DatasetError(f"COCO json {spec.json_file} has no categories")

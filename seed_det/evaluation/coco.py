@@ -65,10 +65,10 @@ class COCOEvaluator:
     mask_AP, mask_AP50, ..."""
 
     def __init__(self, dataset, with_masks: bool = False, gt: COCO = None):
-        from seed_det.data.coco_json import _load_json
+        from seed_det.data.coco_json import read_coco_json
 
         self.dataset, self.with_masks = dataset, with_masks
-        self.coco_gt = gt if gt is not None else coco_from_dict(_load_json(dataset.spec.json_file))
+        self.coco_gt = gt if gt is not None else coco_from_dict(read_coco_json(dataset.spec.json_file))
         self.results: List[Dict] = []
         self.img_ids: List = []
 

@@ -4,19 +4,18 @@
                                  -> MoCo-v2 ResNet-18 baseline -> Detectron2 .pkl -> Faster R-CNN
                                     random init ---------------------------------> (each) -> AP table
 
-Each stage writes `<stage>/stage.json` when it is done; a rerun skips finished stages whose
+Each stage writes `<stage>/run.json` when it is done (tools.apps.run_cache); a rerun skips finished stages whose
 parameters are unchanged and resumes an interrupted distillation from its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+
+from seed_core.config import load_cfg
+from tools.apps.run_cache import CachedRun, distill
 
 logger = logging.getLogger(__name__)
 
@@ -56,56 +55,16 @@ PRESETS = {
 }
 
 
-class Stage:
-    """A cached step: `run()` executes `fn` unless `<dir>/stage.json` records the same params."""
-
-    def __init__(self, root: str, name: str, params: dict):
-        self.dir = os.path.join(root, name)
-        self.name, self.params = name, params
-        self.marker = os.path.join(self.dir, "stage.json")
-
-    def done(self) -> dict | None:
-        if not os.path.exists(self.marker):
-            return None
-        try:
-            with open(self.marker) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return record["result"] if record.get("params") == self.params else None
-
-    def run(self, fn: Callable[[], dict], fresh: bool = False) -> dict:
-        """`fresh`: the stage cannot resume, so leftovers of an interrupted attempt are removed."""
-        cached = self.done()
-        if cached is not None:
-            print(f"[{self.name}] done before: reusing {self.dir}")
-            return cached
-        print(f"[{self.name}] running ...", flush=True)
-        t0 = time.time()
-        if fresh and os.path.isdir(self.dir):
-            shutil.rmtree(self.dir)
-        os.makedirs(self.dir, exist_ok=True)
-        result = fn()
-        result["seconds"] = round(time.time() - t0, 1)
-        from seed_core.checkpoint_io import atomic_write_text
-        atomic_write_text(json.dumps({"params": self.params, "result": result}, indent=2), self.marker)
-        print(f"[{self.name}] finished in {result['seconds']:.0f} s")
-        return result
+def _stage(root: str, name: str, params: dict) -> CachedRun:
+    return CachedRun(os.path.join(root, name), params, announce=lambda msg: print(msg, flush=True))
 
 
-def _distill(stage: Stage, opts: dict) -> dict:
-    from seed_core.config import load_cfg
-    from seed_core.trainer import CHECKPOINT_FILE, train
+def _distill(stage: CachedRun, opts: dict) -> dict:
     flat = [str(x) for kv in opts.items() for x in kv] + ["OUTPUT_DIR", stage.dir]
-    cfg = load_cfg(None, flat)
-    resume = os.path.exists(os.path.join(stage.dir, CHECKPOINT_FILE))
-    if resume:
-        print(f"[{stage.name}] resuming from {stage.dir}/{CHECKPOINT_FILE}")
-    summary = train(cfg, resume=resume)
-    return {"checkpoint": summary["checkpoint"], "backbone": summary["backbone"], "metrics": os.path.join(stage.dir, "metrics.jsonl")}
+    return distill(load_cfg(None, flat))
 
 
-def _detect(stage: Stage, weights: str, data_root: str, p: DemoPreset, engine: str) -> dict:
+def _detect(stage: CachedRun, weights: str, data_root: str, p: DemoPreset, engine: str) -> dict:
     from seed_det.engines import main as train_net
     opts = {
         "MODEL.WEIGHTS": weights,
@@ -133,7 +92,7 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     params = asdict(p)
 
     from tools.apps.shapes import write_shapes_dataset
-    data = Stage(out_root, "data", {k: params[k] for k in ("unlabeled_images", "unlabeled_size", "det_train",
+    data = _stage(out_root, "data", {k: params[k] for k in ("unlabeled_images", "unlabeled_size", "det_train",
                                                            "det_val", "det_image_size", "seed")})
     data_result = data.run(lambda: {
         "unlabeled": write_shapes_dataset(os.path.join(data.dir, "unlabeled"), num_train=p.unlabeled_images,
@@ -148,7 +107,7 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
               "SOLVER.WARMUP_EPOCHS": 1.0, "TRAIN.CHECKPOINT_PERIOD": 50, "SEED": p.seed, "TRAIN.LOG_PERIOD": 5}
     teacher_opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p.teacher_arch,
                     "SOLVER.EPOCHS": p.teacher_epochs}
-    teacher = Stage(out_root, "teacher_moco", teacher_opts)
+    teacher = _stage(out_root, "teacher_moco", teacher_opts)
     teacher_result = teacher.run(lambda: _distill(teacher, teacher_opts))
 
     student_common = {**common, "MODEL.STUDENT.ARCH": p.student_arch, "SOLVER.EPOCHS": p.student_epochs}
@@ -157,19 +116,19 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     moco_opts = {**student_common, "LOSS.NAME": "moco"}
     students = {}
     for name, opts in (("seed", seed_opts), ("moco", moco_opts)):
-        st = Stage(out_root, f"student_{name}", opts)
+        st = _stage(out_root, f"student_{name}", opts)
         students[name] = st.run(lambda st=st, opts=opts: _distill(st, opts))
 
     from seed_det.convert import convert_to_d2
     weights = {"random": ""}
     for name, res in students.items():
-        conv = Stage(out_root, f"convert_{name}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
+        conv = _stage(out_root, f"convert_{name}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
         pkl = os.path.join(conv.dir, f"{name}_{p.student_arch}.pkl")
         weights[name] = conv.run(lambda res=res, pkl=pkl: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl)})["pkl"]
 
     results = {}
     for name in ("random", "moco", "seed"):
-        det = Stage(out_root, f"det_{name}", {**{k: params[k] for k in params if k.startswith("det_")},
+        det = _stage(out_root, f"det_{name}", {**{k: params[k] for k in params if k.startswith("det_")},
                                               "weights": weights[name], "engine": engine})
         results[name] = det.run(lambda det=det, name=name: _detect(det, weights[name], data_result["detection"],
                                                                     p, engine), fresh=True)["metrics"]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .digits import write_digits_imagefolder
 from seed_core.evaluation import load_backbone
-from .experiments import RunRecord, cached_train, knn_accuracy, mean_std
+from .experiments import knn_accuracy, mean_std
+from .run_cache import DistillRun, cached_distill
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _fmt(v) -> str:
 
 
 def run_opts(s: Settings, data: Digits, arch: str, loss: str, seed: int, epochs: int, max_iter: int,
-             teacher: RunRecord | None = None) -> list[str]:
+             teacher: DistillRun | None = None) -> list[str]:
     opts = {
         "SEED": seed, "MODEL.STUDENT.ARCH": arch, "LOSS.NAME": loss, "DATA.ROOT": data.train_root,
         "DATA.IMAGE_SIZE": s.image_size, "DATA.NUM_WORKERS": s.num_workers, "DATA.AUGMENTATION": s.augmentation,
@@ -103,27 +104,27 @@ def run_opts(s: Settings, data: Digits, arch: str, loss: str, seed: int, epochs:
     return flat
 
 
-def _identities(data: Digits, teacher: RunRecord | None) -> dict:
+def _identities(data: Digits, teacher: DistillRun | None) -> dict:
     ids = {"DATA.ROOT": data.identity}
     if teacher is not None:
         ids["MODEL.TEACHER.WEIGHTS"] = f"run:{teacher.key}"
     return ids
 
 
-def train_teacher(s: Settings, data: Digits) -> RunRecord:
+def train_teacher(s: Settings, data: Digits) -> DistillRun:
     opts = run_opts(s, data, s.teacher_arch, "moco", 0, s.teacher_epochs, s.teacher_max_iter)
-    return cached_train(f"teacher-{s.teacher_arch}-moco", opts, Path(s.work_dir) / "runs", _identities(data, None))
+    return cached_distill(f"teacher-{s.teacher_arch}-moco", opts, Path(s.work_dir) / "runs", _identities(data, None))
 
 
 def train_student(s: Settings, data: Digits, arch: str, variant: str, seed: int,
-                  teacher: RunRecord | None) -> RunRecord:
+                  teacher: DistillRun | None) -> DistillRun:
     distil = variant in ("seed", "l2")
     opts = run_opts(s, data, arch, variant, seed, s.epochs, s.max_iter, teacher if distil else None)
     ids = _identities(data, teacher if distil else None)
-    return cached_train(f"{arch}-{variant}-s{seed}", opts, Path(s.work_dir) / "runs", ids)
+    return cached_distill(f"{arch}-{variant}-s{seed}", opts, Path(s.work_dir) / "runs", ids)
 
 
-def score(s: Settings, data: Digits, record: RunRecord | None = None, arch: str | None = None,
+def score(s: Settings, data: Digits, record: DistillRun | None = None, arch: str | None = None,
           seed: int = 0) -> dict:
     """k-NN of a trained run's backbone, or of a random-init `arch` when `record` is None."""
     if record is None:
@@ -140,7 +141,7 @@ def _summarise(per_seed: list[dict]) -> dict:
     return {"top1_mean": mean, "top1_std": std, "per_seed": per_seed}
 
 
-def evaluate_teacher(s: Settings, data: Digits, teacher: RunRecord, random_rows: dict) -> dict:
+def evaluate_teacher(s: Settings, data: Digits, teacher: DistillRun, random_rows: dict) -> dict:
     """Teacher k-NN against random-init networks (its own arch and the students' random rows)."""
     acc = score(s, data, teacher)
     own_random = _summarise([{"seed": sd, **score(s, data, None, s.teacher_arch, sd)} for sd in s.seeds])
@@ -152,7 +153,7 @@ def evaluate_teacher(s: Settings, data: Digits, teacher: RunRecord, random_rows:
                        "%+.2f points, below the %.1f required; distillation results say little about SEED. "
                        "Train a better teacher (epochs, lr) first",
                        acc["top1"], best_random, gain, MIN_TEACHER_GAIN)
-    return {"arch": s.teacher_arch, "run": teacher.out_dir, "train_seconds": teacher.train_seconds, **acc,
+    return {"arch": s.teacher_arch, "run": teacher.out_dir, "train_seconds": teacher.seconds, **acc,
             "random_init_same_arch": own_random, "best_random_top1": best_random,
             "gain_over_best_random": gain, "clearly_beats_random": ok}
 
@@ -170,7 +171,7 @@ def run_main(s: Settings) -> dict:
             for seed in s.seeds:
                 rec = None if variant == "random" else train_student(s, data, arch, variant, seed, teacher)
                 per_seed.append({"seed": seed, **score(s, data, rec, arch, seed),
-                                 "train_seconds": rec.train_seconds if rec else 0.0,
+                                 "train_seconds": rec.seconds if rec else 0.0,
                                  "reused": rec.reused if rec else False})
                 if rec:
                     runs.append(rec.out_dir)

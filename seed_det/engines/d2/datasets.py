@@ -30,7 +30,7 @@ def _already(name: str, **expected) -> bool:
     return False
 
 
-def register_from_config(cfg) -> None:
+def register_in_detectron2(cfg) -> None:
     for name, json_file, image_root in cfg.DATASETS.COCO_JSON:
         if not _already(name, json_file=json_file, image_root=image_root):
             register_coco_instances(name, {}, json_file, image_root)

@@ -23,12 +23,12 @@ from seed_core.errors import SeedError
 from seed_det.convert import read_d2_pkl
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
-from seed_det.engines.d2.datasets import register_from_config
+from seed_det.engines.d2.datasets import register_in_detectron2
 from seed_det.results import record_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "build_evaluator", "metrics_from_results", "run"]
+__all__ = ["Trainer", "d2_evaluator", "metrics_from_results", "run"]
 
 
 def fast_coco_eval_available() -> bool:
@@ -36,7 +36,7 @@ def fast_coco_eval_available() -> bool:
     return importlib.util.find_spec("detectron2._C") is not None
 
 
-def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
+def d2_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
     kind = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
     if kind == "pascal_voc":
         return PascalVOCDetectionEvaluator(dataset_name)
@@ -50,7 +50,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
 class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return build_evaluator(cfg, dataset_name, output_folder)
+        return d2_evaluator(cfg, dataset_name, output_folder)
 
     def build_writers(self):
         # Detectron2 logs training to OUTPUT_DIR/metrics.json by default; that name holds the
@@ -80,7 +80,7 @@ def metrics_from_results(results: Mapping, test_names) -> dict:
 
 def _setup(cfg, args: argparse.Namespace):
     default_setup(cfg, args)
-    register_from_config(cfg)
+    register_in_detectron2(cfg)
 
 
 def _check_pretrained_loaded(cfg, model) -> None:

@@ -5,9 +5,9 @@ import logging
 import os
 from typing import Dict, Optional
 
-import torch
 
-from seed_core.checkpoint_io import atomic_save, atomic_write_text
+from seed_core.checkpoint_io import atomic_save, atomic_write_text, load_untrusted
+from seed_core.errors import CheckpointError
 
 from .weights import ENGINE_TAG, WeightsError
 
@@ -42,9 +42,9 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
 
 def load_checkpoint(path: str) -> Dict:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise WeightsError(f"cannot read checkpoint {path} ({e}); delete it to restart from MODEL.WEIGHTS") from e
+        ckpt = load_untrusted(path)
+    except CheckpointError as e:
+        raise WeightsError(f"{e}; delete it to restart from MODEL.WEIGHTS") from e
     if not isinstance(ckpt, dict) or ckpt.get("engine") != ENGINE_TAG:
         raise WeightsError(f"{path} is not a torchvision-engine checkpoint; delete it or use another OUTPUT_DIR")
     return ckpt

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from seed_core.errors import SeedError
+from seed_core.resnet_spec import torchvision_depth
 from seed_det.convert import extract_backbone_state, load_user_checkpoint, read_d2_pkl
 from seed_det.engines.tv.model import backbone_modules
 
@@ -83,15 +84,11 @@ def read_weights(path: str):
 
 
 def _depth_hint(state: Mapping[str, torch.Tensor]) -> str:
-    counts = [len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5)]
-    bottleneck = any(".conv3." in k for k in state)
-    depths = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
-              (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152}
-    depth = depths.get((bottleneck, tuple(counts)))
+    depth = torchvision_depth(state)
     return f" The file holds a ResNet-{depth}: check MODEL.RESNETS.DEPTH." if depth else ""
 
 
-def load_backbone(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> Dict[str, List[str]]:
+def copy_backbone_weights(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> Dict[str, List[str]]:
     """Copy every backbone tensor from `state` (torchvision names) into the model.
 
     Missing or surplus ResNet tensors and shape mismatches are errors (a silently random layer
@@ -137,4 +134,4 @@ def load_weights(model: nn.Module, path: str) -> Dict[str, List[str]]:
                                "use the config it was trained with")
         logger.info("loaded the full detection model from %s", path)
         return {"loaded": sorted(state), "ignored": []}
-    return load_backbone(model, state, path)
+    return copy_backbone_weights(model, state, path)

@@ -1,0 +1,128 @@
+"""The one run cache of the applications: a step whose result is kept in `<dir>/run.json` together
+with the parameters that produced it. Running it again with the same parameters reuses the result;
+different parameters, or a step that never finished, run again (a distillation resumes from its
+checkpoint: the trainer accepts that only if the config is unchanged).
+
+Used by the demo pipeline (one folder per stage) and the benchmarks (one folder per training run,
+named by a hash of every setting that changes its result).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from seed_core.checkpoint_io import atomic_write_text
+from seed_core.config import CfgNode, flatten_cfg, load_cfg
+from seed_core.constants import CHECKPOINT_FILE
+
+logger = logging.getLogger(__name__)
+
+MARKER = "run.json"
+# Settings that change how a run is executed or logged, not what it learns.
+NOT_IN_KEY = frozenset({"OUTPUT_DIR", "DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD",
+                        "TRAIN.CHECKPOINT_PERIOD", "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS"})
+# Paths whose value is not their meaning: callers pass an identity for them instead.
+PATH_KEYS = ("DATA.ROOT", "MODEL.TEACHER.WEIGHTS")
+
+
+class CachedRun:
+    """A step kept in `directory`: `run(fn)` returns the cached result or runs `fn()` (which
+    returns a JSON-able dict) and records it with `params`."""
+
+    def __init__(self, directory: str | os.PathLike, params: dict, announce: Callable[[str], None] | None = None):
+        self.dir = os.fspath(directory)
+        self.name = os.path.basename(self.dir)
+        self.params = json.loads(json.dumps(params, default=str))  # compare as they are stored
+        self.marker = os.path.join(self.dir, MARKER)
+        self.announce = announce or (lambda msg: logger.info("%s", msg))
+
+    def cached(self) -> dict | None:
+        try:
+            with open(self.marker) as f:
+                record = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            logger.warning("ignoring damaged %s (%s); the step runs again", self.marker, e)
+            return None
+        return record.get("result") if record.get("params") == self.params else None
+
+    def run(self, fn: Callable[[], dict], fresh: bool = False) -> dict:
+        """`fresh`: the step cannot resume, so leftovers of an interrupted attempt are removed first."""
+        result = self.cached()
+        if result is not None:
+            self.announce(f"[{self.name}] done before: reusing {self.dir}")
+            return result
+        self.announce(f"[{self.name}] running ...")
+        start = time.time()
+        if fresh and os.path.isdir(self.dir):
+            shutil.rmtree(self.dir)
+        os.makedirs(self.dir, exist_ok=True)
+        result = dict(fn())
+        result["seconds"] = round(time.time() - start, 1)
+        atomic_write_text(json.dumps({"params": self.params, "result": result}, indent=2) + "\n", self.marker)
+        self.announce(f"[{self.name}] finished in {result['seconds']:.0f} s")
+        return result
+
+
+def run_key(cfg: CfgNode, identities: dict[str, str]) -> str:
+    """Hash of the settings that determine a distillation run's result.
+
+    `identities` maps path keys (DATA.ROOT, MODEL.TEACHER.WEIGHTS) to what they contain, so a moved
+    cache still matches and a different dataset or teacher at the same path does not.
+    """
+    flat = {k: v for k, v in flatten_cfg(cfg).items() if k not in NOT_IN_KEY}
+    for key in PATH_KEYS:
+        if flat.get(key) and key not in identities:
+            raise ValueError(f"run_key: {key} = {flat[key]!r} is a path; pass an identity for it "
+                             f"(what the path holds) so the cache key does not depend on where it lives")
+    flat.update(identities)
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def distill(cfg: CfgNode) -> dict:
+    """Train the run `cfg` describes in cfg.OUTPUT_DIR, resuming from its checkpoint if one is there."""
+    from seed_core.trainer import train
+    resume = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, CHECKPOINT_FILE))
+    summary = train(cfg, resume=resume)
+    if not summary.get("backbone"):
+        raise RuntimeError(f"the run in {cfg.OUTPUT_DIR} stopped after {summary.get('iterations')} iterations "
+                           f"without exporting a backbone; run again to resume it")
+    return {"out_dir": cfg.OUTPUT_DIR, "backbone": summary["backbone"], "checkpoint": summary["checkpoint"],
+            "metrics": os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl")}
+
+
+@dataclass
+class DistillRun:
+    name: str
+    key: str
+    out_dir: str
+    backbone: str      # exported student_backbone.pth
+    checkpoint: str    # OUTPUT_DIR/checkpoint.pth (a moco run's is usable as a teacher)
+    seconds: float     # training time when it ran
+    reused: bool
+
+
+def cached_distill(name: str, opts: list[str], cache_dir: str | os.PathLike, identities: dict[str, str],
+                   config_file: str | None = None) -> DistillRun:
+    """Train the run described by `config_file` + `KEY VALUE` overrides, or reuse the finished one in
+    `<cache_dir>/<name>-<key>`."""
+    cfg = load_cfg(config_file, opts)
+    key = run_key(cfg, identities)
+    cfg.OUTPUT_DIR = os.path.join(os.fspath(cache_dir), f"{name}-{key}")
+    step = CachedRun(cfg.OUTPUT_DIR, {"key": key})
+    before = step.cached()
+    if before is not None and not os.path.isfile(before["backbone"]):
+        logger.warning("%s names %s, which is gone; training again", step.marker, before["backbone"])
+        os.unlink(step.marker)
+        before = None
+    result = step.run(lambda: distill(cfg))
+    return DistillRun(name, key, result["out_dir"], result["backbone"], result["checkpoint"], result["seconds"],
+                      reused=before is not None)
