@@ -124,7 +124,7 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     for name, res in students.items():
         conv = _stage(out_root, f"convert_{name}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
         pkl = os.path.join(conv.dir, f"{name}_{p.student_arch}.pkl")
-        weights[name] = conv.run(lambda res=res, pkl=pkl: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl)})["pkl"]
+        weights[name] = conv.run(lambda res=res, pkl=pkl: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl, overwrite=True)})["pkl"]
 
     results = {}
     for name in ("random", "moco", "seed"):
