@@ -75,7 +75,7 @@ def _detect(stage: CachedRun, weights: str, data_root: str, p: DemoPreset, engin
         "SOLVER.MAX_ITER": p.det_iters, "SOLVER.IMS_PER_BATCH": p.det_batch, "SOLVER.BASE_LR": p.det_lr,
         "SOLVER.STEPS": (int(p.det_iters * 0.75),), "SOLVER.WARMUP_ITERS": min(50, p.det_iters // 3),
         "SOLVER.CHECKPOINT_PERIOD": max(1, p.det_iters), "SEED": p.seed,
-        "OUTPUT_DIR": stage.dir, "RESULTS_CSV": os.path.join(os.path.dirname(stage.dir), "results.csv"),
+        "OUTPUT_DIR": stage.dir, "RESULTS_CSV": os.path.join(os.path.dirname(stage.dir), "results_detection.csv"),
     }
     flat = [str(x) if not isinstance(x, (list, tuple)) else repr(x) for kv in opts.items() for x in kv]
     args = argparse.Namespace(config_file=DEMO_DET_CONFIG, engine=engine, opts=flat, resume=False,
