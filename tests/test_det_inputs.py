@@ -16,7 +16,7 @@ from PIL import Image
 
 from seed_core.errors import CheckpointError, ConfigError, DatasetError, SeedError, TrainingError
 from seed_det.convert import convert_to_d2
-from seed_det.data import Dataset, DatasetSpec
+from seed_det.data import DatasetSpec
 from seed_det.data.catalog import validate_dataset
 from seed_det.engines import main
 

@@ -1,7 +1,6 @@
 """Records -> (image tensor, torchvision detection target), plus the training sampler."""
 from __future__ import annotations
 
-import logging
 import os
 from typing import Dict, Iterator, List
 
@@ -12,8 +11,6 @@ from pycocotools import mask as mask_util
 from seed_core.images import read_rgb
 
 from .records import Dataset, DatasetError, check_image_size, training_records
-
-logger = logging.getLogger(__name__)
 
 
 def segmentation_to_mask(segm, height: int, width: int) -> np.ndarray:
