@@ -42,7 +42,7 @@ def _train_seconds(engine: str, config: str, data: str, weights: str, iters: int
             "INPUT.MIN_SIZE_TEST", str(size), "INPUT.MAX_SIZE_TEST", str(size),
             "SOLVER.MAX_ITER", str(iters), "SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.BASE_LR", "0.005", "SOLVER.WARMUP_ITERS", "10",
             "SOLVER.CHECKPOINT_PERIOD", "100000", "DATALOADER.NUM_WORKERS", "1", "SEED", "0",
-            "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out, "RESULTS_CSV", os.path.join(out, "results.csv")]
+            "MODEL.DEVICE", "cpu", "OUTPUT_DIR", out, "RESULTS_CSV", os.path.join(out, "results_detection.csv")]
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config", config, "--engine", engine, *opts]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,6 +14,7 @@ from torchvision import transforms as T
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DatasetError
+from .images import open_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,7 @@ class UnlabeledImages(Dataset):
         return len(self.files)
 
     def _open(self, path: str) -> Image.Image:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return open_rgb(path)
 
     def __getitem__(self, key) -> tuple[torch.Tensor, list[int]]:
         epoch, index = key if isinstance(key, tuple) else (0, key)

@@ -13,7 +13,8 @@ DATASETS.COCO_JSON               list of [name, json_file, image_root]: COCO-for
                                  register under `name`, usable in DATASETS.TRAIN / DATASETS.TEST.
 DATASETS.VOC                     list of [name, dirname, split, year]: PASCAL-VOC-layout datasets
                                  (dirname holds Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
-RESULTS_CSV                      results table to append to; "" means OUTPUT_DIR/../results.csv.
+RESULTS_CSV                      detection results file to append to; "" means
+                                 OUTPUT_DIR/../results_detection.csv (format: seed_core.results).
 
 On the command line, list values are Python literals, e.g.
 `DATASETS.COCO_JSON "[['mine_train', 'ann/train.json', 'images']]" DATASETS.TRAIN "('mine_train',)"`.

@@ -299,9 +299,24 @@ def _check_arch(arch: str, spec: ResNetSpec | None, source: str) -> None:
                               "the checkpoint and its meta.json do not belong together.")
 
 
-def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
+def check_output_path(out_path: str, overwrite: bool = False) -> None:
+    """Refuse, before reading anything, an output that is a folder, lacks .pkl, or exists already
+    (unless `overwrite`): a converted checkpoint the user made is not replaced without being asked."""
+    if os.path.isdir(out_path):
+        raise CheckpointError(f"output {out_path} is a directory; give a file name ending in .pkl, "
+                              f"e.g. {os.path.join(out_path, 'backbone.pkl')}")
+    if not out_path.endswith(".pkl"):
+        raise CheckpointError(f"output {out_path} must end in .pkl (Detectron2 reads numpy checkpoints "
+                              "from .pkl files)")
+    if os.path.exists(out_path) and not overwrite:
+        raise CheckpointError(f"output {out_path} exists already; pass --overwrite to replace it, or "
+                              "choose another name")
+
+
+def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike, overwrite: bool = False) -> dict:
     """Convert one checkpoint to a Detectron2 `.pkl`. Returns a summary dict (depth, counts, ...)."""
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
+    check_output_path(out_path, overwrite)
     meta = _read_meta(in_path)
     if meta.get("arch"):
         _check_arch(str(meta["arch"]), None, in_path)  # fail before reading a large non-ResNet file

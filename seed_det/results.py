@@ -1,17 +1,15 @@
-"""Run results: `metrics.json` per run, one row per run in a results CSV, and a markdown table.
+"""Detection results: `metrics.json` per run, one row per run in the detection results file, and a
+markdown table. The file format (columns, locking, refusing foreign files) is seed_core.results'.
 
 Metrics are percentages (0..100) like Detectron2 prints them: "AP", "AP50", "AP75" for boxes and
 optionally "mask_AP", "mask_AP50", "mask_AP75" for masks.
 
-The CSV defaults to `<OUTPUT_DIR>/../results.csv`, so runs whose output directories share a parent
-(e.g. output/voc_r18_seed, output/voc_r18_mocov2) land in one table.
+The file defaults to `<OUTPUT_DIR>/../results_detection.csv`, so runs whose output directories share
+a parent (e.g. output/voc_r18_seed, output/voc_r18_mocov2) land in one table. An eval-only run writes
+`eval_metrics.json` (the training run's `metrics.json` stays) and a row marked `eval-only`.
 """
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import json
 import logging
 import math
 import os
@@ -19,20 +17,16 @@ import time
 from collections import OrderedDict
 from typing import Iterable, Mapping
 
-from seed_core.checkpoint_io import atomic_write_text
 from seed_core.errors import SeedError
-
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock; concurrent runs may then lose a row
-    fcntl = None
+from seed_core.results import append_row, check_results_file, columns, latest_per_key, read_rows, results_path, write_json
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CSV_FIELDS", "record_run", "default_csv_path", "read_results", "split_config_name",
+__all__ = ["CSV_FIELDS", "record_run", "default_csv_path", "metrics_file", "read_results", "split_config_name",
            "render_markdown"]
 
-CSV_FIELDS = ("timestamp", "config", "weights", "engine", "AP", "AP50", "AP75", "mask_AP")
+KIND = "detection"
+CSV_FIELDS = columns(KIND)
 METRIC_KEYS = ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75")
 # Last `_`-separated token of a config file name -> column of the comparison table.
 VARIANTS = ("random", "supervised", "mocov2", "seed")
@@ -41,7 +35,12 @@ VARIANT_TITLES = {"random": "Random init", "supervised": "Supervised", "mocov2":
 
 
 def default_csv_path(output_dir: str | os.PathLike) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(os.fspath(output_dir))), "results.csv")
+    return results_path(os.path.dirname(os.path.abspath(os.fspath(output_dir))), KIND)
+
+
+def metrics_file(output_dir: str | os.PathLike, eval_only: bool) -> str:
+    """metrics.json for a training run; eval_metrics.json for an evaluation, which must not replace it."""
+    return os.path.join(os.fspath(output_dir), "eval_metrics.json" if eval_only else "metrics.json")
 
 
 def _json_safe(v):
@@ -57,7 +56,7 @@ def _clean_metrics(metrics: Mapping[str, float]) -> dict:
     missing = [k for k in ("AP", "AP50", "AP75") if k not in metrics]
     if missing:
         raise SeedError(f"metrics lack {missing}; an evaluator must return AP, AP50 and AP75 "
-                           f"(got keys {sorted(metrics)}).")
+                        f"(got keys {sorted(metrics)}).")
     out = {k: _json_safe(float(v) if k in METRIC_KEYS and v is not None else v) for k, v in metrics.items()}
     return out
 
@@ -67,64 +66,30 @@ def _fmt(v) -> str:
 
 
 def record_run(output_dir, config_file, weights, metrics: Mapping[str, float], csv_path=None,
-               engine: str = "") -> dict:
-    """Write `output_dir/metrics.json` and append one row to the results CSV. Returns the row."""
+               engine: str = "", eval_only: bool = False, dataset: str = "") -> dict:
+    """Write the run's metrics JSON (see `metrics_file`) and append one row to the detection
+    results file. Returns the row."""
     metrics = _clean_metrics(metrics)
-    row = OrderedDict(timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"), config=os.fspath(config_file),
-                      weights=os.fspath(weights or ""), engine=engine)
-    for k in CSV_FIELDS[4:]:
+    row = OrderedDict(timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      output=os.path.abspath(os.fspath(output_dir)), weights=os.fspath(weights or ""),
+                      engine=engine, mode="eval-only" if eval_only else "train", dataset=dataset,
+                      config=os.fspath(config_file))
+    for k in CSV_FIELDS[len(row):]:
         row[k] = _fmt(metrics.get(k))
 
-    record = dict(row, metrics=metrics)
-    atomic_write_text(json.dumps(record, indent=2) + "\n", os.path.join(output_dir, "metrics.json"))
-
     csv_path = os.fspath(csv_path) if csv_path else default_csv_path(output_dir)
-    with _folder_lock(os.path.dirname(os.path.abspath(csv_path))):
-        _append_row(csv_path, row)
+    check_results_file(csv_path, KIND)  # a foreign file: refuse before writing anything
+    write_json(metrics_file(output_dir, eval_only), dict(row, metrics=metrics))
+    append_row(csv_path, KIND, row)
     logger.info("results: %s -> %s", dict(row), csv_path)
     return dict(row)
 
 
-@contextlib.contextmanager
-def _folder_lock(folder: str):
-    """Serialise read-append-replace of one CSV across runs finishing at the same time (POSIX)."""
-    os.makedirs(folder, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _append_row(csv_path: str, row: Mapping[str, str]) -> None:
-    existing = ""
-    if os.path.exists(csv_path):
-        with open(csv_path, newline="") as f:
-            existing = f.read()
-        header = existing.splitlines()[0].split(",") if existing.strip() else []
-        if header and tuple(header) != CSV_FIELDS:
-            raise SeedError(f"{csv_path} has columns {header}, expected {list(CSV_FIELDS)}; "
-                               "move it aside or pass another results CSV.")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    if not existing.strip():
-        writer.writeheader()
-    elif not existing.endswith("\n"):
-        buf.write("\n")
-    writer.writerow(row)
-    atomic_write_text(existing + buf.getvalue(), csv_path)
-
-
 def read_results(csv_path: str | os.PathLike) -> list[dict]:
-    if not os.path.isfile(csv_path):
-        raise SeedError(f"results CSV not found: {csv_path}. Runs of tools/train_net.py write it "
-                           "(default: next to their OUTPUT_DIR).")
-    with open(csv_path, newline="") as f:
-        return list(csv.DictReader(f))
+    kind, rows = read_rows(csv_path)
+    if kind != KIND:
+        raise SeedError(f"{csv_path} holds {kind} results, not detection results")
+    return rows
 
 
 def split_config_name(config: str) -> tuple[str, str]:
@@ -139,18 +104,20 @@ def split_config_name(config: str) -> tuple[str, str]:
 def render_markdown(rows: Iterable[Mapping[str, str]]) -> str:
     """Baseline vs SEED side by side: one line per task, one column group per variant.
 
-    The latest run of each (task, variant) wins; runs of different engines get separate lines.
+    The latest run of each (task, variant) wins, but an eval-only run never hides a training run;
+    runs of different engines get separate lines.
     Box AP/AP50/AP75 per variant, plus mask AP when any run has one.
     """
     rows = list(rows)
     # Numbers from different engines are not comparable: keep them on separate lines.
     several_engines = len({r.get("engine", "") for r in rows}) > 1
-    latest: dict[tuple[str, str], Mapping[str, str]] = {}
-    for row in rows:
+
+    def task_variant(row):
         task, variant = split_config_name(row["config"])
         if several_engines:
             task = f"{task} ({row.get('engine') or 'unknown engine'})"
-        latest[(task, variant)] = row  # the CSV is appended in time order
+        return task, variant
+    latest = latest_per_key(rows, task_variant)  # the file is appended in time order
     if not latest:
         return "_no results yet_\n"
     tasks = list(OrderedDict.fromkeys(t for t, _ in latest))

@@ -9,6 +9,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -28,6 +29,7 @@ from seed_det.convert import convert_to_d2, read_d2_pkl  # noqa: E402
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded  # noqa: E402
 from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
 from seed_det.engines import main  # noqa: E402
+from seed_det.results import read_results  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_*.yaml")) +  # the transfer-protocol configs
@@ -226,8 +228,9 @@ def test_voc_train_two_iterations_then_eval_only(tmp_path):
     again = main(_args("voc_r18_seed.yaml", opts[:-4] + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", str(out)],
                        eval_only=True))
     _finite_metrics(again, ("AP", "AP50", "AP75"))
-    rows = (tmp_path / "runs" / "results.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("timestamp,config,weights,engine,AP")
+    rows = read_results(tmp_path / "runs" / "results_detection.csv")
+    assert [r["mode"] for r in rows] == ["train", "eval-only"] and rows[1]["engine"] == "detectron2"
+    assert json.loads((out / "metrics.json").read_text())["mode"] == "train"  # not replaced by the evaluation
 
 
 def test_coco_json_mask_rcnn_two_iterations(tmp_path, monkeypatch):
@@ -278,3 +281,32 @@ def test_missing_dataset_root_names_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
     with pytest.raises(SeedError, match="DETECTRON2_DATASETS"):
         main(_args("voc_r18_random.yaml", CPU + ["OUTPUT_DIR", str(tmp_path / "out")]))
+
+
+def test_same_validation_and_decoder_as_the_torchvision_engine(tmp_path):
+    """A bad COCO json is refused before Detectron2 starts (the same preflight as the torchvision
+    engine), and Detectron2's mapper reads images through seed_core.images (16-bit, EXIF, sizes)."""
+    from seed_core.errors import DatasetError
+    from seed_det.engines.d2.mapper import DecodingMapper
+
+    json_file, images = make_tiny_coco(tmp_path / "coco_bad")
+    data = json.load(open(json_file))
+    data["images"][1]["id"] = data["images"][0]["id"]
+    json.dump(data, open(json_file, "w"))
+    out = tmp_path / "runs" / "bad"
+    opts = TINY + ["DATASETS.COCO_JSON", f"[['bad_coco', '{json_file}', '{images}']]",
+                   "DATASETS.TRAIN", "('bad_coco',)", "DATASETS.TEST", "('bad_coco',)",
+                   "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(out)]
+    with pytest.raises(DatasetError, match=r"image id 1 is used twice \(0\.png and 1\.png\)"):
+        main(_args("coco_r18_1x_random.yaml", opts))
+    assert not out.exists()
+
+    png = tmp_path / "deep.png"
+    Image.fromarray(np.full((96, 64), 32768, dtype=np.uint16)).save(png)
+    record = {"file_name": str(png), "image_id": 5, "height": 96, "width": 64, "annotations": []}
+    mapper = DecodingMapper(_cfg("coco_r18_1x_random.yaml", "INPUT.MIN_SIZE_TEST", "64",
+                                 "INPUT.MAX_SIZE_TEST", "200"), is_train=False)
+    image = mapper(record)["image"]
+    assert tuple(image.shape) == (3, 96, 64) and int(image.max()) == 128  # 16 bits scaled, not saturated
+    with pytest.raises(DatasetError, match=r"deep\.png \(image id 5\) is 64x96 .* says 96x96"):
+        mapper(dict(record, width=96))

@@ -13,6 +13,7 @@ import types
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from seed_core.errors import SeedError
 from seed_det import engines
@@ -210,7 +211,11 @@ def tiny_setup(tmp_path):
         torch.save(getattr(torchvision.models, arch)().state_dict(), tmp_path / f"{arch}.pth")
         convert_to_d2(tmp_path / f"{arch}.pth", tmp_path / f"{arch}.pkl")
     (tmp_path / "images").mkdir()
-    (tmp_path / "ann.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "0.png")  # preflight validates the dataset
+    (tmp_path / "ann.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "0.png", "width": 16, "height": 16}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8], "iscrowd": 0}],
+        "categories": [{"id": 1, "name": "thing"}]}))
     return tmp_path
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from seed_core.checkpoint_io import CheckpointError
+from seed_core.results import read_rows
 from tools.apps.digits import write_digits_imagefolder
 from seed_core.encoders import build_backbone
 from seed_core.evaluation import features as features_mod
@@ -223,10 +224,11 @@ def test_eval_knn_cli_end_to_end(tiny_digits, tmp_path, capsys):
     assert (metrics["k"], metrics["temperature"]) == (200, 0.07)
     assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 100.0
     assert "k-NN top-1" in capsys.readouterr().out
-    rows = csv_path.read_text().splitlines()
-    assert rows[0] == "timestamp,tool,backbone,arch,top1,top5"
-    assert rows[1].split(",")[1:] == ["eval_knn", "random-init(seed=0)", "resnet18",
-                                      f"{metrics['top1']:.2f}", f"{metrics['top5']:.2f}"]
+    kind, rows = read_rows(csv_path)
+    assert kind == "knn" and len(rows) == 1
+    assert (rows[0]["weights"], rows[0]["arch"], rows[0]["mode"], rows[0]["top1"], rows[0]["top5"]) == (
+        "random-init(seed=0)", "resnet18", "eval-only", f"{metrics['top1']:.2f}", f"{metrics['top5']:.2f}")
+    assert rows[0]["dataset"].endswith("val") and rows[0]["output"] == str(out)
 
 
 def test_eval_knn_cli_reports_bad_input_without_traceback(tmp_path, capsys):

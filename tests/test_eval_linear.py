@@ -1,5 +1,4 @@
 """Linear probe on frozen features, results files, and the linear-probe command line."""
-import csv
 import json
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 from tools.apps.digits import write_digits_imagefolder
 from seed_core.evaluation import train_linear_probe
 from seed_core.evaluation.linear import standardize
-from seed_core.evaluation.results import append_results_row, write_json_atomic
+from seed_core.results import read_rows
 
 from conftest import load_script
 
@@ -78,24 +77,6 @@ def test_probe_rejects_bad_arguments():
         train_linear_probe(xtr, ytr, xva, yva, 2)
 
 
-def test_results_csv_appends_rows_under_one_header(tmp_path):
-    path = tmp_path / "sub" / "results.csv"
-    row = {"timestamp": "t", "tool": "eval_knn", "backbone": "a,b", "arch": "resnet18", "top1": "1.00", "top5": "2.00"}
-    append_results_row(path, row)
-    append_results_row(path, {**row, "tool": "eval_linear"})
-    rows = list(csv.reader(path.open()))
-    assert rows == [["timestamp", "tool", "backbone", "arch", "top1", "top5"],
-                    ["t", "eval_knn", "a,b", "resnet18", "1.00", "2.00"],
-                    ["t", "eval_linear", "a,b", "resnet18", "1.00", "2.00"]]
-    other = tmp_path / "other.csv"
-    other.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="columns"):
-        append_results_row(other, row)
-    write_json_atomic(tmp_path / "m.json", {"top1": 1.5})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"top1": 1.5}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "other.csv", "sub"]  # no temp files left
-
-
 def test_eval_linear_cli_end_to_end_reuses_cached_features(tmp_path, capsys):
     data = tmp_path / "digits"
     write_digits_imagefolder(data, size=32, max_per_class=10)
@@ -116,6 +97,6 @@ def test_eval_linear_cli_end_to_end_reuses_cached_features(tmp_path, capsys):
     assert first["top1"] == second["top1"] and 0.0 <= first["top1"] <= first["top5"] <= 100.0
     assert first["train_top1"] == 100.0  # 512 features, 70 samples: separable
     assert "linear probe top-1" in capsys.readouterr().out
-    rows = list(csv.DictReader(csv_path.open()))
-    assert [r["tool"] for r in rows] == ["eval_linear", "eval_linear"]
-    assert rows[0]["top1"] == f"{first['top1']:.2f}"
+    kind, rows = read_rows(csv_path)
+    assert kind == "linear" and [r["mode"] for r in rows] == ["eval-only", "eval-only"]
+    assert rows[0]["top1"] == f"{first['top1']:.2f}" and rows[0]["weights"] == "random-init(seed=0)"

@@ -22,11 +22,12 @@ def test_record_run_writes_json_and_appends_rows(tmp_path):
     record = json.loads((out / "metrics.json").read_text())
     assert record["metrics"]["AP"] == pytest.approx(50.123) and record["engine"] == "detectron2"
 
-    csv_path = tmp_path / "output" / "results.csv"
+    csv_path = tmp_path / "output" / "results_detection.csv"
     assert default_csv_path(out) == str(csv_path)
     record_run(out, "configs/voc_r18_seed.yaml", "w.pkl", {**BOX, "mask_AP": 30.0}, engine="torchvision")
     rows = list(csv.DictReader(csv_path.open()))
     assert [r["engine"] for r in rows] == ["detectron2", "torchvision"]
+    assert rows[0]["output"] == str(out) and rows[0]["mode"] == "train"
     assert rows[1]["mask_AP"] == "30.00"
     assert csv_path.read_text().splitlines()[0] == ",".join(CSV_FIELDS)
     assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
@@ -49,7 +50,7 @@ def test_bad_metrics_and_foreign_csv(tmp_path):
         record_run(tmp_path / "run", "c.yaml", "", {"AP": 1.0, "AP50": 2.0})
     foreign = tmp_path / "results.csv"
     foreign.write_text("a,b\n1,2\n")
-    with pytest.raises(SeedError, match="has columns"):
+    with pytest.raises(SeedError, match="not a results file of this project"):
         record_run(tmp_path / "run", "c.yaml", "", BOX, csv_path=foreign)
     assert foreign.read_text() == "a,b\n1,2\n"
     with pytest.raises(SeedError, match="not found"):
@@ -62,9 +63,9 @@ def test_split_config_name():
     assert split_config_name("/x/mine.yaml") == ("mine", "other")
 
 
-def _row(config, ap, mask=""):
+def _row(config, ap, mask="", mode="train"):
     return {"timestamp": "t", "config": config, "weights": "w", "engine": "detectron2", "AP": ap,
-            "AP50": "1.00", "AP75": "2.00", "mask_AP": mask}
+            "AP50": "1.00", "AP75": "2.00", "mask_AP": mask, "mode": mode}
 
 
 def test_markdown_side_by_side():
@@ -100,8 +101,8 @@ def test_cli(tmp_path):
     record_run(tmp_path / "out" / "voc_r18_seed", "configs/voc_r18_seed.yaml", "w", BOX)
     record_run(tmp_path / "out" / "voc_r18_mocov2", "configs/voc_r18_mocov2.yaml", "w", BOX)
     tool = os.path.join(ROOT, "tools", "results_table.py")
-    res = subprocess.run([sys.executable, tool, str(tmp_path / "out" / "results.csv")], capture_output=True,
-                         text=True)
+    res = subprocess.run([sys.executable, tool, str(tmp_path / "out" / "results_detection.csv")],
+                         capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "| voc_r18 |" in res.stdout and "MoCo-v2 student AP" in res.stdout
     missing = subprocess.run([sys.executable, tool, str(tmp_path / "no.csv")], capture_output=True, text=True)
@@ -118,5 +119,56 @@ def test_concurrent_runs_lose_no_row(tmp_path):
 
     with multiprocessing.get_context("fork").Pool(4) as pool:
         pool.map(_record, [(str(tmp_path), i) for i in range(24)])
-    rows = read_results(tmp_path / "results.csv")
+    rows = read_results(tmp_path / "results_detection.csv")
     assert sorted(r["config"] for r in rows) == sorted(f"configs/voc_r18_{i}.yaml" for i in range(24))
+
+
+def test_eval_only_never_replaces_a_training_result(tmp_path):
+    out = tmp_path / "out" / "voc_r18_seed"
+    record_run(out, "configs/voc_r18_seed.yaml", "seed.pkl", BOX, dataset="voc_2007_test")
+    record_run(out, "configs/voc_r18_seed.yaml", "heads_random.pkl", {**BOX, "AP": 1.0}, eval_only=True)
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["AP"] == pytest.approx(50.123)
+    assert json.loads((out / "eval_metrics.json").read_text())["mode"] == "eval-only"
+    rows = read_results(tmp_path / "out" / "results_detection.csv")
+    assert [r["mode"] for r in rows] == ["train", "eval-only"] and rows[0]["dataset"] == "voc_2007_test"
+    assert "| voc_r18 | 50.12 |" in render_markdown(rows)
+    # eval-only rows still replace each other, and a new training row replaces them
+    assert "| 3.00 |" in render_markdown([_row("voc_r18_seed.yaml", "2.00", mode="eval-only"),
+                                          _row("voc_r18_seed.yaml", "3.00", mode="eval-only")])
+    assert "| 4.00 |" in render_markdown([_row("voc_r18_seed.yaml", "3.00", mode="eval-only"),
+                                          _row("voc_r18_seed.yaml", "4.00")])
+
+
+def test_one_file_per_kind_and_one_table_tool(tmp_path):
+    """Detection and k-NN rows never meet in one file; results_table.py reads every kind; a CSV that
+    is not ours, or of another kind, is refused before anything is written."""
+    from seed_core.evaluation.results import record_accuracy
+    from seed_core.results import ResultsError, check_results_file, results_path
+
+    root = tmp_path / "output"
+    record_run(root / "voc_r18_seed", "configs/voc_r18_seed.yaml", "w", BOX)
+    report = {"timestamp": "t", "backbone": "student.pth", "arch": "resnet18", "train": "d/train",
+              "val": "d/val", "top1": 91.0, "top5": 99.5, "k": 200, "temperature": 0.07}
+    record_accuracy(results_path(root, "knn"), "knn", report)
+    record_accuracy(results_path(root, "linear"), "linear",
+                    {**report, "top1": 93.25, "optimizer": "lbfgs", "epochs": 10})
+    assert sorted(os.listdir(root)) == ["results_detection.csv", "results_knn.csv", "results_linear.csv",
+                                        "voc_r18_seed"]
+    with pytest.raises(ResultsError, match="holds detection results, not knn"):
+        check_results_file(results_path(root, "detection"), "knn")
+    before = (root / "results_knn.csv").read_text()
+    with pytest.raises(ResultsError, match="holds knn results"):
+        record_run(root / "x", "c.yaml", "w", BOX, csv_path=root / "results_knn.csv")
+    assert (root / "results_knn.csv").read_text() == before
+    assert not (root / "x").exists()  # refused before the metrics file was written
+    with pytest.raises(ResultsError, match="is a directory"):
+        check_results_file(root, "knn")
+    tool = os.path.join(ROOT, "tools", "results_table.py")
+    res = subprocess.run([sys.executable, tool, str(root)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "### detection" in res.stdout and "| voc_r18 | 50.12 |" in res.stdout
+    assert "| student.pth | resnet18 | d/train -> d/val | 200 | 0.07 | 91.00 | 99.50 |" in res.stdout
+    assert "| lbfgs | 10 | 93.25 |" in res.stdout
+    (tmp_path / "old.csv").write_text("timestamp,tool,backbone,arch,top1,top5\nt,eval_knn,b,a,1,2\n")
+    res = subprocess.run([sys.executable, tool, str(tmp_path / "old.csv")], capture_output=True, text=True)
+    assert res.returncode == 2 and "not a results file of this project" in res.stderr

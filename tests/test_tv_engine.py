@@ -93,7 +93,7 @@ def test_trains_and_evaluates(tmp_path, shapes, arch, mask):
     out = tmp_path / "out"
     record = json.loads((out / "metrics.json").read_text())
     assert record["engine"] == "torchvision" and record["metrics"]["AP"] == pytest.approx(metrics["AP"])
-    assert (tmp_path / "results.csv").read_text().count("\n") == 2  # header + this run
+    assert (tmp_path / "results_detection.csv").read_text().count("\n") == 2  # header + this run
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
     assert ("loss_mask" in log[0]) == mask

@@ -22,18 +22,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="PyTorch checkpoint (.pth/.pth.tar)")
     p.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    if not args.output.endswith(".pkl"):
-        print("error: the output must end in .pkl (Detectron2 reads numpy checkpoints from .pkl files)",
-              file=sys.stderr)
-        sys.exit(2)
     try:
-        summary = convert_to_d2(args.input, args.output)
+        summary = convert_to_d2(args.input, args.output, overwrite=args.overwrite)
     except SeedError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -5,8 +5,9 @@
     python tools/train_net.py --config configs/voc_r18_seed.yaml --eval-only MODEL.WEIGHTS output/voc_r18_seed/model_final.pth
     python tools/train_net.py --config configs/coco_r18_1x_seed.yaml --num-machines 2 --machine-rank 0 --dist-url tcp://host:port
 
-Trailing KEY VALUE pairs override the config. Each run writes OUTPUT_DIR/metrics.json and appends
-a row to the results CSV (RESULTS_CSV, default OUTPUT_DIR/../results.csv).
+Trailing KEY VALUE pairs override the config. Each run writes OUTPUT_DIR/metrics.json (eval-only:
+eval_metrics.json) and appends a row to the detection results file (RESULTS_CSV, default
+OUTPUT_DIR/../results_detection.csv); tools/results_table.py renders it.
 """
 import argparse
 import logging

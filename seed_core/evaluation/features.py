@@ -22,11 +22,12 @@ from tqdm import tqdm
 from ..checkpoint_io import atomic_save, load_untrusted
 from ..errors import CheckpointError
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
+from ..images import open_rgb
 from .backbone_io import LoadedBackbone
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cached content changes meaning
+CACHE_FORMAT = 2  # bump when the cached content changes meaning (2: one decoder, EXIF applied)
 
 
 @dataclass
@@ -63,7 +64,7 @@ def open_image_folder(root: str | Path, transform=None) -> datasets.ImageFolder:
     if not root.is_dir():
         raise FileNotFoundError(f"image directory {root} does not exist: expected ImageFolder layout "
                                 f"{root}/<class>/<image>.")
-    return datasets.ImageFolder(str(root), transform=transform)
+    return datasets.ImageFolder(str(root), transform=transform, loader=open_rgb)
 
 
 def dataset_listing(dataset: datasets.ImageFolder) -> list:

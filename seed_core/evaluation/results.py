@@ -1,63 +1,33 @@
-"""Atomic outputs: a metrics JSON file and one row appended to a shared results CSV."""
+"""k-NN and linear-probe results: one row per evaluation in results_knn.csv / results_linear.csv
+(file format: seed_core.results) and their markdown table."""
 from __future__ import annotations
 
-import contextlib
-import csv
-import io
-import json
-import os
-from pathlib import Path
+from typing import Iterable, Mapping
 
-from ..checkpoint_io import atomic_write_text
+from ..results import KIND_COLUMNS, append_row, latest_per_key
 
-try:  # POSIX advisory locks keep concurrent appenders from losing rows; absent on Windows
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
-
-RESULTS_COLUMNS = ("timestamp", "tool", "backbone", "arch", "top1", "top5")
+KINDS = ("knn", "linear")
+# The settings that tell one evaluation of a backbone from another, per kind (k-NN: k, T; linear: optimizer, epochs).
+SETTINGS = {kind: tuple(c for c in KIND_COLUMNS[kind] if c not in ("arch", "top1", "top5")) for kind in KINDS}
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", str(path))
+def record_accuracy(path: str, kind: str, report: Mapping, output: str = "", device: str = "") -> dict:
+    """Append the row of one k-NN / linear evaluation (a frozen backbone is always `eval-only`);
+    `report` holds the kind's settings (SETTINGS) besides the accuracies."""
+    return append_row(path, kind, {
+        "timestamp": report["timestamp"], "output": output, "weights": report["backbone"], "engine": device,
+        "mode": "eval-only", "dataset": f"{report['train']} -> {report['val']}", "arch": report["arch"],
+        **{k: report[k] for k in SETTINGS[kind]}, "top1": f"{report['top1']:.2f}", "top5": f"{report['top5']:.2f}"})
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """Hold an exclusive lock on the CSV's directory: the file itself is replaced, so it cannot carry one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def append_results_row(path: str | Path, row: dict) -> None:
-    """Append `row` (keys = RESULTS_COLUMNS) to the CSV, writing the header for a new file.
-
-    The file is rewritten through a temporary copy so a crash never leaves a truncated table.
-    """
-    path = Path(path)
-    missing = [c for c in RESULTS_COLUMNS if c not in row]
-    if missing:
-        raise ValueError(f"results row lacks columns {missing}")
-    with _locked(path):
-        existing = path.read_text() if path.is_file() else ""
-        if existing:
-            header = next(csv.reader(io.StringIO(existing)), [])
-            if tuple(header) != RESULTS_COLUMNS:
-                raise ValueError(f"{path} has columns {header}, expected {list(RESULTS_COLUMNS)}: "
-                                 f"choose another --results-csv or move the old file away.")
-            if not existing.endswith("\n"):
-                existing += "\n"
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        if not existing:
-            writer.writerow(RESULTS_COLUMNS)
-        writer.writerow([row[c] for c in RESULTS_COLUMNS])
-        atomic_write_text(existing + buf.getvalue(), str(path))
+def render_accuracy_markdown(kind: str, rows: Iterable[Mapping[str, str]]) -> str:
+    """One line per (backbone, dataset), the latest evaluation of each."""
+    settings = SETTINGS[kind]
+    latest = latest_per_key(rows, lambda r: tuple(r[c] for c in ("weights", "arch", "dataset") + settings))
+    if not latest:
+        return "_no results yet_\n"
+    header = [f"{kind} backbone", "arch", "dataset", *settings, "top-1", "top-5"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r[c] for c in ("weights", "arch", "dataset") + settings + ("top1", "top5")) + " |"
+              for r in latest.values()]
+    return "\n".join(lines) + "\n"

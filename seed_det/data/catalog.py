@@ -10,7 +10,9 @@ import os
 from typing import Dict, List
 
 from .coco_json import load_coco_json
-from .records import Dataset, DatasetError, DatasetSpec
+from seed_core.images import upright_size
+
+from .records import Dataset, DatasetError, DatasetSpec, check_image_size, require_annotations, training_records
 from .voc import VOC_CLASSES, load_voc
 
 logger = logging.getLogger(__name__)
@@ -105,4 +107,33 @@ def load_dataset(name: str) -> Dataset:
     dataset = load_coco_json(spec) if spec.kind == "coco" else load_voc(spec)
     logger.info("dataset %s: %d images, %d annotations, %d classes",
                 name, len(dataset.records), dataset.num_annotations, len(dataset.class_names))
+    return dataset
+
+
+def check_image_files(dataset: Dataset) -> None:
+    """Every image exists, opens, and has the size its record says (headers only, EXIF counted)."""
+    for record in dataset.records:
+        path = record["file_name"]
+        try:
+            width, height = upright_size(path)
+        except FileNotFoundError:
+            raise DatasetError(f"dataset '{dataset.spec.name}': image {path} (image id {record['image_id']}) "
+                               "does not exist; check the image folder in the config") from None
+        except OSError as e:
+            raise DatasetError(f"dataset '{dataset.spec.name}': image {path} (image id {record['image_id']}) "
+                               f"cannot be read: {e}") from None
+        check_image_size(record, width, height)
+
+
+def validate_dataset(spec: DatasetSpec, for_training: bool, filter_empty: bool = True) -> Dataset:
+    """Read a dataset the way the engines will and check everything they rely on before any work:
+    annotation structure (in the readers), image files and sizes, and for training a non-empty set
+    of boxes after crowd/empty filtering. Both engines run this, so they accept the same data."""
+    dataset = load_coco_json(spec) if spec.kind == "coco" else load_voc(spec)
+    require_annotations(dataset)
+    check_image_files(dataset)
+    if for_training:
+        training_records(dataset, filter_empty)
+    logger.info("dataset %s checked: %d images, %d annotations", spec.name, len(dataset.records),
+                dataset.num_annotations)
     return dataset

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 
-from .records import Dataset, DatasetError, DatasetSpec
+from .records import Dataset, DatasetError, DatasetSpec, check_box
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +25,41 @@ def read_coco_json(path: str) -> dict:
     return data
 
 
+def _check_images(images, path: str) -> dict:
+    """id -> image entry; every image needs an id, a file name and a positive height and width."""
+    by_id = {}
+    for img in images:
+        name = img.get("file_name", "?")
+        if "id" not in img or "file_name" not in img:
+            raise DatasetError(f"COCO json {path}: image entry {name} lacks 'id' or 'file_name'")
+        if not all(isinstance(img.get(k), (int, float)) and img[k] > 0 for k in ("height", "width")):
+            raise DatasetError(f"COCO json {path}: image id {img['id']} ({name}) lacks a positive 'height' and "
+                               "'width'; add them (both engines check the decoded image against them)")
+        if img["id"] in by_id:
+            raise DatasetError(f"COCO json {path}: image id {img['id']} is used twice ({by_id[img['id']]['file_name']} "
+                               f"and {name}); image ids must be unique (duplicates change AP)")
+        by_id[img["id"]] = img
+    return by_id
+
+
 def load_coco_json(spec: DatasetSpec) -> Dataset:
     data = read_coco_json(spec.json_file)
+    path = spec.json_file
     cats = sorted(data["categories"], key=lambda c: c["id"])
     if not cats:
-        raise DatasetError(f"COCO json {spec.json_file} has no categories")
+        raise DatasetError(f"COCO json {path} has no categories")
     # Contiguous ids follow sorted json ids, as in Detectron2, so class indices agree across engines.
     json_to_contiguous = {c["id"]: i for i, c in enumerate(cats)}
+    images = _check_images(data["images"], path)
     per_image = {}
     for ann in data["annotations"]:
+        if ann.get("image_id") not in images:
+            raise DatasetError(f"COCO json {path}: annotation {ann.get('id')} refers to image id "
+                               f"{ann.get('image_id')}, which is not in 'images'")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+            raise DatasetError(f"COCO json {path}: annotation {ann.get('id')} (image id {ann['image_id']}, "
+                               f"{images[ann['image_id']]['file_name']}) has no [x, y, width, height] 'bbox'")
         per_image.setdefault(ann["image_id"], []).append(ann)
     records, dropped = [], 0
     for img in data["images"]:
@@ -41,11 +67,13 @@ def load_coco_json(spec: DatasetSpec) -> Dataset:
         for ann in per_image.get(img["id"], []):
             x, y, w, h = ann["bbox"]
             if ann["category_id"] not in json_to_contiguous:
-                raise DatasetError(f"COCO json {spec.json_file}: annotation {ann.get('id')} has category_id "
+                raise DatasetError(f"COCO json {path}: annotation {ann.get('id')} has category_id "
                                    f"{ann['category_id']} which is not in 'categories'")
             if w <= 0 or h <= 0:
                 dropped += 1
                 continue
+            check_box([x, y, x + w, y + h], img["width"], img["height"],
+                      f"COCO json {path}: annotation {ann.get('id')} of image id {img['id']} ({img['file_name']})")
             anno = {"bbox": [x, y, x + w, y + h], "category_id": json_to_contiguous[ann["category_id"]],
                     "iscrowd": int(ann.get("iscrowd", 0)), "difficult": False}
             if ann.get("segmentation"):

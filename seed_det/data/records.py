@@ -7,10 +7,13 @@ dataset dicts so both engines see the same data.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from seed_core.errors import DatasetError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,3 +54,38 @@ def require_annotations(dataset: Dataset) -> None:
         raise DatasetError(
             f"dataset '{dataset.spec.name}' ({where}) has {len(dataset.records)} images but zero annotations: "
             "detection needs at least one box; check the annotation file or point the config at another dataset")
+
+
+def check_box(box: Sequence[float], width: float, height: float, where: str) -> None:
+    """An XYXY box must be ordered and overlap its image; `where` names the file and object."""
+    x0, y0, x1, y1 = box
+    if x1 < x0 or y1 < y0:
+        raise DatasetError(f"{where}: box {list(box)} has xmax < xmin or ymax < ymin; fix the annotation")
+    if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+        raise DatasetError(f"{where}: box {list(box)} lies entirely outside the {width}x{height} image; "
+                           "fix or remove the annotation")
+
+
+def check_image_size(record: Dict, width: int, height: int) -> None:
+    """The decoded image must have the size the annotations were made for (as Detectron2 checks)."""
+    if (width, height) != (record["width"], record["height"]):
+        raise DatasetError(f"image {record['file_name']} (image id {record['image_id']}) is {width}x{height} "
+                           f"(upright, EXIF orientation applied) but its annotation says "
+                           f"{record['width']}x{record['height']}; fix the width/height in the annotation file "
+                           "or replace the image")
+
+
+def training_records(dataset: Dataset, filter_empty: bool = True) -> List[Dict]:
+    """The records training sees: crowd regions dropped (they are not targets, as in Detectron2),
+    then, with `filter_empty`, images left without a box. Nothing left is an error, not a hang."""
+    records = [dict(r, annotations=[a for a in r["annotations"] if not a.get("iscrowd")]) for r in dataset.records]
+    kept = [r for r in records if r["annotations"]] if filter_empty else records
+    if len(kept) < len(records):
+        logger.info("%s: removed %d images without annotations", dataset.spec.name, len(records) - len(kept))
+    if not kept or not any(r["annotations"] for r in kept):
+        raise DatasetError(f"training set '{dataset.spec.name}' ({dataset.spec.json_file or dataset.spec.dirname}) "
+                           f"has no box left to train on after dropping crowd annotations"
+                           f"{' and images without boxes' if filter_empty else ''} "
+                           f"({len(dataset.records)} images, {dataset.num_annotations} annotations); "
+                           "check the annotation file")
+    return kept

@@ -1,18 +1,16 @@
 """Records -> (image tensor, torchvision detection target), plus the training sampler."""
 from __future__ import annotations
 
-import logging
 import os
 from typing import Dict, Iterator, List
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_util
 
-from .records import Dataset, DatasetError
+from seed_core.images import read_rgb
 
-logger = logging.getLogger(__name__)
+from .records import Dataset, DatasetError, check_image_size, training_records
 
 
 def segmentation_to_mask(segm, height: int, width: int) -> np.ndarray:
@@ -38,15 +36,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             raise DatasetError(f"INPUT.FORMAT must be RGB or BGR for the torchvision engine, not '{image_format}'")
         self.dataset, self.train, self.bgr, self.with_masks = dataset, train, image_format == "BGR", with_masks
         self.flip_prob = flip_prob if train else 0.0
-        records = dataset.records
-        if train:
-            # Crowd regions are not training targets (Detectron2 drops them too).
-            records = [dict(r, annotations=[a for a in r["annotations"] if not a.get("iscrowd")]) for r in records]
-            if filter_empty:
-                kept = [r for r in records if r["annotations"]]
-                if len(kept) < len(records):
-                    logger.info("%s: removed %d images without annotations", dataset.spec.name, len(records) - len(kept))
-                records = kept
+        records = training_records(dataset, filter_empty) if train else dataset.records
         if with_masks and any("segmentation" not in a for r in records for a in r["annotations"]):
             raise DatasetError(f"MODEL.MASK_ON is True but dataset '{dataset.spec.name}' has annotations without "
                                "'segmentation': use a COCO json with masks or set MODEL.MASK_ON False")
@@ -61,11 +51,11 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def _image(self, record: Dict) -> np.ndarray:
         try:
-            with Image.open(record["file_name"]) as im:
-                arr = np.asarray(im.convert("RGB"))
+            arr = read_rgb(record["file_name"], "BGR" if self.bgr else "RGB")
         except FileNotFoundError as e:
             raise DatasetError(f"image {record['file_name']} of dataset '{self.dataset.spec.name}' does not exist") from e
-        return arr[:, :, ::-1] if self.bgr else arr
+        check_image_size(record, arr.shape[1], arr.shape[0])
+        return arr
 
     def __getitem__(self, idx: int):
         record = self.records[idx]
@@ -98,6 +88,8 @@ class InfiniteBatchSampler(torch.utils.data.Sampler):
     skipping `start_batch` batches makes a resumed run see the same data order."""
 
     def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0):
+        if size < 1 or batch_size < 1:  # an empty pool or batch would loop forever
+            raise DatasetError(f"cannot draw batches of {batch_size} from {size} images: both must be >= 1")
         self.size, self.batch_size, self.seed, self.start_batch = size, batch_size, seed, start_batch
 
     def __iter__(self) -> Iterator[List[int]]:

@@ -6,7 +6,7 @@ import os
 from typing import List
 from xml.etree import ElementTree as ET
 
-from .records import Dataset, DatasetError, DatasetSpec
+from .records import Dataset, DatasetError, DatasetSpec, check_box
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +52,37 @@ def _parse(spec: DatasetSpec, image_id: str) -> ET.Element:
         raise DatasetError(f"VOC annotation {path} is not valid XML ({e}): the file is broken") from e
 
 
-def read_voc_boxes(spec: DatasetSpec, image_id: str):
-    """Raw VOC objects of one image: (class name, [xmin, ymin, xmax, ymax] 1-based, difficult)."""
+def read_voc_boxes(spec: DatasetSpec, image_id: str, root: ET.Element | None = None):
+    """Raw VOC objects of one image: (class name, [xmin, ymin, xmax, ymax] 1-based, difficult).
+    An object without a name or a complete <bndbox>, or with xmax < xmin, is an error naming both."""
+    path = os.path.join(spec.dirname, "Annotations", image_id + ".xml")
     out = []
-    for obj in _parse(spec, image_id).findall("object"):
+    for i, obj in enumerate((root if root is not None else _parse(spec, image_id)).findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        where = f"VOC annotation {path}, object {i} ('{name}')"
         bb = obj.find("bndbox")
-        box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
-        out.append((obj.findtext("name").strip(), box, int(obj.findtext("difficult") or 0) == 1))
+        try:
+            box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+        except (AttributeError, TypeError, ValueError):
+            raise DatasetError(f"{where}: no complete <bndbox> with numeric xmin, ymin, xmax, ymax") from None
+        if not name:
+            raise DatasetError(f"{where}: the object has no <name>")
+        if box[2] < box[0] or box[3] < box[1]:
+            raise DatasetError(f"{where}: box {box} has xmax < xmin or ymax < ymin; fix the annotation")
+        out.append((name, box, int(obj.findtext("difficult") or 0) == 1))
     return out
+
+
+def _image_size(spec: DatasetSpec, image_id: str, root: ET.Element) -> tuple[int, int]:
+    try:
+        size = root.find("size")
+        height, width = int(size.findtext("height")), int(size.findtext("width"))
+    except (AttributeError, TypeError, ValueError):
+        height = width = 0
+    if height <= 0 or width <= 0:
+        raise DatasetError(f"VOC annotation {spec.dirname}/Annotations/{image_id}.xml has no <size> with positive "
+                           "<width> and <height>; add it (both engines check the decoded image against it)")
+    return height, width
 
 
 def load_voc(spec: DatasetSpec) -> Dataset:
@@ -71,18 +94,21 @@ def load_voc(spec: DatasetSpec) -> Dataset:
     records = []
     for image_id in ids:
         root = _parse(spec, image_id)
-        size = root.find("size")
+        height, width = _image_size(spec, image_id, root)
         annos = []
-        for name, box, difficult in read_voc_boxes(spec, image_id):
+        for i, (name, box, difficult) in enumerate(read_voc_boxes(spec, image_id, root)):
             if name not in index:
                 raise DatasetError(f"{spec.dirname}/Annotations/{image_id}.xml has class '{name}', which is "
                                    f"not among the dataset's classes {names}; list the classes in "
                                    f"{spec.dirname}/classes.txt, one per line")
             # 1-based inclusive VOC pixels -> 0-based continuous box, as Detectron2's VOC loader does.
-            annos.append({"bbox": [box[0] - 1.0, box[1] - 1.0, box[2], box[3]], "category_id": index[name],
+            bbox = [box[0] - 1.0, box[1] - 1.0, box[2], box[3]]
+            check_box(bbox, width, height, f"VOC annotation {spec.dirname}/Annotations/{image_id}.xml, object {i} "
+                                           f"('{name}')")
+            annos.append({"bbox": bbox, "category_id": index[name],
                           "iscrowd": 0, "difficult": difficult})
         records.append({
             "file_name": os.path.join(spec.dirname, "JPEGImages", image_id + ".jpg"), "image_id": image_id,
-            "height": int(size.findtext("height")), "width": int(size.findtext("width")), "annotations": annos,
+            "height": height, "width": width, "annotations": annos,
         })
     return Dataset(spec, records, names)

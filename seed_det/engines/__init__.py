@@ -49,7 +49,7 @@ def main(args: argparse.Namespace) -> dict | None:
     """Run tools/train_net.py's arguments on the chosen engine; returns the metrics (main process)."""
     engine = resolve_engine(getattr(args, "engine", "auto"))
     cfg = load_det_config(args.config_file, args.opts)
-    preflight(cfg, eval_only=args.eval_only)
+    preflight(cfg, eval_only=args.eval_only, resume=getattr(args, "resume", False))
     logger.info("engine: %s", engine)
     if engine == "detectron2":
         check_for_detectron2(cfg, args.eval_only)

@@ -1,4 +1,5 @@
-"""Checks every engine needs, run before any model is built: weights depth, dataset files.
+"""Checks every engine needs, run before any model is built: weights (depth; a trained detector for
+--eval-only), solver, results file, datasets (files present, every record valid).
 
 Bad input fails here, with a message naming the key or path, instead of crashing late or training
 the wrong thing silently.
@@ -10,33 +11,73 @@ import os
 
 from fvcore.common.config import CfgNode
 
-from seed_core.errors import SeedError
-from seed_det.convert import check_weights_depth, load_user_checkpoint
-from seed_det.data.catalog import builtin_spec, check_present, config_specs, is_builtin
+from seed_core.errors import ConfigError, SeedError
+from seed_core.results import check_results_file
+from seed_det.convert import check_weights_depth, load_user_checkpoint, read_d2_pkl
+from seed_det.data.catalog import builtin_spec, check_present, config_specs, is_builtin, validate_dataset
+from seed_det.results import KIND, default_csv_path
 
 logger = logging.getLogger(__name__)
 
 
 def _check_datasets(cfg: CfgNode, eval_only: bool) -> None:
+    """Files present, then every record validated (both engines read the same, valid data)."""
     registered = {spec.name: spec for spec in config_specs(cfg)}
-    names = ([] if eval_only else list(cfg.DATASETS.TRAIN)) + list(cfg.DATASETS.TEST)
-    for name in names:
-        if name in registered:
-            check_present(name, registered[name])
-        elif is_builtin(name):
-            check_present(name, builtin_spec(name))
-        # else: registered elsewhere (e.g. by the user's own code); the engine will complain
+    train = [] if eval_only else list(cfg.DATASETS.TRAIN)
+    for name in train + list(cfg.DATASETS.TEST):
+        spec = registered.get(name) or (builtin_spec(name) if is_builtin(name) else None)
+        if spec is None:
+            continue  # registered elsewhere (e.g. by the user's own code); the engine will complain
+        check_present(name, spec)
+        validate_dataset(spec, for_training=name in train,
+                         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
-def preflight(cfg: CfgNode, eval_only: bool = False) -> None:
-    """Fail fast on inputs that would otherwise crash late or train the wrong thing silently."""
-    if cfg.MODEL.WEIGHTS and not eval_only:
-        spec = check_weights_depth(cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.DEPTH,
-                                   cfg.MODEL.RESNETS.RES2_OUT_CHANNELS)
-        logger.info("MODEL.WEIGHTS %s: ResNet-%d, fits the config", cfg.MODEL.WEIGHTS, spec.depth)
-    elif eval_only and cfg.MODEL.WEIGHTS and not os.path.isfile(cfg.MODEL.WEIGHTS):
+def detection_weights(path: str) -> bool:
+    """True when a weights file holds a detection model (box predictor), not only a backbone."""
+    if path.endswith(".pkl"):
+        names = read_d2_pkl(path)["model"]
+    else:
+        obj = load_user_checkpoint(path)
+        names = obj.get("model", obj) if isinstance(obj, dict) else {}
+    return any("box_predictor." in str(k) for k in names)
+
+
+def _check_eval_weights(cfg: CfgNode, resume: bool) -> None:
+    """--eval-only must evaluate a trained detector, never random heads on a converted backbone."""
+    weights = cfg.MODEL.WEIGHTS
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return  # the engine evaluates OUTPUT_DIR's last checkpoint
+    if not weights:
+        raise SeedError("--eval-only needs MODEL.WEIGHTS: the model_final.pth of a fine-tuning run "
+                        "(e.g. MODEL.WEIGHTS output/voc_r18_seed/model_final.pth); without it random "
+                        "detection heads would be evaluated.")
+    if not os.path.isfile(weights):
         raise SeedError(f"--eval-only needs MODEL.WEIGHTS pointing to a trained model; "
-                        f"{cfg.MODEL.WEIGHTS} does not exist.")
+                        f"{weights} does not exist.")
+    if not detection_weights(weights):
+        raise SeedError(f"--eval-only: MODEL.WEIGHTS {weights} holds a backbone only (no detection heads), "
+                        "so its evaluation would score random heads. Fine-tune it first (run without "
+                        "--eval-only), then evaluate OUTPUT_DIR/model_final.pth.")
+
+
+def _check_solver(cfg: CfgNode) -> None:
+    if cfg.SOLVER.IMS_PER_BATCH < 1:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH is {cfg.SOLVER.IMS_PER_BATCH}: it is the number of images per "
+                          "training step over all GPUs; use 1 or more (the protocol uses 16).")
+
+
+def preflight(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
+    """Fail fast on inputs that would otherwise crash late or train the wrong thing silently."""
+    check_results_file(cfg.RESULTS_CSV or default_csv_path(cfg.OUTPUT_DIR), KIND)
+    if eval_only:
+        _check_eval_weights(cfg, resume)
+    else:
+        _check_solver(cfg)
+        if cfg.MODEL.WEIGHTS:
+            spec = check_weights_depth(cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.DEPTH,
+                                       cfg.MODEL.RESNETS.RES2_OUT_CHANNELS)
+            logger.info("MODEL.WEIGHTS %s: ResNet-%d, fits the config", cfg.MODEL.WEIGHTS, spec.depth)
     if not eval_only and not cfg.DATASETS.TRAIN:
         raise SeedError("DATASETS.TRAIN is empty: name the dataset(s) to fine-tune on.")
     _check_datasets(cfg, eval_only)

@@ -75,7 +75,7 @@ def _detect(stage: CachedRun, weights: str, data_root: str, p: DemoPreset, engin
         "SOLVER.MAX_ITER": p.det_iters, "SOLVER.IMS_PER_BATCH": p.det_batch, "SOLVER.BASE_LR": p.det_lr,
         "SOLVER.STEPS": (int(p.det_iters * 0.75),), "SOLVER.WARMUP_ITERS": min(50, p.det_iters // 3),
         "SOLVER.CHECKPOINT_PERIOD": max(1, p.det_iters), "SEED": p.seed,
-        "OUTPUT_DIR": stage.dir, "RESULTS_CSV": os.path.join(os.path.dirname(stage.dir), "results.csv"),
+        "OUTPUT_DIR": stage.dir, "RESULTS_CSV": os.path.join(os.path.dirname(stage.dir), "results_detection.csv"),
     }
     flat = [str(x) if not isinstance(x, (list, tuple)) else repr(x) for kv in opts.items() for x in kv]
     args = argparse.Namespace(config_file=DEMO_DET_CONFIG, engine=engine, opts=flat, resume=False,
@@ -124,7 +124,7 @@ def run_demo(out_root: str = "demo_output", preset: str | DemoPreset = "default"
     for name, res in students.items():
         conv = _stage(out_root, f"convert_{name}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
         pkl = os.path.join(conv.dir, f"{name}_{p.student_arch}.pkl")
-        weights[name] = conv.run(lambda res=res, pkl=pkl: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl)})["pkl"]
+        weights[name] = conv.run(lambda res=res, pkl=pkl: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl, overwrite=True)})["pkl"]
 
     results = {}
     for name in ("random", "moco", "seed"):

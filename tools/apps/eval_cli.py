@@ -11,7 +11,8 @@ from seed_core.evaluation.backbone_io import LoadedBackbone, load_backbone
 from seed_core.evaluation.features import FeatureSet, default_resize, load_or_compute_features
 from seed_core.evaluation.knn import knn_evaluate
 from seed_core.evaluation.linear import OPTIMIZERS, train_linear_probe
-from seed_core.evaluation.results import append_results_row, write_json_atomic
+from seed_core.evaluation.results import record_accuracy
+from seed_core.results import check_results_file, results_path, write_json
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +35,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g = parser.add_argument_group("output")
     g.add_argument("--output", help="metrics JSON file to write")
-    g.add_argument("--results-csv", default="output/results.csv", help="CSV to append a row to ('' to skip)")
+    g.add_argument("--results-csv", default=None,
+                   help="CSV to append a row to (default output/results_<knn|linear>.csv; '' to skip)")
 
 
 def _features(args, backbone: LoadedBackbone) -> tuple[FeatureSet, FeatureSet]:
@@ -57,15 +59,23 @@ def _report(args, tool: str, backbone: LoadedBackbone, train: FeatureSet, val: F
            "image_size": args.image_size, "resize_size": args.resize_size or default_resize(args.image_size),
            **metrics}
     if args.output:
-        write_json_atomic(args.output, out)
+        write_json(args.output, out)
     if args.results_csv:
-        append_results_row(args.results_csv, {"timestamp": out["timestamp"], "tool": tool, "backbone": out["backbone"],
-                                              "arch": out["arch"], "top1": f"{out['top1']:.2f}",
-                                              "top5": f"{out['top5']:.2f}"})
+        record_accuracy(args.results_csv, tool.removeprefix("eval_"), out, output=args.output or "",
+                        device=args.device)
     return out
 
 
+def _check_outputs(args, kind: str) -> None:
+    """Before any feature is computed: the results file must be ours (or new)."""
+    if args.results_csv is None:
+        args.results_csv = results_path("output", kind)
+    if args.results_csv:
+        check_results_file(args.results_csv, kind)
+
+
 def run_knn(args) -> dict:
+    _check_outputs(args, "knn")
     backbone = load_backbone(args.backbone, args.arch, args.random_init, args.seed)
     train, val = _features(args, backbone)
     acc = knn_evaluate(train.features, train.labels, val.features, val.labels, len(train.classes),
@@ -88,6 +98,7 @@ def add_linear_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_linear(args) -> dict:
+    _check_outputs(args, "linear")
     backbone = load_backbone(args.backbone, args.arch, args.random_init, args.seed)
     train, val = _features(args, backbone)
     res = train_linear_probe(train.features, train.labels, val.features, val.labels, len(train.classes),

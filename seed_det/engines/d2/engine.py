@@ -13,17 +13,18 @@ import os
 from typing import Mapping
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
-from seed_core.errors import SeedError
+from seed_core.errors import SeedError, TrainingError
 from seed_det.convert import read_d2_pkl
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
+from seed_det.engines.d2.mapper import DecodingMapper
 from seed_det.results import record_run
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,15 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return d2_evaluator(cfg, dataset_name, output_folder)
+
+    # Images go through the suite's one decoder, as in the torchvision engine.
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=DecodingMapper(cfg, is_train=False))
 
     def build_writers(self):
         # Detectron2 logs training to OUTPUT_DIR/metrics.json by default; that name holds the
@@ -107,13 +117,18 @@ def _worker(cfg, args: argparse.Namespace) -> dict | None:
         if trainer.start_iter == 0:  # fresh start from MODEL.WEIGHTS, not a resumed run
             _check_pretrained_loaded(cfg, trainer.model.module if hasattr(trainer.model, "module")
                                      else trainer.model)
-        trainer.train()
+        try:
+            trainer.train()
+        except FloatingPointError as err:  # Detectron2's non-finite loss check; its message names the iteration
+            raise TrainingError(f"the detection loss is not finite: {err}. Lower SOLVER.BASE_LR or lengthen "
+                                "SOLVER.WARMUP_ITERS.") from err
         results = getattr(trainer, "_last_eval_results", None)
     if not comm.is_main_process():
         return None
     metrics = metrics_from_results(results, list(cfg.DATASETS.TEST))
     record_run(cfg.OUTPUT_DIR, args.config_file, cfg.MODEL.WEIGHTS, metrics,
-               csv_path=cfg.RESULTS_CSV or None, engine="detectron2")
+               csv_path=cfg.RESULTS_CSV or None, engine="detectron2", eval_only=args.eval_only,
+               dataset="+".join(cfg.DATASETS.TEST))
     return metrics
 
 

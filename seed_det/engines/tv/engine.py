@@ -122,5 +122,6 @@ def run(cfg: CfgNode, args) -> Dict[str, float]:
 
         metrics = _evaluate_all(cfg, model, test_sets, device)
         record_run(cfg.OUTPUT_DIR, getattr(args, "config_file", ""), cfg.MODEL.WEIGHTS, metrics,
-                   csv_path=cfg.RESULTS_CSV or None, engine=ENGINE)
+                   csv_path=cfg.RESULTS_CSV or None, engine=ENGINE, eval_only=getattr(args, "eval_only", False),
+                   dataset="+".join(cfg.DATASETS.TEST))
         return metrics

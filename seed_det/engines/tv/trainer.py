@@ -13,6 +13,7 @@ import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
+from seed_core.errors import TrainingError
 from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate
 
 from .checkpoint import save_checkpoint
@@ -35,6 +36,14 @@ def loss_weights(cfg: CfgNode) -> Dict[str, float]:
     return {"loss_objectness": m.RPN.LOSS_WEIGHT,
             "loss_rpn_box_reg": m.RPN.LOSS_WEIGHT * m.RPN.BBOX_REG_LOSS_WEIGHT,
             "loss_box_reg": m.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT}
+
+
+def _last_checkpoint_note(output_dir: str) -> str:
+    last = os.path.join(output_dir, "last_checkpoint")
+    if not os.path.isfile(last):
+        return ""
+    with open(last) as f:
+        return f"The last good checkpoint is kept at {os.path.join(output_dir, f.read().strip())}. "
 
 
 class Trainer:
@@ -89,8 +98,9 @@ class Trainer:
                 loss = sum(losses.values())
                 if not math.isfinite(loss.item()):
                     parts = {k: round(v.item(), 4) for k, v in losses.items()}
-                    raise FloatingPointError(f"loss became {loss.item()} at iteration {it} ({parts}); "
-                                             "lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS")
+                    raise TrainingError(f"the detection loss is not finite ({loss.item()}) at iteration {it} "
+                                        f"({parts}); stopping. {_last_checkpoint_note(out)}Lower SOLVER.BASE_LR "
+                                        "or lengthen SOLVER.WARMUP_ITERS.")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 clip_gradients(cfg, params)

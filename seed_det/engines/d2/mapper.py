@@ -1,0 +1,40 @@
+"""Detectron2's DatasetMapper with images read by the suite's one decoder (seed_core.images):
+16-bit and float images scaled, EXIF orientation applied, sizes checked with the file and image id
+named, exactly as the torchvision engine reads them."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+
+from seed_core.images import read_rgb
+from seed_det.data.records import check_image_size
+
+
+class DecodingMapper(DatasetMapper):
+    """Used for RGB/BGR inputs without semantic segmentation; anything else goes to Detectron2's own."""
+
+    def __call__(self, dataset_dict):
+        if self.image_format not in ("RGB", "BGR") or "sem_seg_file_name" in dataset_dict:
+            return super().__call__(dataset_dict)
+        record = copy.deepcopy(dataset_dict)
+        image = read_rgb(record["file_name"], self.image_format)
+        if "width" in record and "height" in record:
+            check_image_size(record, image.shape[1], image.shape[0])
+        aug_input = T.AugInput(image)
+        transforms = self.augmentations(aug_input)
+        image = aug_input.image
+        shape = image.shape[:2]
+        record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(record, shape, transforms, proposal_topk=self.proposal_topk)
+        if not self.is_train:
+            record.pop("annotations", None)
+            return record
+        if "annotations" in record:
+            self._transform_annotations(record, transforms, shape)
+        return record

@@ -1,0 +1,85 @@
+"""The one image decoder (seed_core.images) and the readers that use it: distillation data,
+feature evaluation, the torchvision engine's detection dataset (Detectron2's: test_d2_engine.py)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from seed_core.data import UnlabeledImages
+from seed_core.errors import DatasetError
+from seed_core.evaluation.features import open_image_folder
+from seed_core.images import open_rgb, read_rgb, upright_size
+from seed_det.data import Dataset, DatasetSpec
+from seed_det.data.torch_dataset import DetectionDataset
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _png16(path, value=32768):
+    Image.fromarray(np.full((4, 6), value, dtype=np.uint16)).save(path)  # PIL writes a 16-bit greyscale PNG
+    return str(path)
+
+
+def _tiff_float(path, value):
+    Image.fromarray(np.full((4, 6), value, dtype=np.float32), mode="F").save(path)
+    return str(path)
+
+
+def _rotated_jpeg(path):
+    """Stored 8 wide x 4 high, left half white; EXIF orientation 6 (rotate 90 degrees clockwise to view)."""
+    arr = np.zeros((4, 8, 3), dtype=np.uint8)
+    arr[:, :4] = 255
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    Image.fromarray(arr).save(path, exif=exif, quality=100)
+    return str(path)
+
+
+def test_every_mode_decodes_with_its_scale_or_is_refused_by_name(tmp_path):
+    with Image.open(_png16(tmp_path / "a.png")) as im:
+        assert im.mode.startswith("I")  # a real 16-bit file, the case PIL's convert("RGB") saturates
+    assert read_rgb(_png16(tmp_path / "a.png")).max() == 128  # 32768 / 65535 * 255, not 255
+    assert read_rgb(_png16(tmp_path / "b.png", 65535)).min() == 255
+    assert read_rgb(_tiff_float(tmp_path / "c.tif", 0.5)).max() == 128  # [0, 1] floats, not black
+    assert read_rgb(_tiff_float(tmp_path / "d.tif", 200.0)).max() == 200  # [0, 255] floats kept
+    with pytest.raises(DatasetError, match=r"e\.tif is a float image.*\[-3, -3\]"):
+        read_rgb(_tiff_float(tmp_path / "e.tif", -3.0))
+    with pytest.raises(DatasetError, match=r"i32\.tif.*32-bit integer.*\[100000, 100000\]"):
+        Image.fromarray(np.full((4, 6), 100000, dtype=np.int32), mode="I").save(tmp_path / "i32.tif")
+        read_rgb(str(tmp_path / "i32.tif"))
+    rgba = Image.new("RGBA", (3, 2), (10, 20, 30, 0))
+    rgba.save(tmp_path / "f.png")
+    assert read_rgb(str(tmp_path / "f.png"), "BGR")[0, 0].tolist() == [30, 20, 10]
+
+
+def test_exif_orientation_is_applied_everywhere(tmp_path):
+    path = _rotated_jpeg(tmp_path / "r.jpg")
+    assert upright_size(path) == (4, 8)  # width, height after rotation
+    arr = read_rgb(path)
+    assert arr.shape == (8, 4, 3) and arr[:4].mean() > 200 and arr[4:].mean() < 50  # white half on top
+
+    # distillation data
+    img = UnlabeledImages([path], transform=lambda im: np.asarray(im))[0][0]
+    assert img.shape == (8, 4, 3)
+    # feature evaluation (ImageFolder through the decoder)
+    folder = tmp_path / "folder" / "cls"
+    folder.mkdir(parents=True)
+    _png16(folder / "x.png")
+    assert np.asarray(open_image_folder(tmp_path / "folder")[0][0]).max() == 128
+    # torchvision detection engine: size checked upright, against the annotation
+    spec = DatasetSpec("rot", "coco", json_file="j.json")
+    record = {"file_name": path, "image_id": 7, "height": 8, "width": 4,
+              "annotations": [{"bbox": [0, 0, 4, 4], "category_id": 0, "iscrowd": 0}]}
+    image, _ = DetectionDataset(Dataset(spec, [record], ["a"]), train=False)[0]
+    assert tuple(image.shape) == (3, 8, 4) and image[:, :4].mean() > 200
+    wrong = DetectionDataset(Dataset(spec, [dict(record, height=4, width=8)], ["a"]), train=False)
+    with pytest.raises(DatasetError, match=r"r\.jpg \(image id 7\) is 4x8 .* says 8x4"):
+        wrong[0]
+
+
+def test_distillation_skips_an_unsupported_image_by_name(tmp_path):
+    bad = _tiff_float(tmp_path / "bad.tif", 1e6)
+    good = _png16(tmp_path / "good.png")
+    img, skipped = UnlabeledImages([bad, good], transform=lambda im: np.asarray(im))[0]
+    assert skipped == [0] and img.max() == 128
+    with pytest.raises(DatasetError, match="bad.tif"):
+        open_rgb(bad)
