@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .constants import CHECKPOINT_FILE
-from .config import CfgNode, ConfigError, cfg_from_string, flatten_cfg, validate_cfg
+from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .data import ResumableSampler, UnlabeledImages, collate, list_images, training_transform
 from .errors import TrainingError
 from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
@@ -27,6 +27,7 @@ from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_gr
 from .queue import EmbeddingQueue
 from .schedule import lr_at, scaled_lr
 from .teachers import embedding_dim, load_teacher
+from .yaml_config import flatten_cfg
 
 logger = logging.getLogger(__name__)
 # Settings that may change between a run and its resume without changing the result.
