@@ -2,7 +2,7 @@
 """Distil a self-supervised teacher into a student (SEED), or train with MoCo-v2.
 
     python tools/distill.py --config configs/distill/r18_from_mocov2_r50.yaml DATA.ROOT /data/imagenet/train
-    torchrun --nproc_per_node 8 tools/distill.py --config ... [--resume] [KEY VALUE ...]
+    torchrun --nproc_per_node 8 tools/distill.py --config ... [KEY VALUE ...] [--resume]
 """
 import argparse
 import os
@@ -10,20 +10,23 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.apps.cli import fail, setup_logging  # noqa: E402
+from tools.apps.cli import fail, parse_with_overrides, setup_logging  # noqa: E402
 from seed_core.config import load_cfg  # noqa: E402
 from seed_core.errors import SeedError  # noqa: E402
 from seed_core.trainer import Interrupted, train  # noqa: E402
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (see configs/distill/)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pth")
     p.add_argument("--stop-at-iter", type=int, default=None,
                    help="checkpoint and stop after this iteration (the schedule is unchanged)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = p.parse_args(argv)
+    return parse_with_overrides(p, argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     setup_logging()
     try:
         cfg = load_cfg(args.config, args.opts)
