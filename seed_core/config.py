@@ -39,7 +39,7 @@ def get_default_cfg() -> CfgNode:
     C.LOSS.TEACHER_TEMP = 0.01               # tau_T
     C.LOSS.MOCO_TEMP = 0.2                   # MoCo-v2 InfoNCE temperature
     C.LOSS.MOCO_MOMENTUM = 0.999             # key-encoder EMA
-    C.LOSS.MAX_NONFINITE = 0                 # non-finite losses tolerated before stopping (fp16 overflow excluded)
+    C.LOSS.MAX_NONFINITE = 0                 # non-finite steps in a row skipped (no update) before stopping
 
     C.QUEUE = CfgNode()
     C.QUEUE.SIZE = 65536                     # K
