@@ -2,7 +2,11 @@
 """Distil a self-supervised teacher into a student (SEED), or train with MoCo-v2.
 
     python tools/distill.py --config configs/distill/r18_from_mocov2_r50.yaml DATA.ROOT /data/imagenet/train
-    torchrun --nproc_per_node 8 tools/distill.py --config ... [KEY VALUE ...] [--resume]
+    torchrun --nproc_per_node 8 tools/distill.py --config ... [KEY VALUE ...] [--resume | --restart]
+
+An OUTPUT_DIR that already holds a run is never overwritten: continue it with --resume, or start
+over with --restart (its files are first moved to OUTPUT_DIR/previous-<time>/). The log of the run
+goes to OUTPUT_DIR/log.txt.
 """
 import argparse
 import os
@@ -20,6 +24,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (see configs/distill/)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pth")
+    p.add_argument("--restart", action="store_true",
+                   help="OUTPUT_DIR holds a run: move its files to OUTPUT_DIR/previous-<time>/ and start over")
     p.add_argument("--stop-at-iter", type=int, default=None,
                    help="checkpoint and stop after this iteration (the schedule is unchanged)")
     return parse_with_overrides(p, argv)
@@ -30,7 +36,7 @@ def main(argv=None) -> int:
     setup_logging()
     try:
         cfg = load_cfg(args.config, args.opts)
-        summary = train(cfg, resume=args.resume, stop_at_iter=args.stop_at_iter)
+        summary = train(cfg, resume=args.resume, stop_at_iter=args.stop_at_iter, restart=args.restart)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
