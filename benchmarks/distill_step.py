@@ -27,11 +27,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from seed_core.config import get_default_cfg  # noqa: E402
 from seed_core.encoders import build_student  # noqa: E402
 from seed_core.objectives import DistillationObjective  # noqa: E402
 from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision  # noqa: E402
 from seed_core.queue import EmbeddingQueue  # noqa: E402
 from seed_core.teachers import FrozenTeacher  # noqa: E402
+
+LOSS = get_default_cfg().LOSS  # the paper's temperatures, tau_S and tau_T
 
 
 def make_teacher(arch, dim, seed=1):
@@ -45,10 +48,10 @@ class OursStep:
         self.precision = precision
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.student = student.to(memory_format=self.fmt)
-        self.queue = EmbeddingQueue(*queue_init.shape, shadow_dtype=None if precision == "fp32" else DTYPES[precision])
+        self.queue = EmbeddingQueue(*queue_init.shape)
+        self.objective = DistillationObjective(teacher, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
+                                               DTYPES[precision], channels_last, student_dtype=DTYPES[precision])
         self.queue.load_state_dict({"embeddings": queue_init.clone(), "ptr": torch.zeros((), dtype=torch.long)})
-        self.objective = DistillationObjective(teacher, self.queue, "seed", 0.2, 0.01,
-                                               DTYPES[precision], channels_last)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def loss_only(self, x):
@@ -83,7 +86,7 @@ class ReferenceStep:
         queue = self.queue.clone().detach()
         l_stu = torch.cat([torch.einsum("nc,nc->n", s, t)[:, None], torch.einsum("nc,ck->nk", s, queue)], 1)
         l_tea = torch.cat([torch.einsum("nc,nc->n", t, t)[:, None], torch.einsum("nc,ck->nk", t, queue)], 1)
-        loss = -(F.softmax(l_tea / 0.01, 1) * F.log_softmax(l_stu / 0.2, 1)).sum(1).mean()
+        loss = -(F.softmax(l_tea / LOSS.TEACHER_TEMP, 1) * F.log_softmax(l_stu / LOSS.STUDENT_TEMP, 1)).sum(1).mean()
         return loss, t
 
     def __call__(self, x):
@@ -128,7 +131,8 @@ class QueueLossStep:
 
     def __call__(self, x):
         from seed_core.losses import seed_loss
-        loss = seed_loss(self.zs, self.zt, self.o.queue.embeddings, 0.2, 0.01, self.o.queue.shadow)
+        loss = seed_loss(self.zs, self.zt, self.o.queue.embeddings, LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
+                         self.o.queue.shadow)
         loss.backward()
         self.o.queue.enqueue(self.zt)
         return loss

@@ -95,7 +95,7 @@ def _pickled_globals(path: str) -> list[str]:
 
 
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save `obj` to `path` atomically (see `_atomic_write`)."""
+    """torch.save `obj` to `path` atomically (see `atomic_write`)."""
     atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
@@ -110,6 +110,8 @@ def atomic_write(path: str, mode: str, write: Callable[[Any], Any]) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would have (0666 minus the umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -120,6 +122,12 @@ def atomic_write(path: str, mode: str, write: Callable[[Any], Any]) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: str) -> None:

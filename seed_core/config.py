@@ -4,11 +4,12 @@ Everything a run needs is here, so a checkpoint's embedded config reproduces the
 """
 from __future__ import annotations
 
-import os
-
 from fvcore.common.config import CfgNode as _CfgNode
 
 from .errors import ConfigError
+from .yaml_config import cfg_value, flatten_cfg, merge_file, merge_overrides  # noqa: F401 - flatten_cfg is part of this API
+
+SCHEMA = "seed_core/config.py"
 
 
 class CfgNode(_CfgNode):
@@ -38,7 +39,7 @@ def get_default_cfg() -> CfgNode:
     C.LOSS.TEACHER_TEMP = 0.01               # tau_T
     C.LOSS.MOCO_TEMP = 0.2                   # MoCo-v2 InfoNCE temperature
     C.LOSS.MOCO_MOMENTUM = 0.999             # key-encoder EMA
-    C.LOSS.MAX_NONFINITE = 0                 # non-finite losses tolerated before stopping (fp16 overflow excluded)
+    C.LOSS.MAX_NONFINITE = 0                 # non-finite steps in a row skipped (no update) before stopping
 
     C.QUEUE = CfgNode()
     C.QUEUE.SIZE = 65536                     # K
@@ -81,29 +82,22 @@ _CHOICES = {
 }
 
 
-def _get(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     """Refuse impossible values before anything runs, naming the key and what to do."""
     problems = []
     for key, choices in _CHOICES.items():
-        if _get(cfg, key) not in choices:
-            problems.append(f"{key} = {_get(cfg, key)!r}: choose one of {', '.join(choices)}")
+        if cfg_value(cfg, key) not in choices:
+            problems.append(f"{key} = {cfg_value(cfg, key)!r}: choose one of {', '.join(choices)}")
     positive = ["LOSS.STUDENT_TEMP", "LOSS.TEACHER_TEMP", "LOSS.MOCO_TEMP", "SOLVER.BASE_LR",
                 "SOLVER.BATCH_SIZE", "QUEUE.SIZE", "DATA.IMAGE_SIZE", "MODEL.STUDENT.HEAD_DIM",
                 "TRAIN.CHECKPOINT_PERIOD", "TRAIN.LOG_PERIOD", "TRAIN.DIST_TIMEOUT"]
     for key in positive:
-        if not _get(cfg, key) > 0:
-            problems.append(f"{key} = {_get(cfg, key)} must be > 0")
+        if not cfg_value(cfg, key) > 0:
+            problems.append(f"{key} = {cfg_value(cfg, key)} must be > 0")
     for key in ["SOLVER.WEIGHT_DECAY", "SOLVER.MOMENTUM", "SOLVER.WARMUP_EPOCHS", "SOLVER.MIN_LR",
                 "SOLVER.MAX_ITER", "DATA.NUM_WORKERS", "MODEL.STUDENT.HEAD_HIDDEN_DIM", "LOSS.MAX_NONFINITE"]:
-        if _get(cfg, key) < 0:
-            problems.append(f"{key} = {_get(cfg, key)} must be >= 0")
+        if cfg_value(cfg, key) < 0:
+            problems.append(f"{key} = {cfg_value(cfg, key)} must be >= 0")
     if not 0 <= cfg.LOSS.MOCO_MOMENTUM < 1:
         problems.append(f"LOSS.MOCO_MOMENTUM = {cfg.LOSS.MOCO_MOMENTUM} must be in [0, 1)")
     if not 0 <= cfg.DATA.MAX_BAD_FRACTION <= 1:
@@ -128,26 +122,9 @@ def load_cfg(path: str | None = None, opts: list[str] | tuple = ()) -> CfgNode:
     """Defaults <- YAML file (with `_BASE_`) <- `KEY VALUE` overrides; unknown keys are refused."""
     cfg = get_default_cfg()
     if path:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            cfg.merge_from_file(path)
-        except (KeyError, ValueError, AssertionError) as e:
-            raise ConfigError(f"{path}: {_explain(e)}") from None
-    if len(opts) % 2:
-        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {list(opts)}")
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, ValueError, AssertionError) as e:
-        raise ConfigError(f"command line: {_explain(e)}") from None
+        merge_file(cfg, path, schema=SCHEMA)
+    merge_overrides(cfg, opts, schema=SCHEMA)
     return cfg
-
-
-def _explain(err: Exception) -> str:
-    msg = str(err.args[0]) if err.args else str(err)
-    if "Non-existent" in msg:
-        msg += " (unknown key: check its spelling against seed_core/config.py)"
-    return msg
 
 
 def cfg_from_string(text: str) -> CfgNode:
@@ -155,14 +132,3 @@ def cfg_from_string(text: str) -> CfgNode:
     cfg = get_default_cfg()
     cfg.merge_from_other_cfg(CfgNode.load_cfg(text))
     return cfg
-
-
-def flatten_cfg(node, prefix: str = "") -> dict:
-    """{"SOLVER.BASE_LR": 0.03, ...}: every leaf of a config by its dotted key (tuples as lists)."""
-    out = {}
-    for k, v in node.items():
-        if isinstance(v, dict):
-            out.update(flatten_cfg(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out

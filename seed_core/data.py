@@ -29,10 +29,23 @@ def list_images(root: str) -> list[str]:
                            "or a folder of images")
     if not os.path.isdir(root):
         raise DatasetError(f"dataset folder not found: {root} (set DATA.ROOT)")
-    files = []
+    files, seen_dirs, seen_files = [], {os.path.realpath(root)}, set()
     for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs.sort()
-        files.extend(os.path.join(folder, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS))
+        # Links are followed once: a folder reached again (a symlink loop, or two links to one
+        # folder) is not walked again, and an image linked twice is listed once.
+        kept = []
+        for d in sorted(dirs):
+            real = os.path.realpath(os.path.join(folder, d))
+            if real not in seen_dirs:
+                seen_dirs.add(real)
+                kept.append(d)
+        dirs[:] = kept
+        for n in sorted(names):
+            path = os.path.join(folder, n)
+            real = os.path.realpath(path)
+            if n.lower().endswith(IMAGE_EXTENSIONS) and real not in seen_files:
+                seen_files.add(real)
+                files.append(path)
     if not files:
         raise DatasetError(f"no images found under {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files

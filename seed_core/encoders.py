@@ -10,6 +10,8 @@ from torch import nn
 import torchvision
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from .errors import ConfigError
+
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                        "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")
 # SwAV's wide ResNet-50: every width (stem included) multiplied, unlike torchvision's wide_resnet50_2.
@@ -63,7 +65,7 @@ def build_backbone(name: str) -> tuple[nn.Module, int]:
     except ImportError as e:  # pragma: no cover - timm is a declared dependency
         raise ImportError(f"backbone '{name}' is not a torchvision ResNet and timm is not installed") from e
     if not timm.is_model(name):
-        raise ValueError(f"unknown backbone '{name}'. Use one of: {available_backbones()} "
+        raise ConfigError(f"unknown backbone '{name}'. Use one of: {available_backbones()} "
                          f"(see timm.list_models()).")
     net = timm.create_model(name, pretrained=False, num_classes=0)
     # num_features is the pre-head width for some models (MobileNetV3): measure the real output.
@@ -81,12 +83,14 @@ def build_mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class EmbeddingNet(nn.Module):
-    """Backbone followed by an optional projection head; returns unnormalised embeddings."""
+    """Backbone followed by an optional projection head; returns unnormalised embeddings.
+    `feature_dim` is the backbone's output width (the head's input), when the builder knows it."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None):
+    def __init__(self, backbone: nn.Module, head: nn.Module | None, feature_dim: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head if head is not None else nn.Identity()
+        self.feature_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -95,4 +99,4 @@ class EmbeddingNet(nn.Module):
 def build_student(arch: str, head_dim: int, head_hidden_dim: int = 0) -> EmbeddingNet:
     backbone, feat_dim = build_backbone(arch)
     hidden = head_hidden_dim or feat_dim
-    return EmbeddingNet(backbone, build_mlp_head(feat_dim, hidden, head_dim))
+    return EmbeddingNet(backbone, build_mlp_head(feat_dim, hidden, head_dim), feat_dim)

@@ -23,3 +23,11 @@ class DatasetError(SeedError, ValueError):
 
 class TrainingError(SeedError):
     """A run that cannot go on (non-finite loss, too many unreadable images, a lost peer)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+class PeerLostError(TrainingError):
+    """Another process of a multi-process run died or stopped answering: stop instead of waiting forever."""

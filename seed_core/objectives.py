@@ -20,10 +20,13 @@ class DistillationObjective(nn.Module):
     def __init__(self, teacher: nn.Module, queue: EmbeddingQueue, loss: str,
                  student_temp: float, teacher_temp: float,
                  teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 fold_bn: bool = True):
+                 fold_bn: bool = True, student_dtype: torch.dtype = torch.float32):
         super().__init__()
         self.teacher = fold_batchnorm(teacher) if fold_bn else teacher
         self.queue, self.loss = queue, loss
+        # SEED's student similarities run in the student's (autocast) precision against a copy of
+        # the queue in that dtype; the teacher side stays fp32.
+        queue.keep_shadow(student_dtype if loss == "seed" and student_dtype != torch.float32 else None)
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.teacher_dtype = teacher_dtype
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -56,8 +59,8 @@ class MoCoObjective(nn.Module):
     """MoCo-v2 without a teacher: two views, a momentum key encoder, InfoNCE over a key queue.
     Trains baseline students and teachers where no public checkpoint exists."""
 
-    def __init__(self, student: nn.Module, queue: EmbeddingQueue, temperature: float = 0.2,
-                 momentum: float = 0.999, key_bn_splits: int = 2):
+    def __init__(self, student: nn.Module, queue: EmbeddingQueue, temperature: float,
+                 momentum: float, key_bn_splits: int = 2):
         super().__init__()
         self.key_encoder = copy.deepcopy(student).requires_grad_(False)
         self.queue, self.temperature, self.momentum = queue, temperature, momentum

@@ -18,10 +18,14 @@ class EmbeddingQueue(nn.Module):
         init = F.normalize(torch.randn(size, dim, generator=generator), dim=1)
         self.register_buffer("embeddings", init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        # Optional reduced-precision copy for fast student-side matmuls, kept in sync row by row
-        # (not saved: it is derived from `embeddings`).
-        self.shadow_dtype = shadow_dtype
-        self.register_buffer("shadow", init.to(shadow_dtype) if shadow_dtype else None, persistent=False)
+        self.keep_shadow(shadow_dtype)
+
+    def keep_shadow(self, dtype: torch.dtype | None) -> None:
+        """Keep a reduced-precision copy (`shadow`) for fast student-side matmuls, in sync row by
+        row (not saved: it is derived from `embeddings`); None drops it. The objective that reads
+        the queue decides."""
+        self.shadow_dtype = dtype
+        self.register_buffer("shadow", self.embeddings.to(dtype) if dtype else None, persistent=False)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)

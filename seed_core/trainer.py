@@ -2,12 +2,12 @@
 checkpoints, progress and metrics. The method itself lives in objectives.py / losses.py."""
 from __future__ import annotations
 
-import json
+import contextlib
+import glob
 import logging
 import os
 import random
 import signal
-import time
 
 import torch
 from torch import nn
@@ -15,35 +15,31 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
-from .constants import CHECKPOINT_FILE
-from .config import CfgNode, ConfigError, cfg_from_string, flatten_cfg, validate_cfg
+from .constants import BACKBONE_FILE, CHECKPOINT_FILE, META_FILE
+from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .data import ResumableSampler, UnlabeledImages, collate, list_images, training_transform
-from .errors import TrainingError
-from .distributed import DistContext, all_reduce_sum, init_distributed, shutdown
+from .errors import PeerLostError
+from .distributed import DistContext, init_distributed, shutdown
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
+from .monitoring import METRICS_FILE, BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
 from .objectives import DistillationObjective, MoCoObjective
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
+from .run_dir import LOG_FILE, RunLog, ensure_output_dir, existing_run, move_aside
 from .schedule import lr_at, scaled_lr
 from .teachers import embedding_dim, load_teacher
+from .yaml_config import flatten_cfg
 
 logger = logging.getLogger(__name__)
 # Settings that may change between a run and its resume without changing the result.
 RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
                      "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS", "OUTPUT_DIR", "DATA.ROOT"}
-
-
-class NonFiniteLossError(TrainingError):
-    pass
-
-
-class TooManyBadImagesError(TrainingError):
-    pass
-
-
-class PeerLostError(TrainingError):
-    """Another rank died or stopped answering: this rank stops instead of waiting forever."""
+CONFIG_FILE = "config.yaml"
+# A folder holding one of these (not empty) holds a run that must not be overwritten silently.
+RUN_MARKERS = (CHECKPOINT_FILE, METRICS_FILE)
+# What a run writes into OUTPUT_DIR; --restart moves these aside (epoch checkpoints are globbed).
+RUN_OUTPUTS = RUN_MARKERS + (CONFIG_FILE, LOG_FILE, "tb", BACKBONE_FILE, META_FILE)
 
 
 class Interrupted(Exception):
@@ -55,14 +51,40 @@ class Interrupted(Exception):
         self.signum, self.iteration, self.path = signum, iteration, path
 
 
-def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None) -> dict:
-    """Run (or resume) a distillation described by `cfg`; returns a summary dict."""
+def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, restart: bool = False) -> dict:
+    """Run (or resume) a distillation described by `cfg`; returns a summary dict. An OUTPUT_DIR that
+    holds a run is continued (`resume`), moved aside (`restart`), or refused."""
     ctx = init_distributed(cfg.TRAIN.DIST_TIMEOUT)
     try:
         validate_cfg(cfg, ctx.world_size)
-        return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
+        claim_output_dir(cfg.OUTPUT_DIR, resume, restart, ctx.is_main)
+        with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main):
+            return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()
+
+
+def claim_output_dir(out_dir: str, resume: bool, restart: bool, is_main: bool) -> None:
+    """Before any work: OUTPUT_DIR must be a writable folder, and a run already in it is never
+    overwritten without being asked (--resume continues it, --restart moves its files aside)."""
+    if resume and restart:
+        raise ConfigError("--resume continues the run in OUTPUT_DIR and --restart moves it aside: choose one")
+    if is_main:
+        ensure_output_dir(out_dir, "OUTPUT_DIR")
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
+            os.unlink(tmp)  # left by a checkpoint write that was killed
+    found = existing_run(out_dir, RUN_MARKERS)
+    if resume or not found:
+        return
+    if not restart:
+        raise ConfigError(f"OUTPUT_DIR {out_dir} already holds a run ({', '.join(found)}). Continue it with "
+                          f"--resume, or start over with --restart (its files are moved to "
+                          f"{os.path.join(out_dir, 'previous-<time>')}, nothing is deleted), or choose another "
+                          f"OUTPUT_DIR.")
+    if is_main:
+        epochs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir), "checkpoint_epoch*.pth")))
+        target = move_aside(out_dir, RUN_OUTPUTS + tuple(epochs))
+        logger.warning("--restart: the previous run's files were moved to %s", target)
 
 
 class Trainer:
@@ -78,8 +100,9 @@ class Trainer:
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_path = os.path.join(self.out_dir, CHECKPOINT_FILE)
 
-        self._build_data()
+        # Models first: a wrong architecture or teacher fails before the image folder is listed.
         self._build_models()
+        self._build_data()
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.peak_lr,
                                          momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         self.scaler = make_grad_scaler(self.precision, self.device)
@@ -113,14 +136,17 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         fmt = torch.channels_last if cfg.TRAIN.CHANNELS_LAST else torch.contiguous_format
         self.memory_format = fmt
-        student = build_student(cfg.MODEL.STUDENT.ARCH, cfg.MODEL.STUDENT.HEAD_DIM, cfg.MODEL.STUDENT.HEAD_HIDDEN_DIM)
+        try:
+            student = build_student(cfg.MODEL.STUDENT.ARCH, cfg.MODEL.STUDENT.HEAD_DIM,
+                                    cfg.MODEL.STUDENT.HEAD_HIDDEN_DIM)
+        except ConfigError as e:
+            raise ConfigError(f"MODEL.STUDENT.ARCH: {e}") from None
+        _check_batch_norm_batch(student, cfg, ctx.world_size)
         if cfg.MODEL.SYNC_BN and ctx.distributed:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student = student.to(self.device, memory_format=fmt)
         queue_gen = torch.Generator().manual_seed(cfg.SEED + 1)
-        # SEED's student similarities run in the training precision; the teacher side stays fp32.
-        shadow = DTYPES[self.precision] if (self.precision != "fp32" and cfg.LOSS.NAME == "seed") else None
-        self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen, shadow).to(self.device)
+        self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen).to(self.device)
         if self.moco:
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM)
         else:
@@ -135,13 +161,12 @@ class Trainer:
                 resolve_precision(cfg.TRAIN.TEACHER_PRECISION, self.device)
             self.objective = DistillationObjective(
                 teacher.to(self.device), self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP,
-                cfg.LOSS.TEACHER_TEMP, DTYPES[t_prec], cfg.TRAIN.CHANNELS_LAST)
+                cfg.LOSS.TEACHER_TEMP, DTYPES[t_prec], cfg.TRAIN.CHANNELS_LAST, student_dtype=DTYPES[self.precision])
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=ids)
         else:
             self.model = self.student
-        self.feature_dim = self.student.head[0].in_features
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self, next_iter: int) -> dict:
@@ -152,6 +177,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "iteration": next_iter,
             "steps_per_epoch": self.steps_per_epoch,
+            "num_images": len(self.dataset),
             "config": self.cfg.dump(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -178,6 +204,7 @@ class Trainer:
             raise CheckpointError(f"--resume: no checkpoint at {self.ckpt_path}; start without --resume")
         ckpt = load_untrusted(self.ckpt_path, map_location=self.device)
         self._check_resume_config(ckpt.get("config", ""))
+        self._check_resume_schedule(ckpt)
         self.student.load_state_dict(ckpt["student"])
         self.queue.load_state_dict(ckpt["queue"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -201,87 +228,72 @@ class Trainer:
                               "continue the same run:\n  " + "\n  ".join(changed) +
                               "\nUse the original settings or a new OUTPUT_DIR.")
 
-    def _prepare_output_dir(self) -> None:
-        """Fail before training if checkpoints could not be written; drop temp files of a killed write."""
-        try:
-            os.makedirs(self.out_dir, exist_ok=True)
-            probe = os.path.join(self.out_dir, ".write_test")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.unlink(probe)
-        except OSError as e:
-            raise CheckpointError(f"OUTPUT_DIR {self.out_dir} is not writable ({e.strerror or e}): "
-                                  f"choose another OUTPUT_DIR or fix its permissions") from None
-        for name in os.listdir(self.out_dir):
-            if name.startswith("." + CHECKPOINT_FILE) and name.endswith(".tmp"):
-                os.unlink(os.path.join(self.out_dir, name))
+    def _check_resume_schedule(self, ckpt: dict) -> None:
+        """The schedule (epoch length, warmup, lr) and the image order follow from the number of
+        images: a folder that grew or shrank since the checkpoint cannot continue the same run."""
+        images, steps = ckpt.get("num_images"), ckpt.get("steps_per_epoch")
+        if (images is None or images == len(self.dataset)) and (steps is None or steps == self.steps_per_epoch):
+            return
+        then = f"{images} images" if images is not None else "a different number of images"
+        raise CheckpointError(
+            f"--resume: DATA.ROOT {self.cfg.DATA.ROOT} now holds {len(self.dataset)} images ({self.steps_per_epoch} "
+            f"iterations per epoch) but the run started with {then} ({steps} iterations per epoch). Resuming "
+            f"would change the schedule (warmup, learning rate, epoch boundaries) and the image order. Restore "
+            f"the image folder, or start a new run (--restart, or another OUTPUT_DIR).")
 
     # ----------------------------------------------------------------------------- loop
     def run(self, resume: bool = False, stop_at_iter: int | None = None) -> dict:
-        cfg, ctx = self.cfg, self.ctx
-        if ctx.is_main:
-            self._prepare_output_dir()
         start = self.load() if resume else 0
-        if ctx.is_main:
-            atomic_write_text(cfg.dump(), os.path.join(self.out_dir, "config.yaml"))
+        if self.ctx.is_main:
+            atomic_write_text(self.cfg.dump(), os.path.join(self.out_dir, CONFIG_FILE))
         end = self.total_iters if stop_at_iter is None else min(self.total_iters, stop_at_iter)
-        log = MetricsLog(self.out_dir, start, enabled=ctx.is_main)
-        progress = _progress_bar(ctx.is_main and cfg.TRAIN.PROGRESS, self.total_iters, start)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        bad_total, skipped_nonfinite, it = 0, 0, start
-        t_last, n_last, loss_sum = time.time(), start, 0.0
-        try:
-            while it < end:
-                epoch, step = divmod(it, self.steps_per_epoch)
-                self.sampler.set_position(epoch, step)
-                bad_seen: set[int] = set()
-                epoch_bad = 0
-                for images, bad in self.loader:
-                    new_bad = len(set(bad) - bad_seen)
-                    bad_seen.update(bad)
-                    loss, stats = self._guarded_step(images, it, new_bad)
-                    bad_total += int(stats[2])
-                    epoch_bad += int(stats[2])
-                    if stats[1] > 0:  # a rank was asked to stop: every rank stops at the same step
-                        self.save(it + 1)
-                        raise Interrupted(self.stop_signal or signal.SIGTERM, it + 1, self.ckpt_path)
-                    if not torch.isfinite(stats[0]):
-                        skipped_nonfinite += 1
-                        if skipped_nonfinite > 20:
-                            raise NonFiniteLossError(f"loss not finite for 20 consecutive iterations "
-                                                     f"(last: {it}); the last good checkpoint is {self.ckpt_path}")
-                    else:
-                        skipped_nonfinite = 0
-                        loss_sum += float(stats[0]) / ctx.world_size
-                    self._check_bad_images(epoch_bad, epoch)
-                    it += 1
-                    progress.update(1)
-                    if it % cfg.TRAIN.LOG_PERIOD == 0 or it == end:
-                        now = time.time()
-                        n = it - n_last
-                        rec = {"iteration": it, "epoch": round(it / self.steps_per_epoch, 4),
-                               "loss": loss_sum / max(1, n), "lr": self.optimizer.param_groups[0]["lr"],
-                               "images_per_s": n * cfg.SOLVER.BATCH_SIZE / max(now - t_last, 1e-9),
-                               "bad_images": bad_total}
-                        log.write(rec)
-                        progress.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.3g}")
-                        t_last, n_last, loss_sum = now, it, 0.0
-                    if it % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or it % self.steps_per_epoch == 0 or it == end:
-                        self.save(it)
-                    if it >= end:
-                        break
-                if epoch_bad and ctx.is_main:
-                    logger.warning("epoch %d: %d unreadable images skipped (replaced by the next readable "
-                                   "image); %d in the run so far", epoch, epoch_bad, bad_total)
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-            progress.close()
-            log.close()
+        self.bad_images = BadImageCounter(self.dataset.files, self.cfg.DATA.MAX_BAD_FRACTION, self.cfg.DATA.ROOT)
+        self.nonfinite = NonFiniteGuard(self.cfg.LOSS.MAX_NONFINITE, self.ckpt_path)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(_handling_stop_signals(self._on_signal))
+            metrics = MetricsLog(self.out_dir, start, enabled=self.ctx.is_main)
+            stack.callback(metrics.close)
+            progress = _progress_bar(self.ctx.is_main and self.cfg.TRAIN.PROGRESS, self.total_iters, start)
+            stack.callback(progress.close)
+            report = PeriodicReport(metrics, progress, self.cfg.TRAIN.LOG_PERIOD, self.cfg.SOLVER.BATCH_SIZE,
+                                    self.steps_per_epoch, start, self.ctx.world_size)
+            it = self._train(start, end, report)
+        return self._finish(it)
+
+    def _train(self, start: int, end: int, report: PeriodicReport) -> int:
+        """Iterations start..end-1, epoch by epoch; returns the next iteration."""
+        it = start
+        while it < end:
+            epoch, step = divmod(it, self.steps_per_epoch)
+            self.sampler.set_position(epoch, step)
+            self.bad_images.start_epoch(epoch)
+            for images, bad in self.loader:
+                stats = self._guarded_step(images, it, self.bad_images.new_here(bad))
+                self.bad_images.add(stats.bad_images)
+                if stats.stop_requested:  # every rank stops at the same step
+                    self.save(it + 1)
+                    raise Interrupted(self.stop_signal or signal.SIGTERM, it + 1, self.ckpt_path)
+                self.nonfinite.observe(stats, it, self._lr())
+                it += 1
+                report.step_done(it, stats, self._lr(), self.bad_images.total, end)
+                if self._checkpoint_due(it, end):
+                    self.save(it)
+                if it >= end:
+                    break
+            self.bad_images.end_epoch(self.ctx.is_main)
+        return it
+
+    def _checkpoint_due(self, it: int, end: int) -> bool:
+        return it % self.cfg.TRAIN.CHECKPOINT_PERIOD == 0 or it % self.steps_per_epoch == 0 or it == end
+
+    def _lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def _finish(self, it: int) -> dict:
         summary = {"iterations": it, "finished": it >= self.total_iters, "checkpoint": self.ckpt_path,
-                   "bad_images": bad_total, "precision": self.precision}
-        if it >= self.total_iters and ctx.is_main:
-            meta = meta_from_cfg(cfg, self.feature_dim, it, it / self.steps_per_epoch)
+                   "bad_images": self.bad_images.total, "precision": self.precision}
+        if it >= self.total_iters and self.ctx.is_main:
+            meta = meta_from_cfg(self.cfg, self.student.feature_dim, it, it / self.steps_per_epoch)
             summary["backbone"] = write_backbone(self.student.state_dict(), self.out_dir, meta)
         return summary
 
@@ -296,7 +308,7 @@ class Trainer:
                     f"restart with --resume. Detail: {str(e).splitlines()[0][:300]}") from e
             raise
 
-    def _step(self, images: torch.Tensor, it: int, new_bad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, images: torch.Tensor, it: int, new_bad: int) -> StepStats:
         cfg = self.cfg
         images = images.to(self.device, non_blocking=True)
         if images.dim() == 4:
@@ -305,31 +317,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, to_enqueue = self.objective(self.model, images, autocast(self.precision, self.device))
-        # One small all-reduce carries the loss, a stop request and the bad-image count, so every
-        # rank takes the same decision at the same step (no rank is left waiting in a collective).
-        stats = torch.tensor([loss.detach().float().item(), float(self.stop_signal is not None), float(new_bad)],
-                             dtype=torch.float64)
-        stats = all_reduce_sum(stats.to(self.device)).cpu()
-        if not torch.isfinite(stats[0]):
-            if self.precision != "fp16":
-                raise NonFiniteLossError(
-                    f"the loss is not finite at iteration {it} (lr {lr:.4g}); stopping. The last good "
-                    f"checkpoint is kept at {self.ckpt_path}. Lower SOLVER.BASE_LR or check the teacher weights.")
-            return loss, stats  # fp16 overflow: skip this step, keep the queue clean
+        stats = StepStats.gather(loss, self.stop_signal is not None, new_bad, self.device)
+        if not stats.finite:
+            return stats  # skipped on every rank: no update, the queue stays clean (NonFiniteGuard decides)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.objective.after_step(self.model, to_enqueue)
-        return loss, stats
-
-    def _check_bad_images(self, epoch_bad: int, epoch: int) -> None:
-        limit = self.cfg.DATA.MAX_BAD_FRACTION * len(self.dataset)
-        if epoch_bad > limit:
-            raise TooManyBadImagesError(
-                f"{epoch_bad} unreadable images in epoch {epoch}, more than DATA.MAX_BAD_FRACTION = "
-                f"{self.cfg.DATA.MAX_BAD_FRACTION} of {len(self.dataset)}: check {self.cfg.DATA.ROOT} "
-                f"(run with log level DEBUG to list them) or raise DATA.MAX_BAD_FRACTION")
+        return stats
 
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is not None and signum == signal.SIGINT:
@@ -339,46 +335,25 @@ class Trainer:
                        signal.Signals(signum).name)
 
 
-class MetricsLog:
-    """metrics.jsonl (+ TensorBoard) on rank 0; on resume, records past the checkpoint are dropped
-    so the log matches the resumed run."""
+def _check_batch_norm_batch(student: nn.Module, cfg: CfgNode, world_size: int) -> None:
+    """BatchNorm needs at least two images per batch to compute its statistics."""
+    synced = cfg.MODEL.SYNC_BN and world_size > 1
+    per_norm = cfg.SOLVER.BATCH_SIZE if synced else cfg.SOLVER.BATCH_SIZE // world_size
+    if per_norm < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()):
+        raise ConfigError(f"SOLVER.BATCH_SIZE = {cfg.SOLVER.BATCH_SIZE} over {world_size} process(es) gives the "
+                          f"BatchNorm layers of {cfg.MODEL.STUDENT.ARCH} one image per batch, from which they "
+                          f"cannot compute statistics: use at least 2 images per process"
+                          f"{' (or MODEL.SYNC_BN True)' if world_size > 1 else ''}")
 
-    def __init__(self, out_dir: str, start_iter: int, enabled: bool):
-        self.enabled = enabled
-        self.writer = None
-        if not enabled:
-            return
-        self.path = os.path.join(out_dir, "metrics.jsonl")
-        kept = []
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["iteration"] <= start_iter:
-                            kept.append(line)
-                    except (ValueError, KeyError):
-                        continue  # a torn last line from a killed run
-        with open(self.path, "w") as f:
-            f.writelines(kept)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(out_dir, "tb"))
-        except ImportError:
-            logger.info("tensorboard not installed: metrics go to metrics.jsonl only")
 
-    def write(self, rec: dict) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        if self.writer is not None:
-            for k, v in rec.items():
-                if k != "iteration":
-                    self.writer.add_scalar(f"train/{k}", v, rec["iteration"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+@contextlib.contextmanager
+def _handling_stop_signals(handler):
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _is_communication_error(e: RuntimeError) -> bool:

@@ -21,25 +21,24 @@ On the command line, list values are Python literals, e.g.
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import re
 from typing import Iterable, Sequence
 
-import yaml
 from fvcore.common.config import CfgNode
 
 from seed_core.errors import ConfigError
 from seed_core.resnet_spec import RESNET_DEPTHS
+from seed_core.yaml_config import merge_file, merge_overrides
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ConfigError", "get_det_cfg", "add_seed_config", "load_det_config", "merge_det_config",
-           "validate_det_config", "flatten_keys", "BASIC_BLOCK_ROI_HEAD", "RESNET_DEPTHS"]
+           "validate_det_config", "BASIC_BLOCK_ROI_HEAD", "RESNET_DEPTHS"]
 
 # Name under which seed_det.engines.d2 registers its res5 ROI head (BasicBlocks for R18/R34).
 BASIC_BLOCK_ROI_HEAD = "BasicBlockRes5ROIHeads"
+SCHEMA = "seed_det/config.py"
 
 
 def _mirror_detectron2_defaults(c: CfgNode) -> None:
@@ -234,56 +233,14 @@ def get_det_cfg() -> CfgNode:
     return add_seed_config(cfg)
 
 
-def flatten_keys(cfg: CfgNode, prefix: str = "") -> list[str]:
-    """All leaf keys as dotted names, e.g. MODEL.RESNETS.DEPTH."""
-    keys = []
-    for k, v in cfg.items():
-        name = f"{prefix}{k}"
-        keys.extend(flatten_keys(v, name + ".") if isinstance(v, CfgNode) else [name])
-    return keys
-
-
-_UNKNOWN = re.compile(r"Non-existent (?:config )?key:\s*(\S+)")
-
-
-def _as_config_error(cfg: CfgNode, source: str, err: Exception) -> ConfigError:
-    """yacs reports unknown keys as KeyError (files) or AssertionError (overrides): name the key."""
-    text = str(err.args[0]) if err.args else str(err)
-    m = _UNKNOWN.search(text)
-    if not m:
-        return ConfigError(f"{source}: {text}")
-    key = m.group(1).strip("'\"")
-    hints = difflib.get_close_matches(key, flatten_keys(cfg), n=3, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(hints)}?" if hints else ""
-    return ConfigError(f"{source}: unknown config key '{key}'.{hint} "
-                       "Fix the spelling or remove it (see seed_det/config.py for the known keys).")
-
-
 def merge_det_config(cfg: CfgNode, path: str | os.PathLike, opts: Sequence[str] = ()) -> CfgNode:
     """Merge a YAML file (with `_BASE_` chain) and `KEY VALUE` overrides into `cfg`, in place.
 
-    Works for our portable CfgNode and for Detectron2's (its merge_from_file also upgrades old
-    config versions). Errors name the file and the offending key.
+    Works for our portable CfgNode and for Detectron2's. Errors name the file (and line) or the
+    offending key (seed_core.yaml_config, shared with the distillation config).
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}. Pass one of the YAML files in configs/.")
-    try:
-        # allow_unsafe=False: configs are plain YAML; never construct Python objects from them.
-        cfg.merge_from_file(path, allow_unsafe=False)
-    except (KeyError, ValueError, AssertionError, TypeError) as err:
-        raise _as_config_error(cfg, path, err) from err
-    except OSError as err:  # a missing _BASE_ file
-        raise ConfigError(f"{path}: cannot read the config or one of its _BASE_ files: {err}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} (or a _BASE_ of it) is not valid YAML: {err}") from err
-    opts = list(opts)
-    if len(opts) % 2:
-        raise ConfigError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as err:
-        raise _as_config_error(cfg, "command line", err) from err
+    merge_file(cfg, path, schema=SCHEMA)
+    merge_overrides(cfg, opts, schema=SCHEMA)
     return cfg
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 
 from seed_core.errors import SeedError
 from seed_det import engines
-from seed_det.config import BASIC_BLOCK_ROI_HEAD, ConfigError, flatten_keys, get_det_cfg, load_det_config
+from seed_core.yaml_config import flatten_cfg
+from seed_det.config import BASIC_BLOCK_ROI_HEAD, ConfigError, get_det_cfg, load_det_config
 from seed_det.convert import CheckpointError, convert_to_d2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,7 +172,7 @@ def test_defaults_mirror_detectron2():
     from seed_det.engines.d2.config import get_d2_cfg
 
     d2 = get_d2_cfg()
-    for key in flatten_keys(get_det_cfg()):
+    for key in flatten_cfg(get_det_cfg()):
         assert _same(_get(get_det_cfg(), key), _get(d2, key)), key
 
 
@@ -182,7 +183,7 @@ def test_detectron2_config_equals_portable(name):
 
     path = os.path.join(ROOT, "configs", name)
     portable, d2 = load_det_config(path), load_d2_config(path)
-    for key in flatten_keys(portable):
+    for key in flatten_cfg(portable):
         assert _same(_get(portable, key), _get(d2, key)), key
 
 

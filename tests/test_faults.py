@@ -14,7 +14,7 @@ import torch
 
 from conftest import ROOT, moco_state, tiny_opts, write_images
 from seed_core.checkpoint_io import CheckpointError, load_untrusted
-from seed_core.config import load_cfg
+from seed_core.config import ConfigError, load_cfg
 from seed_core.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_disk_full_during_checkpoint_keeps_previous(images, moco_teacher, tmp_pa
 def test_unwritable_output_dir_fails_before_training(images, moco_teacher, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(CheckpointError, match="OUTPUT_DIR .* is not writable"):
+    with pytest.raises(ConfigError, match="OUTPUT_DIR .* is not writable"):
         train(load_cfg(None, tiny_opts(images, moco_teacher, str(blocker / "run"))))
 
 

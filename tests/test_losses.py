@@ -126,3 +126,15 @@ def test_queue_shadow_copy_follows_enqueue_and_load():
     r = EmbeddingQueue(6, 4, torch.Generator().manual_seed(3), shadow_dtype=torch.bfloat16)
     r.load_state_dict(q.state_dict())
     assert "shadow" not in q.state_dict() and torch.equal(r.shadow, q.embeddings.bfloat16())
+
+
+def test_the_objective_decides_the_queue_shadow_dtype():
+    net = build_student("resnet18", head_dim=4)
+    teacher = FrozenTeacher(net.backbone, net.head)
+    for loss, student_dtype, expected in [("seed", torch.bfloat16, torch.bfloat16), ("seed", torch.float32, None),
+                                          ("l2", torch.bfloat16, None)]:
+        queue = EmbeddingQueue(6, 4, shadow_dtype=torch.float16)
+        DistillationObjective(teacher, queue, loss, 0.2, 0.01, fold_bn=False, student_dtype=student_dtype)
+        assert (queue.shadow.dtype if queue.shadow is not None else None) == expected
+        if expected is not None:
+            assert torch.equal(queue.shadow, queue.embeddings.to(expected))

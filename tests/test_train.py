@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -9,7 +10,9 @@ from conftest import moco_state, tiny_opts, write_images
 from seed_core.checkpoint_io import CheckpointError, load_untrusted
 from seed_core.config import ConfigError, load_cfg
 from seed_core.data import DatasetError
-from seed_core.trainer import NonFiniteLossError, TooManyBadImagesError, train
+from seed_core.errors import NonFiniteLossError
+from seed_core.monitoring import TooManyBadImagesError
+from seed_core.trainer import train
 
 
 def run(images, teacher, out, stop_at_iter=None, resume=False, **extra):
@@ -98,7 +101,8 @@ def test_corrupt_and_empty_images_are_skipped_and_counted(moco_teacher, tmp_path
     os.chmod(locked, 0o644)
     assert summary["finished"]
     assert summary["bad_images"] == 2 * unreadable  # each bad file seen once in each of 2 epochs
-    with pytest.raises(TooManyBadImagesError, match="DATA.MAX_BAD_FRACTION"):
+    with pytest.raises(TooManyBadImagesError,
+                       match=r"DATA.MAX_BAD_FRACTION.*for example .*(zero\.jpg|corrupt\.jpg|text\.png|dangling\.png)"):
         run(str(root), moco_teacher, str(tmp_path / "o2"), **{"DATA.MAX_BAD_FRACTION": 0.01})
 
 
@@ -130,3 +134,26 @@ def test_non_finite_loss_stops_naming_the_iteration_and_keeps_last_checkpoint(im
     ckpt = load_untrusted(os.path.join(out, "checkpoint.pth"))
     assert ckpt["iteration"] == 4
     assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("poisoned_calls,max_nonfinite,stops", [({3}, 1, False), ({3, 4}, 1, True)])
+def test_max_nonfinite_skips_that_many_steps_in_a_row(images, tmp_path, monkeypatch, poisoned_calls, max_nonfinite,
+                                                      stops):
+    import seed_core.objectives as objectives
+    real, calls = objectives.info_nce_loss, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("inf") if len(calls) in poisoned_calls else loss
+
+    monkeypatch.setattr(objectives, "info_nce_loss", poisoned)
+    opts = {"LOSS.NAME": "moco", "LOSS.MAX_NONFINITE": max_nonfinite, "SOLVER.MAX_ITER": 6}
+    if stops:
+        with pytest.raises(NonFiniteLossError, match="iteration 3 .*2 such step.*LOSS.MAX_NONFINITE = 1"):
+            run(images, None, str(tmp_path / "o"), **opts)
+    else:
+        summary = run(images, None, str(tmp_path / "o"), **opts)
+        assert summary["finished"] and summary["iterations"] == 6
+        losses = [json.loads(line)["loss"] for line in open(tmp_path / "o" / "metrics.jsonl")]
+        assert math.isnan(losses[2]) and all(map(math.isfinite, losses[:2] + losses[3:]))  # iteration 3 skipped

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import seed_core.checkpoint_io as checkpoint_io  # noqa: E402
 from seed_core.config import load_cfg  # noqa: E402
 from seed_core.distributed import init_distributed, shutdown  # noqa: E402
-from seed_core.trainer import Interrupted, Trainer  # noqa: E402
+from seed_core.trainer import Interrupted, Trainer, claim_output_dir  # noqa: E402
 
 
 def inject_step_faults(trainer, rank):
@@ -60,6 +60,7 @@ def main():
     resume = "--resume" in sys.argv
     cfg = load_cfg(None, [a for a in sys.argv[1:] if a != "--resume"])
     ctx = init_distributed(cfg.TRAIN.DIST_TIMEOUT)
+    claim_output_dir(cfg.OUTPUT_DIR, resume, False, ctx.is_main)
     trainer = Trainer(cfg, ctx)
     inject_step_faults(trainer, ctx.rank)
     inject_write_fault()

@@ -2,7 +2,11 @@
 """Distil a self-supervised teacher into a student (SEED), or train with MoCo-v2.
 
     python tools/distill.py --config configs/distill/r18_from_mocov2_r50.yaml DATA.ROOT /data/imagenet/train
-    torchrun --nproc_per_node 8 tools/distill.py --config ... [--resume] [KEY VALUE ...]
+    torchrun --nproc_per_node 8 tools/distill.py --config ... [KEY VALUE ...] [--resume | --restart]
+
+An OUTPUT_DIR that already holds a run is never overwritten: continue it with --resume, or start
+over with --restart (its files are first moved to OUTPUT_DIR/previous-<time>/). The log of the run
+goes to OUTPUT_DIR/log.txt.
 """
 import argparse
 import os
@@ -10,24 +14,29 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.apps.cli import fail, setup_logging  # noqa: E402
+from tools.apps.cli import fail, parse_with_overrides, setup_logging  # noqa: E402
 from seed_core.config import load_cfg  # noqa: E402
 from seed_core.errors import SeedError  # noqa: E402
 from seed_core.trainer import Interrupted, train  # noqa: E402
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (see configs/distill/)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pth")
+    p.add_argument("--restart", action="store_true",
+                   help="OUTPUT_DIR holds a run: move its files to OUTPUT_DIR/previous-<time>/ and start over")
     p.add_argument("--stop-at-iter", type=int, default=None,
                    help="checkpoint and stop after this iteration (the schedule is unchanged)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    args = p.parse_args(argv)
+    return parse_with_overrides(p, argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     setup_logging()
     try:
         cfg = load_cfg(args.config, args.opts)
-        summary = train(cfg, resume=args.resume, stop_at_iter=args.stop_at_iter)
+        summary = train(cfg, resume=args.resume, stop_at_iter=args.stop_at_iter, restart=args.restart)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)

@@ -17,6 +17,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seed_core.errors import SeedError  # noqa: E402
+from tools.apps.cli import parse_with_overrides  # noqa: E402
 from seed_det.engines import ENGINES, main  # noqa: E402
 
 
@@ -31,8 +32,7 @@ def parse_args(argv=None):
     p.add_argument("--dist-url", default="auto", help="tcp://host:port of machine 0 for multi-node runs")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS, no training")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args(argv)
+    return parse_with_overrides(p, argv)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ..checkpoint_io import atomic_save, load_untrusted
 from ..errors import CheckpointError
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
 from ..images import open_rgb
+from ..run_dir import ensure_output_dir
 from .backbone_io import LoadedBackbone
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,8 @@ def load_or_compute_features(backbone: LoadedBackbone, root: str | Path, image_s
 
     `cache_dir=None` disables caching.
     """
+    if cache_dir:
+        ensure_output_dir(str(cache_dir), "the feature cache folder (--cache-dir)")
     spec = transform_spec(image_size, resize_size)
     dataset = open_image_folder(root, build_eval_transform(image_size, resize_size))
     key = _cache_key(backbone.checksum, dataset, spec)

@@ -88,10 +88,11 @@ def run_key(cfg: CfgNode, identities: dict[str, str]) -> str:
 
 
 def distill(cfg: CfgNode) -> dict:
-    """Train the run `cfg` describes in cfg.OUTPUT_DIR, resuming from its checkpoint if one is there."""
+    """Train the run `cfg` describes in cfg.OUTPUT_DIR, resuming from its checkpoint if one is there
+    (leftovers of an attempt killed before its first checkpoint are moved aside)."""
     from seed_core.trainer import train
     resume = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, CHECKPOINT_FILE))
-    summary = train(cfg, resume=resume)
+    summary = train(cfg, resume=resume, restart=not resume)
     if not summary.get("backbone"):
         raise RuntimeError(f"the run in {cfg.OUTPUT_DIR} stopped after {summary.get('iterations')} iterations "
                            f"without exporting a backbone; run again to resume it")

@@ -10,19 +10,13 @@ from typing import Callable, List, Tuple
 from fvcore.common.config import CfgNode
 
 from seed_core.errors import ConfigError
+from seed_core.yaml_config import cfg_value
 from seed_det.config import BASIC_BLOCK_ROI_HEAD
 
 C4_BACKBONE, FPN_BACKBONE = "build_resnet_backbone", "build_resnet_fpn_backbone"
 NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
 HEAD_NORMS = ("",) + NORMS
 C4_HEADS = ("Res5ROIHeads", BASIC_BLOCK_ROI_HEAD)
-
-
-def _get(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def _rules(cfg: CfgNode) -> List[Tuple[str, Callable, str]]:
@@ -106,7 +100,7 @@ def check_supported(cfg: CfgNode) -> None:
     """Raise ConfigError naming every key whose value the torchvision engine would not honour."""
     problems = []
     for key, ok, what in _rules(cfg):
-        value = _get(cfg, key)
+        value = cfg_value(cfg, key)
         if not ok(value):
             problems.append(f"  {key} = {value!r}: the torchvision engine supports {what}")
     if cfg.SOLVER.AMP.ENABLED:
