@@ -88,7 +88,11 @@ class EmbeddingNet(nn.Module):
         self.backbone = backbone
         self.head = head if head is not None else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]):
+        if isinstance(x, (tuple, list)):
+            # Views of different sizes (SEED's small patches) in one call, so that DDP sees a
+            # single forward per backward.
+            return tuple(self.head(self.backbone(v)) for v in x)
         return self.head(self.backbone(x))
 
 
