@@ -136,6 +136,8 @@ def _small_patch_problems(cfg: CfgNode) -> list[str]:
     problems = []
     if sp.NUM < 0:
         problems.append(f"DATA.SMALL_PATCHES.NUM = {sp.NUM} must be >= 0 (0: no small patches)")
+    if sp.NUM <= 0:
+        return problems  # SIZE and SCALE are unused
     if not 0 < sp.SIZE <= cfg.DATA.IMAGE_SIZE:
         problems.append(f"DATA.SMALL_PATCHES.SIZE = {sp.SIZE} must be in (0, DATA.IMAGE_SIZE = "
                         f"{cfg.DATA.IMAGE_SIZE}]: a small patch larger than the main view is not small")
@@ -143,7 +145,7 @@ def _small_patch_problems(cfg: CfgNode) -> list[str]:
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         problems.append(f"DATA.SMALL_PATCHES.SCALE = {scale} must be two numbers (lo, hi) with "
                         f"0 < lo <= hi <= 1 (fractions of the image area)")
-    if sp.NUM > 0 and cfg.LOSS.NAME != "seed":
+    if cfg.LOSS.NAME != "seed":
         problems.append(f"DATA.SMALL_PATCHES.NUM = {sp.NUM} needs LOSS.NAME seed (small patches are "
                         f"SEED's multi-view variant), not {cfg.LOSS.NAME}")
     return problems

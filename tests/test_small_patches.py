@@ -158,3 +158,8 @@ def test_small_patches_need_the_seed_loss(images, moco_teacher, tmp_path):
     cfg = load_cfg(None, tiny_opts(images, moco_teacher, str(tmp_path / "x"), **SMALL, **{"LOSS.NAME": "moco"}))
     with pytest.raises(ConfigError, match="needs LOSS.NAME seed"):
         validate_cfg(cfg)
+
+
+def test_small_patch_size_and_scale_are_ignored_without_patches(images, moco_teacher, tmp_path):
+    # the default 96 px patch at a 32 px main view is fine while no patch is asked for
+    validate_cfg(load_cfg(None, tiny_opts(images, moco_teacher, str(tmp_path / "x"))))
