@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchvision import transforms as T
-
 from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 # The teacher format -> the recipe its checkpoint was trained with. Formats that say nothing about
@@ -55,9 +53,10 @@ def resolve_recipe(name: str, teacher_format: str | None) -> str:
     return TEACHER_RECIPES.get(teacher_format or "", DEFAULT_RECIPE)
 
 
-def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None = None) -> T.Compose:
+def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None = None):
     """The transform of recipe `name` at `size` px; `crop_scale` replaces the recipe's crop range
     (small patches). "none" resizes and centre-crops only."""
+    from torchvision import transforms as T  # here, so that config validation stays light
     if name == "none":
         return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     if name not in RECIPES:
