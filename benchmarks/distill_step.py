@@ -13,6 +13,7 @@ and the share of queue + similarity + loss in our step. Variants are timed inter
     python benchmarks/distill_step.py                       # R18 <- R50, K 65536, batch 64, 112 px
     python benchmarks/distill_step.py --teacher resnet152 --queue-size 4096
     python benchmarks/distill_step.py --with-data           # + end-to-end throughput with data loading
+    python benchmarks/distill_step.py --small-patches 6     # + the cost of SEED's small patches
 """
 import argparse
 import json
@@ -44,30 +45,44 @@ def make_teacher(arch, dim, seed=1):
 
 
 class OursStep:
-    def __init__(self, student, teacher, queue_init, precision, channels_last=True):
+    """Our training step; with `small_patches`, inputs are (main views, small patches) and a
+    second queue holds the small patches' teacher embeddings."""
+
+    def __init__(self, student, teacher, queue_init, precision, channels_last=True, small_patches=False):
         self.precision = precision
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.student = student.to(memory_format=self.fmt)
-        self.queue = EmbeddingQueue(*queue_init.shape)
+        self.queue = _queue_from(queue_init)
+        small_queue = _queue_from(queue_init) if small_patches else None
+        # The objective gives each queue its reduced-precision copy, as in training.
         self.objective = DistillationObjective(teacher, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
-                                               DTYPES[precision], channels_last, student_dtype=DTYPES[precision])
-        self.queue.load_state_dict({"embeddings": queue_init.clone(), "ptr": torch.zeros((), dtype=torch.long)})
+                                               DTYPES[precision], channels_last, student_dtype=DTYPES[precision],
+                                               small_queue=small_queue)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+    def _inputs(self, x):
+        if isinstance(x, tuple):
+            return x[0].contiguous(memory_format=self.fmt), x[1]
+        return x.contiguous(memory_format=self.fmt)
 
     def loss_only(self, x):
         with torch.no_grad():
-            loss, _ = self.objective(self.student, x.contiguous(memory_format=self.fmt),
-                                     autocast(self.precision, x.device))
+            loss, _ = self.objective(self.student, self._inputs(x), autocast(self.precision, torch.device("cpu")))
         return float(loss)
 
     def __call__(self, x):
-        x = x.contiguous(memory_format=self.fmt)
-        loss, z_t = self.objective(self.student, x, autocast(self.precision, x.device))
+        loss, z_t = self.objective(self.student, self._inputs(x), autocast(self.precision, torch.device("cpu")))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.objective.after_step(self.student, z_t)
         return loss
+
+
+def _queue_from(init: torch.Tensor) -> EmbeddingQueue:
+    queue = EmbeddingQueue(*init.shape)
+    queue.load_state_dict({"embeddings": init.clone(), "ptr": torch.zeros((), dtype=torch.long)})
+    return queue
 
 
 class ReferenceStep:
@@ -123,18 +138,20 @@ class BareStep:
 class QueueLossStep:
     """Only what the queue adds: similarities, soft cross-entropy (fwd+bwd) and enqueue."""
 
-    def __init__(self, ours: OursStep, batch: int, dim: int):
+    def __init__(self, ours: OursStep, batch: int, dim: int, queue: EmbeddingQueue | None = None,
+                 enqueue_rows: int | None = None):
         g = torch.Generator().manual_seed(3)
         self.zs = F.normalize(torch.randn(batch, dim, generator=g), dim=1).requires_grad_(True)
         self.zt = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
-        self.o = ours
+        self.queue = queue if queue is not None else ours.queue
+        self.enqueued = self.zt[: enqueue_rows or batch]  # small patches: one per image is enqueued
 
     def __call__(self, x):
         from seed_core.losses import seed_loss
-        loss = seed_loss(self.zs, self.zt, self.o.queue.embeddings, LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
-                         self.o.queue.shadow)
+        loss = seed_loss(self.zs, self.zt, self.queue.embeddings, LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
+                         self.queue.shadow)
         loss.backward()
-        self.o.queue.enqueue(self.zt)
+        self.queue.enqueue(self.enqueued)
         return loss
 
 
@@ -182,6 +199,25 @@ def data_throughput(args, ours: OursStep):
     return (time.perf_counter() - t0) / args.repeats
 
 
+def small_patch_cost(args, student, teacher, queue_init, precision, x) -> dict:
+    """Our step with N small patches per image against our single-view step (same weights, same
+    main views, timed interleaved), and the share of both queues + similarities + losses."""
+    import copy
+    n, side = args.small_patches, args.patch_size
+    small = torch.randn(args.batch, n, 3, side, side, generator=torch.Generator().manual_seed(5))
+    single = OursStep(copy.deepcopy(student), teacher, queue_init, precision)
+    multi = OursStep(copy.deepcopy(student), teacher, queue_init, precision, small_patches=True)
+    main_queue = QueueLossStep(multi, args.batch, args.dim)
+    small_queue = QueueLossStep(multi, args.batch * n, args.dim, queue=multi.objective.small_queue,
+                                enqueue_rows=args.batch)
+    inputs = (x, small)
+    t = time_interleaved({"single": lambda _: single(x), "small": lambda _: multi(inputs),
+                          "queues": lambda _: (main_queue(None), small_queue(None))},
+                         None, args.repeats, args.warmup)
+    return {"num": n, "size": side, "seconds_per_step": {"single_view": t["single"], "with_small": t["small"]},
+            "cost_ratio": t["small"] / t["single"], "queues_loss_share": t["queues"] / t["small"]}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -200,6 +236,9 @@ def main(argv=None):
     p.add_argument("--with-data", action="store_true", help="also measure throughput with data loading")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
+    p.add_argument("--small-patches", type=int, default=0,
+                   help="also time SEED's small-patch variant with this many small views per image")
+    p.add_argument("--patch-size", type=int, default=48, help="side of a small patch, px (96 at 224)")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     if args.threads:
@@ -241,6 +280,9 @@ def main(argv=None):
         "loss": {"ours": loss_ours, "reference": loss_ref, "abs_diff": abs(loss_ours - loss_ref)},
         "peak_rss_mb": peak_rss_mb(),
     }
+    if args.small_patches:
+        res["small_patches"] = small_patch_cost(args, student_ours, teacher_ours, queue_init, precision, x)
+        res["peak_rss_mb"] = peak_rss_mb()
     if args.with_data:
         t_data = data_throughput(args, ours)
         res["end_to_end"] = {"seconds_per_step": t_data, "images_per_s": args.batch / t_data,
@@ -274,6 +316,12 @@ def print_table(r):
         print(f"input pipeline cost: {100 * r['end_to_end']['input_pipeline_cost']:+.1f}% over the model-only step")
     print(f"loss ours {r['loss']['ours']:.5f} vs reference {r['loss']['reference']:.5f} "
           f"(|diff| {r['loss']['abs_diff']:.2e})")
+    if "small_patches" in r:
+        sp = r["small_patches"]
+        print(f"\nsmall patches: {sp['num']} x {sp['size']} px per image: "
+              f"{sp['seconds_per_step']['with_small']:.3f} s/step vs {sp['seconds_per_step']['single_view']:.3f} "
+              f"single-view = {sp['cost_ratio']:.2f}x; both queues + similarities + losses "
+              f"{100 * sp['queues_loss_share']:.1f}% of the step")
     print(f"peak memory (RSS): {r['peak_rss_mb']:.0f} MB")
 
 

@@ -34,7 +34,8 @@ ROOT = os.path.dirname(HERE)
 # A few iterations on 12 digits per class: checks the whole pipeline, numbers mean nothing.
 TINY = dict(seeds=(0,), max_per_class=12, teacher_arch="resnet18", teacher_max_iter=2, max_iter=2,
             batch_size=8, queue_size=32, num_workers=0, precision="fp32")
-TINY_ABLATION_VALUES = {"teacher_temp": (1e-3, 1e-2), "queue_size": (16, 32), "teacher_epochs": (1, 2)}
+TINY_ABLATION_VALUES = {"teacher_temp": (1e-3, 1e-2), "queue_size": (16, 32), "teacher_epochs": (1, 2),
+                        "small_patches": (0, 2)}
 
 
 def parse_args(argv=None):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fvcore.common.config import CfgNode as _CfgNode
 
+from .augmentations import CHOICES as AUGMENTATION_CHOICES
 from .errors import ConfigError
 from .yaml_config import cfg_value, flatten_cfg, merge_file, merge_overrides  # noqa: F401 - flatten_cfg is part of this API
 
@@ -48,7 +49,12 @@ def get_default_cfg() -> CfgNode:
     C.DATA.ROOT = ""                         # ImageFolder root (class sub-folders) or a flat folder of images
     C.DATA.IMAGE_SIZE = 224
     C.DATA.NUM_WORKERS = 8
-    C.DATA.AUGMENTATION = "mocov2"           # mocov2 | glyphs (digits/characters: no flip) | none
+    C.DATA.AUGMENTATION = "auto"             # auto: the teacher's own recipe (MoCo-v2, SwAV, SimCLR); or
+                                             # mocov2 | swav | simclr | glyphs (digits: no flip) | none
+    C.DATA.SMALL_PATCHES = CfgNode()         # SEED's multi-view variant: extra small views, own queue
+    C.DATA.SMALL_PATCHES.NUM = 0             # small views per image (the official SwAV recipe: 6)
+    C.DATA.SMALL_PATCHES.SIZE = 96           # px
+    C.DATA.SMALL_PATCHES.SCALE = (0.05, 0.14)  # crop area range of a small view
     C.DATA.MAX_BAD_FRACTION = 0.01           # unreadable images tolerated per epoch before failing
 
     C.SOLVER = CfgNode()
@@ -76,7 +82,7 @@ def get_default_cfg() -> CfgNode:
 _CHOICES = {
     "LOSS.NAME": ("seed", "l2", "moco"),
     "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "torchvision", "timm", "seed"),
-    "DATA.AUGMENTATION": ("mocov2", "glyphs", "none"),
+    "DATA.AUGMENTATION": AUGMENTATION_CHOICES,
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.TEACHER_PRECISION": ("auto", "fp32", "bf16", "fp16"),
 }
@@ -111,11 +117,32 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
         problems.append(f"QUEUE.SIZE = {cfg.QUEUE.SIZE} is smaller than the global batch "
                         f"SOLVER.BATCH_SIZE = {cfg.SOLVER.BATCH_SIZE}: a batch would overwrite itself "
                         f"in the queue; raise QUEUE.SIZE or lower the batch")
+    problems += _small_patch_problems(cfg)
     if cfg.LOSS.NAME in ("seed", "l2") and not cfg.MODEL.TEACHER.WEIGHTS:
         problems.append(f"MODEL.TEACHER.WEIGHTS is empty but LOSS.NAME = {cfg.LOSS.NAME} needs a "
                         f"teacher checkpoint (or use LOSS.NAME moco to train without a teacher)")
     if problems:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
+
+
+def _small_patch_problems(cfg: CfgNode) -> list[str]:
+    sp = cfg.DATA.SMALL_PATCHES
+    problems = []
+    if sp.NUM < 0:
+        problems.append(f"DATA.SMALL_PATCHES.NUM = {sp.NUM} must be >= 0 (0: no small patches)")
+    if sp.NUM <= 0:
+        return problems  # SIZE and SCALE are unused
+    if not 0 < sp.SIZE <= cfg.DATA.IMAGE_SIZE:
+        problems.append(f"DATA.SMALL_PATCHES.SIZE = {sp.SIZE} must be in (0, DATA.IMAGE_SIZE = "
+                        f"{cfg.DATA.IMAGE_SIZE}]: a small patch larger than the main view is not small")
+    scale = tuple(sp.SCALE)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        problems.append(f"DATA.SMALL_PATCHES.SCALE = {scale} must be two numbers (lo, hi) with "
+                        f"0 < lo <= hi <= 1 (fractions of the image area)")
+    if cfg.LOSS.NAME != "seed":
+        problems.append(f"DATA.SMALL_PATCHES.NUM = {sp.NUM} needs LOSS.NAME seed (small patches are "
+                        f"SEED's multi-view variant), not {cfg.LOSS.NAME}")
+    return problems
 
 
 def load_cfg(path: str | None = None, opts: list[str] | tuple = ()) -> CfgNode:

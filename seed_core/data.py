@@ -1,5 +1,5 @@
-"""Images for distillation: ImageFolder or flat folders, MoCo-v2 (or digit-safe "glyphs")
-augmentation, a resumable sampler, and unreadable files skipped and counted instead of killing a
+"""Images for distillation: ImageFolder or flat folders, augmented views (recipes in
+augmentations.py), a resumable sampler, and unreadable files skipped and counted instead of killing a
 multi-day run."""
 from __future__ import annotations
 
@@ -10,9 +10,7 @@ from typing import Iterator
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
-from torchvision import transforms as T
 
-from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .errors import DatasetError
 from .images import open_rgb
 
@@ -51,60 +49,23 @@ def list_images(root: str) -> list[str]:
     return files
 
 
-def mocov2_transform(size: int) -> T.Compose:
-    """MoCo-v2 augmentation (also SEED's): crop, colour jitter, grey, blur, flip."""
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the image, odd
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.2, 1.0)),
-        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-def glyphs_transform(size: int) -> T.Compose:
-    """For characters and digits, where a mirror image or a small fragment is a different symbol:
-    gentle crops, small rotations/shears, contrast and blur; no flip, no colour."""
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-    return T.Compose([
-        T.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.8, 1.25)),
-        T.RandomApply([T.RandomAffine(degrees=15, translate=(0.1, 0.1), shear=10)], p=0.8),
-        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
-        T.RandomApply([T.GaussianBlur(kernel, sigma=(0.1, 1.0))], p=0.5),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
-
-
-AUGMENTATIONS = {"mocov2": mocov2_transform, "glyphs": glyphs_transform}
-
-
-def plain_transform(size: int) -> T.Compose:
-    return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def training_transform(name: str, size: int) -> T.Compose:
-    """DATA.AUGMENTATION by name; "none" resizes and center-crops only."""
-    if name == "none":
-        return plain_transform(size)
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {name!r}: choose from none, {', '.join(AUGMENTATIONS)}")
-    return AUGMENTATIONS[name](size)
-
-
 class UnlabeledImages(Dataset):
     """Indexed by (epoch, index) so each sample's augmentation is seeded by (seed, epoch, index):
     the same on any worker, after any resume. A file that cannot be decoded is replaced by the
-    next readable one and reported in the sample's `bad` list."""
+    next readable one and reported in the sample's `bad` list.
 
-    def __init__(self, files: list[str], transform, views: int = 1, seed: int = 0):
+    A sample is `views` augmented views of the image (stacked when more than one) and, with
+    `small_views` > 0, also that many small patches from `small_transform`: (main, small patches)."""
+
+    def __init__(self, files: list[str], transform, views: int = 1, seed: int = 0,
+                 small_transform=None, small_views: int = 0):
+        if small_views and small_transform is None:
+            raise ValueError("small_views > 0 needs a small_transform")
         self.files = files
         self.transform = transform
         self.views = views
         self.seed = seed
+        self.small_transform, self.small_views = small_transform, small_views
 
     def __len__(self) -> int:
         return len(self.files)
@@ -112,7 +73,7 @@ class UnlabeledImages(Dataset):
     def _open(self, path: str) -> Image.Image:
         return open_rgb(path)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, list[int]]:
+    def __getitem__(self, key) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], list[int]]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         bad = []
         for attempt in range(len(self.files)):
@@ -128,11 +89,20 @@ class UnlabeledImages(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
             views = [self.transform(img) for _ in range(self.views)]
-        return (views[0] if self.views == 1 else torch.stack(views)), bad
+            main = views[0] if self.views == 1 else torch.stack(views)
+            if not self.small_views:
+                return main, bad
+            small = torch.stack([self.small_transform(img) for _ in range(self.small_views)])
+        return (main, small), bad
 
 
 def collate(batch):
-    images = torch.stack([b[0] for b in batch])
+    """Stack samples into a batch (a pair of batches for samples with small patches)."""
+    first = batch[0][0]
+    if isinstance(first, tuple):
+        images = tuple(torch.stack([b[0][j] for b in batch]) for j in range(len(first)))
+    else:
+        images = torch.stack([b[0] for b in batch])
     bad = [i for b in batch for i in b[1]]
     return images, bad
 

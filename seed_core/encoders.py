@@ -92,7 +92,11 @@ class EmbeddingNet(nn.Module):
         self.head = head if head is not None else nn.Identity()
         self.feature_dim = feature_dim
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]):
+        if isinstance(x, (tuple, list)):
+            # Views of different sizes (SEED's small patches) in one call, so that DDP sees a
+            # single forward per backward.
+            return tuple(self.head(self.backbone(v)) for v in x)
         return self.head(self.backbone(x))
 
 

@@ -31,7 +31,9 @@ def write_backbone(student_state: dict, out_dir: str, meta: dict) -> str:
     return path
 
 
-def meta_from_cfg(cfg, feature_dim: int, iterations: int, epochs: float) -> dict:
+def meta_from_cfg(cfg, feature_dim: int, iterations: int, epochs: float, augmentation: str | None = None) -> dict:
+    """What a backbone is: architecture, how it was trained (with the resolved augmentation
+    recipe, when DATA.AUGMENTATION is auto) and the full config."""
     return {
         "arch": cfg.MODEL.STUDENT.ARCH,
         "feature_dim": feature_dim,
@@ -42,6 +44,8 @@ def meta_from_cfg(cfg, feature_dim: int, iterations: int, epochs: float) -> dict
         "iterations": iterations,
         "epochs": round(epochs, 3),
         "image_size": cfg.DATA.IMAGE_SIZE,
+        "augmentation": augmentation or cfg.DATA.AUGMENTATION,
+        "small_patches": cfg.DATA.SMALL_PATCHES.NUM,
         "config": cfg.dump(),
     }
 
@@ -58,4 +62,4 @@ def export_from_checkpoint(checkpoint_path: str, out_dir: str) -> str:
     net.load_state_dict(state, strict=True)
     it = int(ckpt.get("iteration", 0))
     spe = max(1, int(ckpt.get("steps_per_epoch", 1)))
-    return write_backbone(ckpt["student"], out_dir, meta_from_cfg(cfg, dim, it, it / spe))
+    return write_backbone(ckpt["student"], out_dir, meta_from_cfg(cfg, dim, it, it / spe, ckpt.get("augmentation")))

@@ -14,19 +14,32 @@ from .queue import EmbeddingQueue
 from .teachers import fold_batchnorm
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalised embeddings in at least fp32 (bf16/fp16 network outputs are promoted)."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=1)
+
+
 class DistillationObjective(nn.Module):
-    """SEED (or L2): the same view goes to the frozen teacher and to the student."""
+    """SEED (or L2): the same view goes to the frozen teacher and to the student.
+
+    With `small_queue` (SEED's small-patch variant), a batch is (main views, small patches of
+    shape B x N x C x h x w): the loss adds the SEED loss of the small patches against their own
+    queue, and the small queue takes the teacher embedding of each image's first small patch."""
 
     def __init__(self, teacher: nn.Module, queue: EmbeddingQueue, loss: str,
                  student_temp: float, teacher_temp: float,
                  teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 fold_bn: bool = True, student_dtype: torch.dtype = torch.float32):
+                 fold_bn: bool = True, student_dtype: torch.dtype = torch.float32,
+                 small_queue: EmbeddingQueue | None = None):
         super().__init__()
         self.teacher = fold_batchnorm(teacher) if fold_bn else teacher
-        self.queue, self.loss = queue, loss
+        self.queue, self.small_queue, self.loss = queue, small_queue, loss
         # SEED's student similarities run in the student's (autocast) precision against a copy of
-        # the queue in that dtype; the teacher side stays fp32.
-        queue.keep_shadow(student_dtype if loss == "seed" and student_dtype != torch.float32 else None)
+        # each queue in that dtype; the teacher side stays fp32.
+        shadow = student_dtype if loss == "seed" and student_dtype != torch.float32 else None
+        for q in (queue, small_queue):
+            if q is not None:
+                q.keep_shadow(shadow)
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.teacher_dtype = teacher_dtype
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -36,23 +49,38 @@ class DistillationObjective(nn.Module):
 
     @torch.inference_mode()
     def teacher_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.teacher(images.to(self.teacher_dtype)).float(), dim=1)
+        return _unit(self.teacher(images.to(self.teacher_dtype)))
 
-    def forward(self, student: nn.Module, images: torch.Tensor, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor]:
-        # clone(): inference tensors cannot be saved for backward (the student loss uses z_t).
-        z_t = self.teacher_embedding(images).clone()
-        with autocast_ctx:
-            out = student(images)
-        z_s = F.normalize(out.float(), dim=1)
+    def _view_loss(self, z_s: torch.Tensor, z_t: torch.Tensor, queue: EmbeddingQueue) -> torch.Tensor:
         if self.loss == "l2":
-            loss = l2_loss(z_s, z_t)
-        else:
-            loss = seed_loss(z_s, z_t, self.queue.embeddings, self.student_temp, self.teacher_temp,
-                             student_queue=self.queue.shadow)
-        return loss, z_t
+            return l2_loss(z_s, z_t)
+        return seed_loss(z_s, z_t, queue.embeddings, self.student_temp, self.teacher_temp,
+                         student_queue=queue.shadow)
 
-    def after_step(self, student: nn.Module, to_enqueue: torch.Tensor) -> None:
-        self.queue.enqueue(all_gather_cat(to_enqueue))
+    def forward(self, student: nn.Module, images, autocast_ctx):
+        if self.small_queue is None:
+            # clone(): inference tensors cannot be saved for backward (the student loss uses z_t).
+            z_t = self.teacher_embedding(images).clone()
+            with autocast_ctx:
+                out = student(images)
+            return self._view_loss(_unit(out), z_t, self.queue), z_t
+        main, small = images
+        b, n = small.shape[:2]
+        small = small.flatten(0, 1)
+        z_t, z_t_small = self.teacher_embedding(main).clone(), self.teacher_embedding(small).clone()
+        with autocast_ctx:
+            out, out_small = student((main, small))
+        loss = (self._view_loss(_unit(out), z_t, self.queue)
+                + self._view_loss(_unit(out_small), z_t_small, self.small_queue))
+        # As the official code: one small patch per image (the first) enters the small queue.
+        return loss, (z_t, z_t_small.view(b, n, -1)[:, 0].contiguous())
+
+    def after_step(self, student: nn.Module, to_enqueue) -> None:
+        if self.small_queue is None:
+            self.queue.enqueue(all_gather_cat(to_enqueue))
+            return
+        self.queue.enqueue(all_gather_cat(to_enqueue[0]))
+        self.small_queue.enqueue(all_gather_cat(to_enqueue[1]))
 
 
 class MoCoObjective(nn.Module):

@@ -106,10 +106,13 @@ def guess_resnet_arch(state: dict) -> str | None:
 
 
 class FrozenTeacher(EmbeddingNet):
-    """A teacher that stays in eval mode (BN statistics never update) and has no gradients."""
+    """A teacher that stays in eval mode (BN statistics never update) and has no gradients.
+    `format` names the checkpoint layout it came from (moco, swav, ...), which also tells which
+    augmentation recipe it was trained with."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module | None):
+    def __init__(self, backbone: nn.Module, head: nn.Module | None, format: str | None = None):
         super().__init__(backbone, head)
+        self.format = format
         self.requires_grad_(False)
         super().train(False)
 
@@ -122,12 +125,13 @@ def fold_batchnorm(teacher: nn.Module) -> FrozenTeacher:
     a frozen teacher never updates its statistics, and the fold removes about a third of its
     forward time on CPU. Networks that cannot be traced are returned unchanged."""
     from torch.fx.experimental.optimization import fuse
+    fmt = teacher.format if isinstance(teacher, FrozenTeacher) else None
     try:
         fused = fuse(teacher.eval(), inplace=False)
     except Exception as e:  # noqa: BLE001 - tracing fails in many ways; the unfused teacher is correct
         logger.info("teacher BatchNorm not folded (%s: %s)", type(e).__name__, str(e)[:120])
-        return teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher, None)
-    return FrozenTeacher(fused, None)
+        return teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher, None, fmt)
+    return FrozenTeacher(fused, None, fmt)
 
 
 def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True) -> FrozenTeacher:
@@ -145,7 +149,7 @@ def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True)
         _load_exact(head, head_state, f"teacher projection head (format {fmt})", path)
     logger.info("teacher %s loaded from %s (format %s, %s)", arch, path, fmt,
                 "with its projection head" if head is not None else "backbone features")
-    return FrozenTeacher(backbone, head)
+    return FrozenTeacher(backbone, head, fmt)
 
 
 def embedding_dim(model: nn.Module, image_size: int = 64) -> int:

@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .constants import BACKBONE_FILE, CHECKPOINT_FILE, META_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
-from .data import ResumableSampler, UnlabeledImages, collate, list_images, training_transform
+from .augmentations import build_transform, resolve_recipe
+from .data import ResumableSampler, UnlabeledImages, collate, list_images
 from .errors import PeerLostError
 from .distributed import DistContext, init_distributed, shutdown
 from .encoders import build_student
@@ -100,7 +101,8 @@ class Trainer:
         self.out_dir = cfg.OUTPUT_DIR
         self.ckpt_path = os.path.join(self.out_dir, CHECKPOINT_FILE)
 
-        # Models first: a wrong architecture or teacher fails before the image folder is listed.
+        # Models first: a wrong architecture or teacher fails before the image folder is listed;
+        # the teacher's format then decides the augmentation recipe (DATA.AUGMENTATION auto).
         self._build_models()
         self._build_data()
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.peak_lr,
@@ -112,9 +114,12 @@ class Trainer:
     def _build_data(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         files = list_images(cfg.DATA.ROOT)
-        size = cfg.DATA.IMAGE_SIZE
-        transform = training_transform(cfg.DATA.AUGMENTATION, size)
-        self.dataset = UnlabeledImages(files, transform, views=2 if self.moco else 1, seed=cfg.SEED)
+        self.augmentation = resolve_recipe(cfg.DATA.AUGMENTATION, self.teacher_format)
+        transform = build_transform(self.augmentation, cfg.DATA.IMAGE_SIZE)
+        patches = cfg.DATA.SMALL_PATCHES
+        small = build_transform(self.augmentation, patches.SIZE, tuple(patches.SCALE)) if patches.NUM else None
+        self.dataset = UnlabeledImages(files, transform, views=2 if self.moco else 1, seed=cfg.SEED,
+                                       small_transform=small, small_views=patches.NUM)
         self.sampler = ResumableSampler(len(files), cfg.SOLVER.BATCH_SIZE, ctx.rank, ctx.world_size, cfg.SEED)
         workers = cfg.DATA.NUM_WORKERS
         self.loader = DataLoader(
@@ -129,8 +134,10 @@ class Trainer:
         self.warmup_iters = int(round(cfg.SOLVER.WARMUP_EPOCHS * self.steps_per_epoch))
         self.peak_lr = scaled_lr(cfg.SOLVER.BASE_LR, cfg.SOLVER.BATCH_SIZE)
         if ctx.is_main:
-            logger.info("%d images, %d iterations per epoch, %d iterations in total, lr %.4g",
-                        len(files), self.steps_per_epoch, self.total_iters, self.peak_lr)
+            logger.info("%d images, %d iterations per epoch, %d iterations in total, lr %.4g, "
+                        "augmentation %s%s", len(files), self.steps_per_epoch, self.total_iters,
+                        self.peak_lr, self.augmentation,
+                        f" + {patches.NUM} small patches of {patches.SIZE} px" if patches.NUM else "")
 
     def _build_models(self) -> None:
         cfg, ctx = self.cfg, self.ctx
@@ -147,26 +154,38 @@ class Trainer:
         self.student = student.to(self.device, memory_format=fmt)
         queue_gen = torch.Generator().manual_seed(cfg.SEED + 1)
         self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen).to(self.device)
+        self.small_queue = None
+        if cfg.DATA.SMALL_PATCHES.NUM:
+            self.small_queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM,
+                                              torch.Generator().manual_seed(cfg.SEED + 2)).to(self.device)
+        self.teacher_format = None  # MoCo mode has no teacher
         if self.moco:
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM)
         else:
-            teacher = load_teacher(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH,
-                                   cfg.MODEL.TEACHER.FORMAT, cfg.MODEL.TEACHER.USE_HEAD)
-            t_dim = embedding_dim(teacher)
-            if t_dim != cfg.MODEL.STUDENT.HEAD_DIM:
-                raise ConfigError(f"the teacher's embeddings are {t_dim}-d but the student head outputs "
-                                  f"MODEL.STUDENT.HEAD_DIM = {cfg.MODEL.STUDENT.HEAD_DIM}: set "
-                                  f"MODEL.STUDENT.HEAD_DIM {t_dim}")
             t_prec = self.precision if cfg.TRAIN.TEACHER_PRECISION == "auto" else \
                 resolve_precision(cfg.TRAIN.TEACHER_PRECISION, self.device)
+            teacher = self._load_teacher()
+            self.teacher_format = teacher.format
             self.objective = DistillationObjective(
                 teacher.to(self.device), self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP,
-                cfg.LOSS.TEACHER_TEMP, DTYPES[t_prec], cfg.TRAIN.CHANNELS_LAST, student_dtype=DTYPES[self.precision])
+                cfg.LOSS.TEACHER_TEMP, DTYPES[t_prec], cfg.TRAIN.CHANNELS_LAST,
+                student_dtype=DTYPES[self.precision], small_queue=self.small_queue)
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=ids)
         else:
             self.model = self.student
+
+    def _load_teacher(self):
+        cfg = self.cfg
+        teacher = load_teacher(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH,
+                               cfg.MODEL.TEACHER.FORMAT, cfg.MODEL.TEACHER.USE_HEAD)
+        t_dim = embedding_dim(teacher)
+        if t_dim != cfg.MODEL.STUDENT.HEAD_DIM:
+            raise ConfigError(f"the teacher's embeddings are {t_dim}-d but the student head outputs "
+                              f"MODEL.STUDENT.HEAD_DIM = {cfg.MODEL.STUDENT.HEAD_DIM}: set "
+                              f"MODEL.STUDENT.HEAD_DIM {t_dim}")
+        return teacher
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self, next_iter: int) -> dict:
@@ -178,12 +197,15 @@ class Trainer:
             "iteration": next_iter,
             "steps_per_epoch": self.steps_per_epoch,
             "num_images": len(self.dataset),
+            "augmentation": self.augmentation,
             "config": self.cfg.dump(),
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         }
         if self.moco:
             state["key_encoder"] = self.objective.key_encoder.state_dict()
+        if self.small_queue is not None:
+            state["small_queue"] = self.small_queue.state_dict()
         return state
 
     def save(self, next_iter: int) -> None:
@@ -211,6 +233,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.moco:
             self.objective.key_encoder.load_state_dict(ckpt["key_encoder"])
+        if self.small_queue is not None:
+            self.small_queue.load_state_dict(ckpt["small_queue"])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"].cpu())
         random.setstate(_as_tuple(rng["python"]))
@@ -293,7 +317,8 @@ class Trainer:
         summary = {"iterations": it, "finished": it >= self.total_iters, "checkpoint": self.ckpt_path,
                    "bad_images": self.bad_images.total, "precision": self.precision}
         if it >= self.total_iters and self.ctx.is_main:
-            meta = meta_from_cfg(self.cfg, self.student.feature_dim, it, it / self.steps_per_epoch)
+            meta = meta_from_cfg(self.cfg, self.student.feature_dim, it, it / self.steps_per_epoch,
+                                 self.augmentation)
             summary["backbone"] = write_backbone(self.student.state_dict(), self.out_dir, meta)
         return summary
 
@@ -310,9 +335,13 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, it: int, new_bad: int) -> StepStats:
         cfg = self.cfg
-        images = images.to(self.device, non_blocking=True)
-        if images.dim() == 4:
-            images = images.contiguous(memory_format=self.memory_format)
+        if isinstance(images, tuple):  # main views and small patches
+            images = (images[0].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
+                      images[1].to(self.device, non_blocking=True))
+        else:
+            images = images.to(self.device, non_blocking=True)
+            if images.dim() == 4:
+                images = images.contiguous(memory_format=self.memory_format)
         lr = lr_at(it, self.total_iters, self.peak_lr, self.warmup_iters, cfg.SOLVER.MIN_LR)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

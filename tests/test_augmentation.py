@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from seed_core.config import ConfigError, load_cfg, validate_cfg
-from seed_core.data import training_transform
+from seed_core.augmentations import build_transform as training_transform
 
 
 def _left_block_image(size=32) -> Image.Image:

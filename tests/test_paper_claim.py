@@ -23,7 +23,7 @@ def restore_threads():
 def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--tiny", "--out-dir", str(out), "--work-dir", str(work), "--ablations", "teacher_temp", "queue_size",
-            "teacher_epochs"]
+            "teacher_epochs", "small_patches"]
     assert _load_cli().main(argv) == 0
 
     for stem in ("paper_claim", "paper_claim_teacher_temp", "paper_claim_queue_size", "paper_claim_teacher_epochs"):
@@ -43,6 +43,8 @@ def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
     assert len((out / "paper_claim_queue_size.md").read_text().splitlines()) >= 4
     teachers = json.loads((out / "paper_claim_teacher_epochs.json").read_text())["points"]
     assert [p["value"] for p in teachers] == [1, 2] and all(0 <= p["teacher_top1"] <= 100 for p in teachers)
+    patches = json.loads((out / "paper_claim_small_patches.json").read_text())["points"]
+    assert [p["value"] for p in patches] == [0, 2]
 
 
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):

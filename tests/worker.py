@@ -69,8 +69,10 @@ def main():
     except Interrupted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
-    torch.save({"student": trainer.student.state_dict(), "queue": trainer.queue.state_dict()},
-               os.path.join(cfg.OUTPUT_DIR, f"rank{ctx.rank}.pth"))
+    saved = {"student": trainer.student.state_dict(), "queue": trainer.queue.state_dict()}
+    if trainer.small_queue is not None:
+        saved["small_queue"] = trainer.small_queue.state_dict()
+    torch.save(saved, os.path.join(cfg.OUTPUT_DIR, f"rank{ctx.rank}.pth"))
     shutdown()
 
 

@@ -28,6 +28,8 @@ ABLATIONS = {
     "queue_size": ("queue_size", (128, 512, 2048), "queue size K"),
     # Teacher strength (the paper varies the teacher's architecture): a longer-trained teacher.
     "teacher_epochs": ("teacher_epochs", (10, 20, 40, 80), "teacher MoCo-v2 epochs"),
+    # SEED's multi-view variant: small patches per image (the official count is 6).
+    "small_patches": ("small_patches", (0, 6), "small patches per image"),
 }
 TEACHER_ABLATIONS = frozenset({"teacher_epochs"})
 # The teacher must beat every random-init network by this many k-NN top-1 points to count as a teacher.
@@ -58,6 +60,8 @@ class Settings:
     moco_momentum: float = 0.99            # 0.999 barely moves the key encoder in a few hundred steps
     num_workers: int = 1
     precision: str = "auto"
+    small_patches: int = 0                 # SEED students only
+    small_patch_size: int = 14             # the official 96 px at 224, scaled to 32 px images
     extra: dict = field(default_factory=dict)  # further KEY VALUE overrides for every run
 
 
@@ -97,6 +101,8 @@ def run_opts(s: Settings, data: Digits, arch: str, loss: str, seed: int, epochs:
     }
     if teacher is not None:
         opts.update({"MODEL.TEACHER.ARCH": s.teacher_arch, "MODEL.TEACHER.WEIGHTS": teacher.checkpoint})  # format auto-detected
+    if loss == "seed" and s.small_patches:
+        opts.update({"DATA.SMALL_PATCHES.NUM": s.small_patches, "DATA.SMALL_PATCHES.SIZE": s.small_patch_size})
     opts.update(s.extra)
     flat = []
     for k, v in opts.items():
