@@ -25,7 +25,8 @@ from .export import meta_from_cfg, write_backbone
 from .objectives import DistillationObjective, MoCoObjective
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
-from .schedule import lr_at, scaled_lr
+from .shuffle_bn import resolve_bn_splits
+from .schedule import lr_at, scaled_lr, warmup_epochs
 from .teachers import embedding_dim, load_teacher
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.SEED))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_iters = cfg.SOLVER.MAX_ITER or cfg.SOLVER.EPOCHS * self.steps_per_epoch
-        self.warmup_iters = int(round(cfg.SOLVER.WARMUP_EPOCHS * self.steps_per_epoch))
+        warmup = warmup_epochs(cfg.SOLVER.WARMUP_EPOCHS, cfg.LOSS.NAME, cfg.SOLVER.BATCH_SIZE)
+        self.warmup_iters = int(round(warmup * self.steps_per_epoch))
         self.peak_lr = scaled_lr(cfg.SOLVER.BASE_LR, cfg.SOLVER.BATCH_SIZE)
         if ctx.is_main:
             logger.info("%d images, %d iterations per epoch, %d iterations in total, lr %.4g",
@@ -122,7 +124,8 @@ class Trainer:
         shadow = DTYPES[self.precision] if (self.precision != "fp32" and cfg.LOSS.NAME == "seed") else None
         self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen, shadow).to(self.device)
         if self.moco:
-            self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM)
+            splits = resolve_bn_splits(cfg.LOSS.MOCO_BN_SPLITS, self.sampler.local_batch, ctx.world_size)
+            self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM, splits)
         else:
             teacher = load_teacher(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH,
                                    cfg.MODEL.TEACHER.FORMAT, cfg.MODEL.TEACHER.USE_HEAD)
