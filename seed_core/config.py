@@ -40,6 +40,7 @@ def get_default_cfg() -> CfgNode:
     C.LOSS.TEACHER_TEMP = 0.01               # tau_T
     C.LOSS.MOCO_TEMP = 0.2                   # MoCo-v2 InfoNCE temperature
     C.LOSS.MOCO_MOMENTUM = 0.999             # key-encoder EMA
+    C.LOSS.MOCO_BN_SPLITS = 0                # shuffled-BN groups per process (0: auto, see seed_core/shuffle_bn.py)
     C.LOSS.MAX_NONFINITE = 0                 # non-finite steps in a row skipped (no update) before stopping
 
     C.QUEUE = CfgNode()
@@ -64,7 +65,7 @@ def get_default_cfg() -> CfgNode:
     C.SOLVER.BASE_LR = 0.03                  # for a batch of 256; scaled linearly
     C.SOLVER.MOMENTUM = 0.9
     C.SOLVER.WEIGHT_DECAY = 1e-4
-    C.SOLVER.WARMUP_EPOCHS = 5.0
+    C.SOLVER.WARMUP_EPOCHS = -1.0            # -1: as the official code (seed_core/schedule.py warmup_epochs)
     C.SOLVER.MIN_LR = 0.0
 
     C.TRAIN = CfgNode()
@@ -100,10 +101,12 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     for key in positive:
         if not cfg_value(cfg, key) > 0:
             problems.append(f"{key} = {cfg_value(cfg, key)} must be > 0")
-    for key in ["SOLVER.WEIGHT_DECAY", "SOLVER.MOMENTUM", "SOLVER.WARMUP_EPOCHS", "SOLVER.MIN_LR",
+    for key in ["SOLVER.WEIGHT_DECAY", "SOLVER.MOMENTUM", "SOLVER.MIN_LR", "LOSS.MOCO_BN_SPLITS",
                 "SOLVER.MAX_ITER", "DATA.NUM_WORKERS", "MODEL.STUDENT.HEAD_HIDDEN_DIM", "LOSS.MAX_NONFINITE"]:
         if cfg_value(cfg, key) < 0:
             problems.append(f"{key} = {cfg_value(cfg, key)} must be >= 0")
+    if cfg.SOLVER.WARMUP_EPOCHS < 0 and cfg.SOLVER.WARMUP_EPOCHS != -1:
+        problems.append(f"SOLVER.WARMUP_EPOCHS = {cfg.SOLVER.WARMUP_EPOCHS} must be >= 0 (or -1: automatic)")
     if not 0 <= cfg.LOSS.MOCO_MOMENTUM < 1:
         problems.append(f"LOSS.MOCO_MOMENTUM = {cfg.LOSS.MOCO_MOMENTUM} must be in [0, 1)")
     if not 0 <= cfg.DATA.MAX_BAD_FRACTION <= 1:

@@ -11,6 +11,7 @@ from torch import nn
 from .distributed import all_gather_cat
 from .losses import info_nce_loss, l2_loss, seed_loss
 from .queue import EmbeddingQueue
+from .shuffle_bn import grouped_forward, shuffled_keys
 from .teachers import fold_batchnorm
 
 
@@ -85,32 +86,22 @@ class DistillationObjective(nn.Module):
 
 class MoCoObjective(nn.Module):
     """MoCo-v2 without a teacher: two views, a momentum key encoder, InfoNCE over a key queue.
-    Trains baseline students and teachers where no public checkpoint exists."""
+    Trains baseline students and teachers where no public checkpoint exists. BatchNorm is shuffled
+    (shuffle_bn.py): queries in `bn_splits` groups per process, keys in groups that never match them."""
 
     def __init__(self, student: nn.Module, queue: EmbeddingQueue, temperature: float,
-                 momentum: float, key_bn_splits: int = 2):
+                 momentum: float, bn_splits: int = 2):
         super().__init__()
         self.key_encoder = copy.deepcopy(student).requires_grad_(False)
         self.queue, self.temperature, self.momentum = queue, temperature, momentum
-        self.key_bn_splits = key_bn_splits
-
-    @torch.no_grad()
-    def keys(self, images: torch.Tensor, autocast_ctx) -> torch.Tensor:
-        # Shuffled BN: keys are computed on random sub-batches so batch statistics cannot leak
-        # which key belongs to which query (MoCo shuffles across GPUs; this works on one too).
-        perm = torch.randperm(images.shape[0], device=images.device)
-        chunks = images[perm].chunk(self.key_bn_splits)
-        with autocast_ctx:
-            k = torch.cat([self.key_encoder(c) for c in chunks])
-        k = F.normalize(k.float(), dim=1)
-        return k[torch.argsort(perm)]
+        self.bn_splits = bn_splits
 
     def forward(self, student: nn.Module, images: torch.Tensor, autocast_ctx) -> tuple[torch.Tensor, torch.Tensor]:
         view_q, view_k = images[:, 0], images[:, 1]
-        k = self.keys(view_k, autocast_ctx)
         with autocast_ctx:
-            q = student(view_q)
-        q = F.normalize(q.float(), dim=1)
+            k = shuffled_keys(self.key_encoder, view_k, self.bn_splits)
+            q = grouped_forward(student, view_q, self.bn_splits)
+        k, q = F.normalize(k.float(), dim=1), F.normalize(q.float(), dim=1)
         return info_nce_loss(q, k, self.queue.embeddings, self.temperature), k
 
     @torch.no_grad()

@@ -28,7 +28,8 @@ from .objectives import DistillationObjective, MoCoObjective
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
 from .run_dir import LOG_FILE, RunLog, ensure_output_dir, existing_run, move_aside
-from .schedule import lr_at, scaled_lr
+from .schedule import lr_at, scaled_lr, warmup_epochs
+from .shuffle_bn import resolve_bn_splits
 from .teachers import embedding_dim, load_teacher
 from .yaml_config import flatten_cfg
 
@@ -131,7 +132,8 @@ class Trainer:
             generator=torch.Generator().manual_seed(cfg.SEED))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_iters = cfg.SOLVER.MAX_ITER or cfg.SOLVER.EPOCHS * self.steps_per_epoch
-        self.warmup_iters = int(round(cfg.SOLVER.WARMUP_EPOCHS * self.steps_per_epoch))
+        warmup = warmup_epochs(cfg.SOLVER.WARMUP_EPOCHS, cfg.LOSS.NAME, cfg.SOLVER.BATCH_SIZE)
+        self.warmup_iters = int(round(warmup * self.steps_per_epoch))
         self.peak_lr = scaled_lr(cfg.SOLVER.BASE_LR, cfg.SOLVER.BATCH_SIZE)
         if ctx.is_main:
             logger.info("%d images, %d iterations per epoch, %d iterations in total, lr %.4g, "
@@ -160,7 +162,8 @@ class Trainer:
                                               torch.Generator().manual_seed(cfg.SEED + 2)).to(self.device)
         self.teacher_format = None  # MoCo mode has no teacher
         if self.moco:
-            self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM)
+            splits = resolve_bn_splits(cfg.LOSS.MOCO_BN_SPLITS, cfg.SOLVER.BATCH_SIZE // ctx.world_size, ctx.world_size)
+            self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM, splits)
         else:
             t_prec = self.precision if cfg.TRAIN.TEACHER_PRECISION == "auto" else \
                 resolve_precision(cfg.TRAIN.TEACHER_PRECISION, self.device)
