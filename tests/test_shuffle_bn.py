@@ -8,10 +8,13 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from seed_core.config import get_default_cfg
 from seed_core.errors import ConfigError
 from seed_core.objectives import MoCoObjective
 from seed_core.queue import EmbeddingQueue
 from seed_core.shuffle_bn import resolve_bn_splits, shuffled_keys, stratified_key_order
+
+LOSS = get_default_cfg().LOSS
 
 
 class GroupRecorder(nn.Module):
@@ -63,7 +66,7 @@ def test_stratified_order_is_a_permutation_that_spreads_every_query_group(n, gro
 def test_moco_key_and_query_never_share_a_batchnorm_group(batch, splits):
     torch.manual_seed(0)
     student = GroupRecorder()
-    objective = MoCoObjective(student, EmbeddingQueue(32, 8), bn_splits=splits)
+    objective = MoCoObjective(student, EmbeddingQueue(32, 8), LOSS.MOCO_TEMP, LOSS.MOCO_MOMENTUM, bn_splits=splits)
     x = images_with_ids(batch)
     views = torch.stack([x, x], dim=1)  # (N, 2, C, H, W): query view, key view
     for _ in range(3):
