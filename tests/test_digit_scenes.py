@@ -109,6 +109,7 @@ def test_pretraining_imagefolder_and_queries(scenes):
         files = [os.path.join(scenes[key], c, f) for c in classes for f in os.listdir(os.path.join(scenes[key], c))]
         assert len(files) == scenes["counts"][key] > 0
         assert Image.open(files[0]).size == (32, 32)
+        assert sum(1 for c in classes if os.listdir(os.path.join(scenes[key], c))) >= 8  # every class, not the first few
 
 
 def test_rewrite_same_settings_reuses_other_settings_refused(scenes):

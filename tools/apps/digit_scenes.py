@@ -356,6 +356,12 @@ def write_digit_scenes(out: str, spec: SceneSpec = SceneSpec(), loaders=None) ->
     return result
 
 
+def _spread(labels: np.ndarray, count: int, seed: int) -> List[int]:
+    """`count` indices drawn at random (the sources are sorted by class: the first ones are all zeros)."""
+    rng = np.random.default_rng([seed, 11])
+    return sorted(rng.permutation(len(labels))[:min(count, len(labels))].tolist())
+
+
 def _write(root: str, spec: SceneSpec, pools: Dict[str, Pool]) -> dict:
     for sub in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main"), "annotations"):
         os.makedirs(os.path.join(root, sub))
@@ -388,7 +394,7 @@ def _write(root: str, spec: SceneSpec, pools: Dict[str, Pool]) -> dict:
     for folder, pool_name, indices in (
             ("pretrain", "pretrain", [k for k in range(len(pools["pretrain"].labels))
                                       for _ in range(spec.pretrain_crops_per_digit)]),
-            ("knn_query", "train", list(range(min(spec.knn_queries, len(pools["train"].labels)))))):
+            ("knn_query", "train", _spread(pools["train"].labels, spec.knn_queries, spec.seed))):
         pool = pools[pool_name]
         for c in CLASSES:
             os.makedirs(os.path.join(root, folder, c))
