@@ -24,11 +24,12 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Tuple
-from xml.etree import ElementTree as ET
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
+
+from .voc_layout import voc_xml
 
 logger = logging.getLogger(__name__)
 
@@ -276,21 +277,6 @@ def digit_crop(rng: np.random.Generator, pool: Pool, index: int, spec: SceneSpec
 
 
 # ----------------------------------------------------------------------------- writing
-def _voc_xml(image_id: str, size: int, instances: List[Instance]) -> ET.ElementTree:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "filename").text = image_id + ".jpg"
-    sz = ET.SubElement(root, "size")
-    for tag, val in (("width", size), ("height", size), ("depth", 3)):
-        ET.SubElement(sz, tag).text = str(val)
-    for inst in instances:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = CLASSES[inst.category]
-        ET.SubElement(obj, "difficult").text = "0"
-        bb = ET.SubElement(obj, "bndbox")
-        x0, y0, x1, y1 = (int(v) for v in inst.bbox)
-        for tag, val in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):  # VOC: 1-based inclusive
-            ET.SubElement(bb, tag).text = str(val)
-    return ET.ElementTree(root)
 
 
 def _coco(records: List[Tuple[str, List[Instance]]], size: int) -> dict:
@@ -373,7 +359,8 @@ def _write(root: str, spec: SceneSpec, pools: Dict[str, Pool]) -> dict:
             img, instances = draw_scene(np.random.default_rng([spec.seed, _SPLIT_IDS[split], i]), pools[split], spec)
             image_id = f"{split}_{i:06d}"
             Image.fromarray(img).save(os.path.join(root, "JPEGImages", image_id + ".jpg"), quality=95)
-            _voc_xml(image_id, spec.canvas, instances).write(os.path.join(root, "Annotations", image_id + ".xml"))
+            voc_xml(image_id, spec.canvas, [(CLASSES[i.category], i.bbox) for i in instances]).write(
+                os.path.join(root, "Annotations", image_id + ".xml"))
             records.append((image_id, instances))
         ids[split] = [r[0] for r in records]
         digits_used[split] = {inst.digit_id for _, insts in records for inst in insts}
