@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from tools.apps.demo_pipeline import run_demo
+from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, run_demo
 from tools.apps.report import read_loss_curve
 
 pytestmark = pytest.mark.slow
@@ -12,26 +12,39 @@ pytestmark = pytest.mark.slow
 def test_tiny_pipeline_end_to_end_and_cached_rerun(tmp_path, capsys):
     out = str(tmp_path / "demo")
     results = run_demo(out, "tiny", engine="torchvision", workers=0)
-    assert set(results) == {"random", "moco", "seed"}
-    for metrics in results.values():
-        assert {"AP", "AP50", "AP75"} <= set(metrics)
-        assert all(0.0 <= metrics[k] <= 100.0 for k in ("AP", "AP50", "AP75"))
+    assert set(results) == set(INITS)
+    for summary in results.values():
+        assert len(summary["runs"]) == len(load_preset("tiny")["det_seeds"])
+        for k in ("AP", "AP50", "AP75"):
+            assert 0.0 <= summary[k] <= 100.0 and summary[k + "_std"] >= 0.0
     table = open(os.path.join(out, "results.md")).read()
-    assert table.count("\n") == 5 and "SEED resnet18" in table and "random init" in table
+    assert "SEED resnet18" in table and "random init" in table and " ± " in table and "k-NN" in table
     for png in ("results.png", "loss_curves.png"):
         assert open(os.path.join(out, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     for stage in ("teacher_moco", "student_seed", "student_moco"):
         its, losses = read_loss_curve(os.path.join(out, stage))
         assert its and len(its) == len(losses)
-    assert os.path.exists(os.path.join(out, "student_seed", "student_backbone.pth"))
     meta = json.load(open(os.path.join(out, "student_seed", "meta.json")))
     assert meta["loss"] == "seed" and meta["teacher"]["arch"] == "resnet18"
+    assert os.path.isfile(os.path.join(out, "data", "scenes", "annotations", "instances_test.json"))
 
     markers = {s: os.path.getmtime(os.path.join(out, s, "run.json"))
-               for s in ("teacher_moco", "student_seed", "det_seed")}
+               for s in ("data", "teacher_moco", "student_seed", "knn", "det_seed_s0")}
     capsys.readouterr()
     again = run_demo(out, "tiny", engine="torchvision", workers=0)
-    assert again == results
+    assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN (no large objects) != NaN
     assert "running" not in capsys.readouterr().out
     for s, t in markers.items():
         assert os.path.getmtime(os.path.join(out, s, "run.json")) == t
+
+
+def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
+    tiny, default = load_preset("tiny"), load_preset("default")
+    assert tiny["teacher_epochs"] == 1 and default["teacher_epochs"] > 1
+    assert tiny["det_lr"] == default["det_lr"]          # inherited from Base-Demo.yaml
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_BASE_: {BASE_PRESET}\nteacher_epoch: 3\n")
+    with pytest.raises(ValueError, match="teacher_epoch"):
+        load_preset(str(bad))
+    with pytest.raises(ValueError, match="not found"):
+        load_preset("no_such_preset")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The whole pipeline on generated shapes data, on CPU: MoCo-v2 teacher -> SEED ResNet-18 student and
+"""The whole pipeline on handwritten-digit scenes, on CPU: MoCo-v2 teacher -> SEED ResNet-18 student and
 MoCo-v2 ResNet-18 baseline -> Detectron2 checkpoints -> Faster R-CNN from each (and from random
 init) -> AP table, bar chart and loss curves. Cached: run it again to reuse finished stages.
 
@@ -13,13 +13,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.apps.cli import setup_logging  # noqa: E402
-from tools.apps.demo_pipeline import PRESETS, run_demo  # noqa: E402
+from tools.apps.demo_pipeline import run_demo  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_output", help="output folder (stages are cached here)")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="default", help="configs/demo/NAME.yaml (default, tiny) or a preset YAML file")
     p.add_argument("--engine", default="auto", choices=["auto", "detectron2", "torchvision"])
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     args = p.parse_args(argv)

@@ -7,11 +7,19 @@ import os
 METRICS = ("AP", "AP50", "AP75")
 
 
+def _cell(m: dict, key: str) -> str:
+    if key not in m:
+        return "—"
+    return f"{m[key]:.1f} ± {m[key + '_std']:.1f}" if key + "_std" in m else f"{m[key]:.1f}"
+
+
 def results_markdown(results: dict[str, dict], metrics=METRICS) -> str:
-    """One row per initialisation, one column per metric (percent)."""
+    """One row per initialisation, one column per metric (percent; mean ± std where `<key>_std` is given)."""
+    if any("mask_AP" in m for m in results.values()):
+        metrics = tuple(metrics) + ("mask_AP",)
     lines = ["| initialisation | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.1f}" if k in m else "—" for k in metrics) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(m, k) for k in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -28,11 +36,13 @@ def metrics_bar_png(results: dict[str, dict], path: str, metrics=METRICS) -> Non
     width = 0.8 / max(1, len(results))
     for i, (name, m) in enumerate(results.items()):
         xs = [j + i * width for j in range(len(metrics))]
-        bars = ax.bar(xs, [m.get(k, 0.0) for k in metrics], width, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        errs = [m.get(k + "_std", 0.0) for k in metrics]
+        bars = ax.bar(xs, [m.get(k, 0.0) for k in metrics], width, yerr=errs, capsize=3, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=max(errs) * 2 + 1)
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))], metrics)
     ax.set_ylabel("%")
-    ax.set_title("Faster R-CNN fine-tuned from each initialisation")
+    ax.set_title("Detection fine-tuned from each initialisation" +
+                 (" (mean ± std over seeds)" if any(k + "_std" in m for m in results.values() for k in metrics) else ""))
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

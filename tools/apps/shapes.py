@@ -14,11 +14,12 @@ import math
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
-from xml.etree import ElementTree as ET
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_util
+
+from .voc_layout import voc_xml
 
 logger = logging.getLogger(__name__)
 
@@ -107,27 +108,6 @@ def draw_image(rng: np.random.Generator, size: int, min_shapes: int = 2, max_sha
     return img, shapes
 
 
-def _voc_xml(image_id: str, size: int, shapes: Sequence[Shape]) -> ET.ElementTree:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "shapes"
-    ET.SubElement(root, "filename").text = image_id + ".jpg"
-    sz = ET.SubElement(root, "size")
-    for tag, val in (("width", size), ("height", size), ("depth", 3)):
-        ET.SubElement(sz, tag).text = str(val)
-    for s in shapes:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = CLASSES[s.category]
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        bb = ET.SubElement(obj, "bndbox")
-        # VOC boxes are 1-based inclusive pixel indices.
-        x0, y0, x1, y1 = (int(v) for v in s.bbox)
-        for tag, val in (("xmin", x0 + 1), ("ymin", y0 + 1), ("xmax", x1), ("ymax", y1)):
-            ET.SubElement(bb, tag).text = str(val)
-    return ET.ElementTree(root)
-
-
 def _coco_json(split_records, size: int) -> Dict:
     images, annotations = [], []
     for img_id, (image_id, shapes) in enumerate(split_records, start=1):
@@ -169,7 +149,8 @@ def write_shapes_dataset(out_dir: str, num_train: int = 64, num_val: int = 16, s
             img, shapes = draw_image(rng, size)
             image_id = f"{split}_{i:06d}"
             img.save(os.path.join(out_dir, "JPEGImages", image_id + ".jpg"), quality=95)
-            _voc_xml(image_id, size, shapes).write(os.path.join(out_dir, "Annotations", image_id + ".xml"))
+            voc_xml(image_id, size, [(CLASSES[s.category], s.bbox) for s in shapes], folder="shapes").write(
+                os.path.join(out_dir, "Annotations", image_id + ".xml"))
             records.append((image_id, shapes))
         with open(os.path.join(out_dir, "annotations", f"instances_{split}.json"), "w") as f:
             json.dump(_coco_json(records, size), f)

@@ -1,0 +1,155 @@
+"""Does pretraining transfer to detection, and does SEED beat MoCo-v2 at ResNet-18? Measured on the
+handwritten-digit scenes: the demo's pretraining stages (teacher, SEED and MoCo-v2 students, cached),
+then fine-tuning from each initialisation (and from the teacher itself, an upper reference) for
+every detector, label fraction, engine and seed. Every run is a cached stage under the work folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .demo_pipeline import finetune, load_preset, pretrain, summarise
+
+logger = logging.getLogger(__name__)
+
+DETECTORS = {  # name -> (detection config in configs/demo/, label)
+    "fpn": ("digits_r18_fpn.yaml", "Faster R-CNN R18-FPN"),
+    "c4": ("digits_r18_c4.yaml", "Faster R-CNN R18-C4"),
+    "fpn_mask": ("digits_r18_fpn_mask.yaml", "Mask R-CNN R18-FPN"),
+}
+INIT_LABELS = {"random": "random init", "moco": "MoCo-v2 R18", "seed": "SEED R18", "teacher": "teacher (reference)"}
+SPLIT_LABELS = {"train": "all labels", "train_small": "10 % labels"}
+DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}
+
+
+@dataclass(frozen=True)
+class Settings:
+    preset: str = "default"                  # pretraining and schedule: configs/demo/<preset>.yaml
+    work_dir: str = "output/transfer_claim"
+    seeds: tuple = (0, 1, 2, 3, 4)
+    splits: tuple = ("train", "train_small")
+    detectors: tuple = ("fpn", "c4", "fpn_mask")
+    inits: tuple = ("random", "moco", "seed", "teacher")
+    engines: tuple = ("torchvision",)
+    workers: int = 2
+
+
+def _extra(pre, init: str) -> dict:
+    """The teacher may be deeper than the students: its runs name its depth."""
+    if init != "teacher":
+        return {}
+    arch = pre.preset["teacher_arch"]
+    if arch not in DEPTHS:
+        raise ValueError(f"the teacher {arch} cannot be fine-tuned by the R-CNN configs (ResNets only); "
+                         f"leave 'teacher' out of the inits")
+    return {"MODEL.RESNETS.DEPTH": DEPTHS[arch]} if DEPTHS[arch] != 18 else {}
+
+
+def run_claim(s: Settings) -> dict:
+    start = time.time()
+    p = load_preset(s.preset)
+    pre = pretrain(s.work_dir, p, s.workers, with_teacher_weights="teacher" in s.inits)
+    rows = []
+    for engine in s.engines:
+        for det in s.detectors:
+            for split in s.splits:
+                for init in s.inits:
+                    runs = [finetune(s.work_dir, pre, init, seed, engine, det_config=DETECTORS[det][0], split=split,
+                                     extra=_extra(pre, init), tag=f"_{engine}_{det}_{split}")
+                            for seed in s.seeds]
+                    rows.append({"engine": engine, "detector": det, "split": split, "init": init, **summarise(runs)})
+                    logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"],
+                                rows[-1]["AP50_std"])
+    d = asdict(s)
+    return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "preset": p,
+            "knn": pre.knn, "counts": pre.data["counts"], "rows": rows, "wall_seconds": round(time.time() - start, 1)}
+
+
+def _row(result: dict, engine, det, split, init) -> dict | None:
+    for r in result["rows"]:
+        if (r["engine"], r["detector"], r["split"], r["init"]) == (engine, det, split, init):
+            return r
+    return None
+
+
+def _gap(a: dict, b: dict, key: str) -> str:
+    """Difference of means, with the larger of the two seed spreads to judge it by."""
+    if not a or not b or key not in a or key not in b:
+        return "—"
+    spread = max(a[key + "_std"], b[key + "_std"])
+    return f"{a[key] - b[key]:+.1f} (spread {spread:.1f})"
+
+
+def claim_table(result: dict) -> str:
+    s = result["settings"]
+    metrics = ["AP", "AP50", "AP75"]
+    lines = []
+    for engine in s["engines"]:
+        for det in s["detectors"]:
+            ms = metrics + (["mask_AP"] if det.endswith("mask") else [])
+            lines += [f"### {DETECTORS[det][1]} ({engine} engine)", "",
+                      "| labels | initialisation | " + " | ".join(ms) + " |", "|---|---|" + "---:|" * len(ms)]
+            for split in s["splits"]:
+                for init in s["inits"]:
+                    r = _row(result, engine, det, split, init)
+                    cells = [f"{r[m]:.1f} ± {r[m + '_std']:.1f}" if r and m in r else "—" for m in ms]
+                    lines.append(f"| {SPLIT_LABELS[split]} | {INIT_LABELS[init]} | " + " | ".join(cells) + " |")
+            lines.append("")
+            lines += ["| labels | SEED − random AP50 | MoCo − random AP50 | SEED − MoCo AP | SEED − MoCo AP50 | SEED − MoCo AP75 |",
+                      "|---|---:|---:|---:|---:|---:|"]
+            for split in s["splits"]:
+                g = {i: _row(result, engine, det, split, i) for i in ("random", "moco", "seed")}
+                lines.append(f"| {SPLIT_LABELS[split]} | {_gap(g['seed'], g['random'], 'AP50')} | "
+                             f"{_gap(g['moco'], g['random'], 'AP50')} | {_gap(g['seed'], g['moco'], 'AP')} | "
+                             f"{_gap(g['seed'], g['moco'], 'AP50')} | {_gap(g['seed'], g['moco'], 'AP75')} |")
+            lines.append("")
+    p, c = result["preset"], result["counts"]
+    lines.append(f"mean ± sample std over fine-tuning seeds {s['seeds']}; {c['train']} labelled training scenes "
+                 f"(10 %: {c['train_small']}), {c['test']} test scenes, {p['det_iters']} iterations at batch "
+                 f"{p['det_batch']}, lr {p['det_lr']}. Pretraining on {c['pretrain']} unlabelled digit crops: "
+                 f"teacher {p['teacher_arch']} MoCo-v2 {p['teacher_epochs']} epochs, students {p['student_arch']} "
+                 f"{p['student_epochs']} epochs. k-NN top-1 on held-out digit crops: "
+                 + ", ".join(f"{k} {v:.1f}" for k, v in result["knn"].items()) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def claim_chart(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = result["settings"]
+    groups = [(e, d, sp) for e in s["engines"] for d in s["detectors"] for sp in s["splits"]]
+    width = 0.8 / len(s["inits"])
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(groups), 4.5))
+    for i, init in enumerate(s["inits"]):
+        rows = [_row(result, *g, init) for g in groups]
+        xs = [j + (i - (len(s["inits"]) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, [r["AP50"] for r in rows], width, yerr=[r["AP50_std"] for r in rows], capsize=3,
+               label=INIT_LABELS[init])
+    ax.set_xticks(range(len(groups)), [f"{DETECTORS[d][1].split()[-1]}\n{SPLIT_LABELS[sp]}" +
+                                        (f"\n{e}" if len(s["engines"]) > 1 else "") for e, d, sp in groups],
+                  fontsize=8)
+    ax.set_ylabel("box AP50 (%)")
+    ax.set_title("Digit scenes: fine-tuned from each initialisation (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(result: dict, out_dir: str | Path) -> dict:
+    from seed_core.checkpoint_io import atomic_write_text
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "transfer_claim.json", "md": out / "transfer_claim.md", "png": out / "transfer_claim.png"}
+    atomic_write_text(json.dumps(result, indent=1) + "\n", paths["json"])
+    atomic_write_text(claim_table(result), paths["md"])
+    claim_chart(result, paths["png"])
+    return {k: str(v) for k, v in paths.items()}
+
+
