@@ -9,7 +9,7 @@ same budget and augmentation, by weighted k-NN top-1 on a held-out split. Writes
     python benchmarks/paper_claim.py                                   # main table (~30 min on 2 CPU cores)
     python benchmarks/paper_claim.py --skip-main --ablations teacher_temp queue_size
     python benchmarks/paper_claim.py --skip-main --ablations teacher_epochs --ablation-arch resnet18
-    python benchmarks/paper_claim.py --tiny --out-dir /tmp/pc --work-dir /tmp/pc/work   # seconds
+    python benchmarks/paper_claim.py --tiny             # seconds: pipeline check in a temporary folder
 
 Every training run is cached under --work-dir by its settings: a rerun reuses finished runs and
 resumes interrupted ones, so adding an ablation or a seed only trains what is new.
@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -30,6 +31,8 @@ from tools.apps.paper_claim import (ABLATIONS, Settings, ablation_chart, ablatio
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+DEFAULT_WORK = os.path.join(ROOT, "output", "paper_claim")
 
 # A few iterations on 12 digits per class: checks the whole pipeline, numbers mean nothing.
 TINY = dict(seeds=(0,), max_per_class=12, teacher_arch="resnet18", teacher_max_iter=2, max_iter=2,
@@ -41,9 +44,11 @@ TINY_ABLATION_VALUES = {"teacher_temp": (1e-3, 1e-2), "queue_size": (16, 32), "t
 def parse_args(argv=None):
     d = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="tables, plots and JSON go here")
-    p.add_argument("--work-dir", default=os.path.join(ROOT, "output", "paper_claim"),
-                   help="dataset, cached training runs and feature caches")
+    p.add_argument("--out-dir", default=None,
+                   help=f"tables, plots and JSON go here (default: {RESULTS}; with --tiny a temporary folder)")
+    p.add_argument("--work-dir", default=None,
+                   help=f"dataset, cached training runs and feature caches (default: {DEFAULT_WORK}; "
+                        "with --tiny a temporary folder)")
     p.add_argument("--archs", nargs="+", default=list(d.student_archs), help="student architectures")
     p.add_argument("--teacher-arch", default=d.teacher_arch)
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
@@ -62,8 +67,24 @@ def parse_args(argv=None):
                    help="also run these ablations (SEED students of --ablation-arch)")
     p.add_argument("--ablation-arch", default=None, help="student of the ablations (default: the last of --archs)")
     p.add_argument("--skip-main", action="store_true", help="only the ablations")
-    p.add_argument("--tiny", action="store_true", help="a few iterations on a small subset (pipeline check)")
-    return p.parse_args(argv)
+    p.add_argument("--tiny", action="store_true",
+                   help="a few iterations on a small subset (pipeline check), in a temporary folder")
+    args = p.parse_args(argv)
+    _choose_folders(args)
+    return args
+
+
+def _choose_folders(args) -> None:
+    """Quick runs never write over the committed results: --tiny goes to a temporary folder."""
+    if args.tiny:
+        if args.out_dir and os.path.realpath(args.out_dir) == os.path.realpath(RESULTS):
+            raise SystemExit(f"error: --tiny would overwrite the committed results in {RESULTS}; "
+                             "leave --out-dir out (a temporary folder is used) or choose another folder")
+        tmp = None if (args.out_dir and args.work_dir) else tempfile.mkdtemp(prefix="paper_claim_tiny-")
+        args.out_dir = args.out_dir or os.path.join(tmp, "results")
+        args.work_dir = args.work_dir or os.path.join(tmp, "work")
+    args.out_dir = args.out_dir or RESULTS
+    args.work_dir = args.work_dir or DEFAULT_WORK
 
 
 def settings_from_args(args) -> Settings:

@@ -47,6 +47,17 @@ def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
     assert [p["value"] for p in patches] == [0, 2]
 
 
+def test_tiny_mode_never_writes_over_the_committed_results(tmp_path):
+    cli = _load_cli()
+    args = cli.parse_args(["--tiny"])
+    for folder in (args.out_dir, args.work_dir):
+        assert not os.path.realpath(folder).startswith(cli.ROOT + os.sep), folder
+    with pytest.raises(SystemExit, match="committed results"):
+        cli.parse_args(["--tiny", "--out-dir", cli.RESULTS])
+    assert cli.parse_args(["--tiny", "--out-dir", str(tmp_path)]).out_dir == str(tmp_path)
+    assert cli.parse_args([]).out_dir == cli.RESULTS
+
+
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
     from tools.apps.run_cache import MARKER as RUN_SUMMARY
     argv = ["--tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
