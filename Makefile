@@ -25,8 +25,10 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) tools/demo.py
 
+# Tests run on every core (pytest-xdist), one torch thread per worker: the small models of the
+# tests gain nothing from threads, and processes do not wait for each other.
 test: install
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --durations=10
 
 bench: install
 	$(PY) benchmarks/distill_step.py
