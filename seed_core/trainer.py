@@ -19,8 +19,7 @@ from .constants import BACKBONE_FILE, CHECKPOINT_FILE, META_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
-from .errors import PeerLostError
-from .distributed import DistContext, init_distributed, shutdown
+from .distributed import DistContext, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
 from .monitoring import METRICS_FILE, BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
@@ -326,15 +325,8 @@ class Trainer:
         return summary
 
     def _guarded_step(self, images: torch.Tensor, it: int, new_bad: int):
-        try:
+        with stop_if_peer_lost(f"at iteration {it}", f"Last checkpoint: {self.ckpt_path}; restart with --resume."):
             return self._step(images, it, new_bad)
-        except RuntimeError as e:
-            if self.ctx.distributed and _is_communication_error(e):
-                raise PeerLostError(
-                    f"rank {self.ctx.rank} lost contact with the other processes at iteration {it} "
-                    f"(another rank crashed or hung; see its log). Last checkpoint: {self.ckpt_path}; "
-                    f"restart with --resume. Detail: {str(e).splitlines()[0][:300]}") from e
-            raise
 
     def _step(self, images: torch.Tensor, it: int, new_bad: int) -> StepStats:
         cfg = self.cfg
@@ -386,15 +378,6 @@ def _handling_stop_signals(handler):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-def _is_communication_error(e: RuntimeError) -> bool:
-    import torch.distributed as dist
-    if isinstance(e, getattr(dist, "DistError", ())):
-        return True
-    text = str(e).lower()
-    return any(s in text for s in ("connection closed", "connection reset", "timed out", "timeout",
-                                   "gloo", "nccl", "broken pipe", "peer"))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

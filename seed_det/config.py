@@ -15,6 +15,9 @@ DATASETS.VOC                     list of [name, dirname, split, year]: PASCAL-VO
                                  (dirname holds Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
 RESULTS_CSV                      detection results file to append to; "" means
                                  OUTPUT_DIR/../results_detection.csv (format: seed_core.results).
+DIST_TIMEOUT                     seconds a process of a multi-process run waits in a collective for
+                                 the others before stopping with an error (default 1800, the timeout
+                                 of Detectron2's launch).
 
 On the command line, list values are Python literals, e.g.
 `DATASETS.COCO_JSON "[['mine_train', 'ann/train.json', 'images']]" DATASETS.TRAIN "('mine_train',)"`.
@@ -223,6 +226,7 @@ def add_seed_config(cfg: CfgNode) -> CfgNode:
     cfg.DATASETS.COCO_JSON = []
     cfg.DATASETS.VOC = []
     cfg.RESULTS_CSV = ""
+    cfg.DIST_TIMEOUT = 1800
     return cfg
 
 

@@ -35,14 +35,19 @@ def parse_args(argv=None):
     return parse_with_overrides(p, argv)
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def cli(argv=None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
         metrics = main(args)
     except SeedError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     if metrics:
         print("metrics: " + ", ".join(f"{k}={v:.2f}" for k, v in metrics.items()
                                       if isinstance(v, float)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -84,13 +84,21 @@ def collate(batch):
 
 
 class InfiniteBatchSampler(torch.utils.data.Sampler):
-    """Endless shuffled batches from a seeded generator, like Detectron2's TrainingSampler;
-    skipping `start_batch` batches makes a resumed run see the same data order."""
+    """Endless shuffled global batches from a seeded generator, like Detectron2's TrainingSampler;
+    process `rank` of `world_size` takes its equal slice of each. The sequence of global batches
+    does not depend on the world size, and skipping `start_batch` of them makes a resumed run
+    (with any world size) continue it."""
 
-    def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0):
+    def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if size < 1 or batch_size < 1:  # an empty pool or batch would loop forever
             raise DatasetError(f"cannot draw batches of {batch_size} from {size} images: both must be >= 1")
+        if batch_size % world_size:
+            raise DatasetError(f"a global batch of {batch_size} images cannot be split evenly over {world_size} "
+                               "processes")
         self.size, self.batch_size, self.seed, self.start_batch = size, batch_size, seed, start_batch
+        self.local = batch_size // world_size
+        self.offset = rank * self.local
 
     def __iter__(self) -> Iterator[List[int]]:
         g = torch.Generator().manual_seed(self.seed)
@@ -101,5 +109,5 @@ class InfiniteBatchSampler(torch.utils.data.Sampler):
             while len(buf) >= self.batch_size:
                 batch, buf = buf[: self.batch_size], buf[self.batch_size:]
                 if produced >= self.start_batch:
-                    yield batch
+                    yield batch[self.offset: self.offset + self.local]
                 produced += 1

@@ -5,7 +5,7 @@ import contextlib
 import copy
 import io
 import logging
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from pycocotools import mask as mask_util
@@ -82,6 +82,15 @@ class COCOEvaluator:
             if self.with_masks and masks is not None:
                 res["segmentation"] = encode_mask(masks[k] >= 0.5)
             self.results.append(res)
+
+    def partial(self) -> Tuple[List[Dict], List]:
+        """What process() collected, to be merged with other processes' shards (see merge)."""
+        return self.results, self.img_ids
+
+    def merge(self, parts: Sequence[Tuple[List[Dict], List]]) -> None:
+        """Replace the collected results by the shards of every process, in dataset order."""
+        self.results = [r for results, _ in parts for r in results]
+        self.img_ids = [i for _, img_ids in parts for i in img_ids]
 
     def evaluate(self) -> Dict[str, float]:
         metrics = coco_metrics(self.coco_gt, [{k: v for k, v in r.items() if k != "segmentation"} for r in self.results],

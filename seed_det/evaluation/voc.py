@@ -118,6 +118,14 @@ class VOCEvaluator:
         for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
             self.dets.append((record["image_id"], int(label), float(score), [box[0] + 1.0, box[1] + 1.0, box[2], box[3]]))
 
+    def partial(self) -> List[Detection]:
+        """What process() collected, to be merged with other processes' shards (see merge)."""
+        return self.dets
+
+    def merge(self, parts: Sequence[List[Detection]]) -> None:
+        """Replace the collected detections by the shards of every process, in dataset order."""
+        self.dets = [d for part in parts for d in part]
+
     def evaluate(self) -> Dict[str, float]:
         return voc_detection_metrics(self.gt, self.dets, len(self.dataset.class_names), self.use_07_metric,
                                      self.dataset.class_names)

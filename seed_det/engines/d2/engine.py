@@ -7,6 +7,7 @@ is absent). The main process writes metrics.json and appends the results row.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import logging
 import os
@@ -140,5 +141,5 @@ def run(cfg, args: argparse.Namespace) -> dict | None:
     if world <= 1:
         return _worker(cfg, args)  # Detectron2's launch() drops the return value of a single process
     launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(cfg, args))
+           dist_url=args.dist_url, args=(cfg, args), timeout=datetime.timedelta(seconds=cfg.DIST_TIMEOUT))
     return None

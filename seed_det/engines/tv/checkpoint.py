@@ -16,15 +16,16 @@ logger = logging.getLogger(__name__)
 LAST = "last_checkpoint"
 
 
-def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler=None, iteration: int = 0) -> str:
-    """Write output_dir/name via a temp file + os.replace, so a crash never leaves half a file."""
+def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler=None, iteration: int = 0,
+                    grad_scaler=None) -> str:
+    """Write output_dir/name via a temp file + os.replace, so a crash never leaves half a file.
+    With several processes, only the main one calls this (all hold the same weights)."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, name)
     payload = {"engine": ENGINE_TAG, "model": model.state_dict(), "iteration": iteration}
-    if optimizer is not None:
-        payload["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        payload["scheduler"] = scheduler.state_dict()
+    for key, part in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", grad_scaler)):
+        if part is not None:
+            payload[key] = part.state_dict()
     atomic_save(payload, path)
     atomic_write_text(name, os.path.join(output_dir, LAST))
     logger.info("saved checkpoint %s (iteration %d)", path, iteration)

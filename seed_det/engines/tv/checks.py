@@ -103,8 +103,22 @@ def check_supported(cfg: CfgNode) -> None:
         value = cfg_value(cfg, key)
         if not ok(value):
             problems.append(f"  {key} = {value!r}: the torchvision engine supports {what}")
-    if cfg.SOLVER.AMP.ENABLED:
-        problems.append("  SOLVER.AMP.ENABLED = True: the torchvision engine trains in fp32; set it False")
     if problems:
         raise ConfigError("config asks for things the torchvision engine cannot do:\n" + "\n".join(problems)
                           + "\nChange these keys, or run with --engine detectron2.")
+
+
+def check_run(cfg: CfgNode, world_size: int, device_type: str, training: bool) -> None:
+    """What the config asks of this run's processes and device: the global batch must split evenly
+    over the processes; mixed precision (fp16 autocast + GradScaler, as Detectron2's AMPTrainer)
+    needs CUDA, and like Detectron2 the engine refuses it elsewhere rather than silently train in fp32."""
+    problems = []
+    if training and cfg.SOLVER.IMS_PER_BATCH % world_size:
+        problems.append(f"  SOLVER.IMS_PER_BATCH = {cfg.SOLVER.IMS_PER_BATCH} is the global batch and must split evenly "
+                        f"over the {world_size} processes (--num-gpus x --num-machines): use a multiple of "
+                        f"{world_size}")
+    if training and cfg.SOLVER.AMP.ENABLED and device_type != "cuda":
+        problems.append("  SOLVER.AMP.ENABLED = True: mixed precision (fp16) needs a CUDA GPU; on the CPU set "
+                        "SOLVER.AMP.ENABLED False to train in fp32")
+    if problems:
+        raise ConfigError("config does not fit this run:\n" + "\n".join(problems))

@@ -2,28 +2,33 @@
 as the Detectron2 engine, on Faster / Mask R-CNN from torchvision.models.detection.
 
 `run(cfg, args)` is what `tools/train_net.py --engine torchvision` calls. args needs
-`.config_file`; `.resume` and `.eval_only` are optional.
+`.config_file`; `.resume`, `.eval_only`, `.num_gpus`, `.num_machines`, `.machine_rank` and
+`.dist_url` (Detectron2's launch flags, same meaning; on CPU --num-gpus N starts N processes) are
+optional. Under torchrun the processes torchrun started form the run.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from fvcore.common.config import CfgNode
 
-from seed_det.data.torch_dataset import DetectionDataset
-from seed_det.results import record_run
-from seed_det.engines.tv.checkpoint import last_checkpoint, load_checkpoint
-from seed_det.engines.tv.checks import check_supported
+from seed_core.distributed import (DistContext, broadcast_from_main, launch, launched_by_torchrun,
+                                   requested_world_size)
 from seed_det.data.catalog import register_from_config
+from seed_det.data.torch_dataset import DetectionDataset
+from seed_det.engines.tv.checkpoint import last_checkpoint, load_checkpoint
+from seed_det.engines.tv.checks import check_run, check_supported
 from seed_det.engines.tv.datasets import load_checked, merge
 from seed_det.engines.tv.evaluate import evaluate_dataset
 from seed_det.engines.tv.model import build_model
 from seed_det.engines.tv.trainer import Trainer
 from seed_det.engines.tv.weights import load_weights
+from seed_det.results import metrics_file, record_run
 
 logger = logging.getLogger(__name__)
 
@@ -38,38 +43,51 @@ def _device(cfg: CfgNode) -> torch.device:
 
 
 def _seed(cfg: CfgNode) -> int:
-    seed = cfg.SEED if cfg.SEED >= 0 else int(time.time() * 1000) % (2 ** 31)
+    """SEED, or (SEED < 0) one drawn by the main process: every process uses the same."""
+    seed = broadcast_from_main(cfg.SEED if cfg.SEED >= 0 else int(time.time() * 1000) % (2 ** 31))
     torch.manual_seed(seed)
     logger.info("random seed %d", seed)
     return seed
 
 
 class _RunLog:
-    """OUTPUT_DIR/log.txt receives the seed_det log of this run (one log folder per run)."""
+    """OUTPUT_DIR/log.txt receives the seed_det log of this run (one log folder per run); only the
+    main process writes it. The other processes of a multi-process run log warnings and errors only."""
 
-    def __init__(self, output_dir: str):
-        self.handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
-        self.handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s"))
-        self.logger = logging.getLogger("seed_det")
+    def __init__(self, output_dir: str, is_main: bool = True):
+        self.is_main = is_main
+        self.handler = logging.FileHandler(os.path.join(output_dir, "log.txt")) if is_main else None
+        if self.handler is not None:
+            self.handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s"))
+        self.loggers = [logging.getLogger(name) for name in ("seed_det", "seed_core")]
 
     def __enter__(self):
-        self.level = self.logger.level
-        if self.logger.getEffectiveLevel() > logging.INFO:
-            self.logger.setLevel(logging.INFO)
-        self.logger.addHandler(self.handler)
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            if not self.is_main:
+                lg.setLevel(logging.WARNING)
+            elif lg.getEffectiveLevel() > logging.INFO:
+                lg.setLevel(logging.INFO)
+        if self.handler is not None:
+            self.loggers[0].addHandler(self.handler)
         return self
 
     def __exit__(self, *exc):
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.level)
-        self.handler.close()
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+        if self.handler is not None:
+            self.loggers[0].removeHandler(self.handler)
+            self.handler.close()
 
 
 def _evaluate_all(cfg, model, test_sets, device) -> Dict[str, float]:
-    """Headline metrics are those of the first test set; others are kept as '<name>/<metric>'."""
+    """Headline metrics are those of the first test set; others are kept as '<name>/<metric>'.
+    Every process evaluates its shard; the metrics exist on the main process only (empty elsewhere)."""
     metrics: Dict[str, float] = {}
     for i, ds in enumerate(test_sets):
         result = evaluate_dataset(cfg, model, ds, device)
+        if result is None:
+            continue
         if i == 0:
             metrics.update(result)
         else:
@@ -77,25 +95,29 @@ def _evaluate_all(cfg, model, test_sets, device) -> Dict[str, float]:
     return metrics
 
 
-def run(cfg: CfgNode, args) -> Dict[str, float]:
-    """Train (unless args.eval_only) and evaluate; writes logs, checkpoints, metrics under OUTPUT_DIR."""
-    cfg = cfg.clone()
-    check_supported(cfg)  # before touching data or weights: a config error should come first
+def _run_process(ctx: DistContext, cfg: CfgNode, args, device: torch.device) -> Optional[Dict[str, float]]:
+    """One process of the run (the only one, or one of several): train, evaluate, record."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with _RunLog(cfg.OUTPUT_DIR):
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
-        logger.info("torchvision engine, config %s, output %s", getattr(args, "config_file", ""), cfg.OUTPUT_DIR)
+    with _RunLog(cfg.OUTPUT_DIR, ctx.is_main):
+        if ctx.is_main:
+            with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        logger.info("torchvision engine, config %s, output %s, %d process(es)", getattr(args, "config_file", ""),
+                    cfg.OUTPUT_DIR, ctx.world_size)
         register_from_config(cfg)
         test_sets = load_checked(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
-        device = _device(cfg)
+        device = ctx.device if ctx.distributed else device  # one GPU per process: cuda:<local rank>
         seed = _seed(cfg)
         model = build_model(cfg)
-        resume_from = last_checkpoint(cfg.OUTPUT_DIR) if getattr(args, "resume", False) else None
+        # The main process finds and reads the checkpoint and hands it to the others, so other
+        # machines need not see OUTPUT_DIR.
+        resume_from = broadcast_from_main(last_checkpoint(cfg.OUTPUT_DIR)
+                                          if getattr(args, "resume", False) and ctx.is_main else None)
+        checkpoint = broadcast_from_main(load_checkpoint(resume_from) if resume_from and ctx.is_main else None)
 
         if getattr(args, "eval_only", False):
             if resume_from:
-                model.load_state_dict(load_checkpoint(resume_from)["model"])
+                model.load_state_dict(checkpoint["model"])
             elif cfg.MODEL.WEIGHTS:
                 load_weights(model, cfg.MODEL.WEIGHTS)
             else:
@@ -116,12 +138,36 @@ def run(cfg: CfgNode, args) -> Dict[str, float]:
             trainer = Trainer(cfg, model, train_data, device,
                               evaluate=lambda: _evaluate_all(cfg, model, test_sets, device))
             if resume_from:
-                trainer.restore(load_checkpoint(resume_from))
-            torch.manual_seed(seed)  # the same data augmentation whatever was loaded before
+                trainer.restore(checkpoint, resume_from)
+            del checkpoint
+            # The same augmentation and sampling whatever was loaded before; each process its own draws.
+            torch.manual_seed(seed + ctx.rank)
             trainer.train()
 
         metrics = _evaluate_all(cfg, model, test_sets, device)
+        if not ctx.is_main:
+            return None
         record_run(cfg.OUTPUT_DIR, getattr(args, "config_file", ""), cfg.MODEL.WEIGHTS, metrics,
                    csv_path=cfg.RESULTS_CSV or None, engine=ENGINE, eval_only=getattr(args, "eval_only", False),
                    dataset="+".join(cfg.DATASETS.TEST))
         return metrics
+
+
+def run(cfg: CfgNode, args) -> Optional[Dict[str, float]]:
+    """Train (unless args.eval_only) and evaluate in 1..N processes (args.num_gpus per machine x
+    args.num_machines, or those torchrun started); writes logs, checkpoints and metrics under
+    OUTPUT_DIR from the main process and returns its metrics (None on the other processes)."""
+    cfg = cfg.clone()
+    check_supported(cfg)  # before touching data or weights: a config error should come first
+    nprocs, machines = getattr(args, "num_gpus", 1), getattr(args, "num_machines", 1)
+    machine_rank = getattr(args, "machine_rank", 0)
+    world_size = requested_world_size(nprocs, machines)
+    device = _device(cfg)
+    check_run(cfg, world_size, device.type, training=not getattr(args, "eval_only", False))
+    metrics = launch(_run_process, (cfg, args, device), nprocs, machines, machine_rank,
+                     getattr(args, "dist_url", "auto"), cfg.DIST_TIMEOUT, device.type)
+    if world_size > 1 and not launched_by_torchrun() and machine_rank == 0:
+        # The spawned main process recorded the run; hand its metrics to the caller.
+        with open(metrics_file(cfg.OUTPUT_DIR, getattr(args, "eval_only", False))) as f:
+            metrics = json.load(f)["metrics"]
+    return metrics

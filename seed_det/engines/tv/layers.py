@@ -5,6 +5,8 @@
 - D2RPN: the RPN box loss with MODEL.RPN.SMOOTH_L1_BETA and Detectron2's normaliser
   (anchors sampled per image x images) instead of a fixed beta of 1/9.
 - init_like_detectron2: the predictor initialisations Detectron2 uses.
+- SyncBatchNorm2d: SyncBN / naiveSyncBN on any backend (torch's SyncBatchNorm needs a GPU, so
+  it cannot run under gloo on CPU).
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import math
 from typing import Dict, List, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch import Tensor, nn
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
@@ -85,3 +89,36 @@ def init_like_detectron2(model: nn.Module) -> None:
     if predictor is not None:
         nn.init.normal_(predictor.mask_fcn_logits.weight, std=0.001)
         nn.init.zeros_(predictor.mask_fcn_logits.bias)
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of the whole global batch (every process's
+    images, weighted by pixel count: torch's SyncBatchNorm semantics). Alone, or in eval mode, it
+    is plain BatchNorm2d, with the same state-dict keys, so checkpoints move between world sizes.
+
+    Per-channel sum, sum of squares and count are all-reduced in one differentiable collective
+    (gradients flow back to every process's inputs), in fp32 also under autocast."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        xf = x.float()
+        count = xf.new_full((1,), float(xf.numel() // channels))
+        stats = torch.cat([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3)), count])
+        stats = differentiable_all_reduce(stats)  # every process calls it, even with an empty batch
+        total = stats[-1].clamp(min=1.0)
+        mean = stats[:channels] / total
+        var = (stats[channels:2 * channels] / total - mean * mean).clamp(min=0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * (total / (total - 1).clamp(min=1.0))
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+        scale = torch.rsqrt(var + self.eps)
+        shift = -mean * scale
+        if self.affine:
+            scale, shift = scale * self.weight, shift * self.weight + self.bias
+        return (xf * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)

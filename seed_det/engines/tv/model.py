@@ -23,7 +23,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .checks import FPN_BACKBONE, check_supported
-from .layers import D2RPN, RoIPooler, init_like_detectron2
+from .layers import D2RPN, RoIPooler, SyncBatchNorm2d, init_like_detectron2
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def norm_layer(name: str):
         return FrozenBatchNorm2d
     if name == "GN":
         return lambda channels: nn.GroupNorm(32, channels)
-    # One process sees the whole batch, so SyncBN / naiveSyncBN reduce to plain BN here.
+    if name in ("SyncBN", "naiveSyncBN"):
+        return SyncBatchNorm2d  # statistics of the global batch; plain BN in a single process
     return nn.BatchNorm2d
 
 

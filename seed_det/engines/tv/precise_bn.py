@@ -1,6 +1,7 @@
 """TEST.PRECISE_BN: replace BatchNorm running statistics by their average over NUM_ITER training
 batches before evaluation, as Detectron2's PreciseBN hook does (the EMA of a short fine-tuning
-run is a poor estimate)."""
+run is a poor estimate). With several processes each averages over its share of the batches and
+the results are averaged over processes, so every process ends with the same statistics."""
 from __future__ import annotations
 
 import logging
@@ -9,6 +10,8 @@ from typing import Iterator
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from seed_core.distributed import all_reduce_sum, world_info
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ def update_bn_stats(model: nn.Module, batches: Iterator, num_iter: int, device: 
     was_training = model.training
     model.train()
     try:
-        for _ in tqdm(range(num_iter), desc="precise BN", dynamic_ncols=True, leave=False):
+        for _ in tqdm(range(num_iter), desc="precise BN", dynamic_ncols=True, leave=False, disable=world_info()[0] != 0):
             images, targets = next(batches)
             model([im.to(device) for im in images],
                   [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets])
@@ -33,4 +36,9 @@ def update_bn_stats(model: nn.Module, batches: Iterator, num_iter: int, device: 
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
         model.train(was_training)
+    world = world_info()[1]
+    if world > 1:
+        for bn in bns:
+            for stat in (bn.running_mean, bn.running_var):
+                stat.copy_(all_reduce_sum(stat.clone()) / world)
     logger.info("precise BN: recomputed %d BatchNorm statistics over %d batches", len(bns), num_iter)

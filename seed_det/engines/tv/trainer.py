@@ -1,5 +1,9 @@
 """The training loop: iterations, not epochs, with Detectron2's schedule, periodic checkpoints and
-evaluation, a tqdm bar with ETA, and a per-iteration log (train_log.jsonl) for loss curves."""
+evaluation, a tqdm bar with ETA, and a per-iteration log (train_log.jsonl) for loss curves.
+
+Several processes train one model with DistributedDataParallel: each takes its slice of every
+global batch (SOLVER.IMS_PER_BATCH), the main process writes checkpoints and logs. Mixed
+precision (SOLVER.AMP.ENABLED, CUDA only) is fp16 autocast with a GradScaler, like Detectron2."""
 from __future__ import annotations
 
 import json
@@ -11,9 +15,12 @@ from typing import Callable, Dict, Optional
 
 import torch
 from fvcore.common.config import CfgNode
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from seed_core.errors import TrainingError
+from seed_core.distributed import all_reduce_sum, broadcast_buffers, stop_if_peer_lost, world_info
+from seed_core.errors import NonFiniteLossError
+from seed_core.precision import autocast, make_grad_scaler
 from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate
 
 from .checkpoint import save_checkpoint
@@ -38,42 +45,62 @@ def loss_weights(cfg: CfgNode) -> Dict[str, float]:
             "loss_box_reg": m.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT}
 
 
-def _last_checkpoint_note(output_dir: str) -> str:
-    last = os.path.join(output_dir, "last_checkpoint")
-    if not os.path.isfile(last):
-        return ""
-    with open(last) as f:
-        return f"The last good checkpoint is kept at {os.path.join(output_dir, f.read().strip())}. "
-
-
 class Trainer:
     """Owns model, optimizer and schedule; `train()` runs from `start_iter` to SOLVER.MAX_ITER."""
 
     def __init__(self, cfg: CfgNode, model: torch.nn.Module, train_data: DetectionDataset, device: torch.device,
                  evaluate: Optional[Callable[[], Dict]] = None):
         self.cfg, self.model, self.data, self.device, self.evaluate = cfg, model, train_data, device, evaluate
+        self.rank, self.world_size = world_info()
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.precision = "fp16" if cfg.SOLVER.AMP.ENABLED else "fp32"  # engine checks refuse AMP off CUDA
+        self.scaler = make_grad_scaler(self.precision, device)
         self.start_iter = 0
+        self.last_checkpoint: Optional[str] = None  # named in errors that stop the run
         self.step_times = []
         self.loss_weights = loss_weights(cfg)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Gradients are averaged over processes in backward; DDP also starts every process from
+        # rank 0's weights. Inference and checkpoints use the plain model.
+        self.forward = model if self.world_size == 1 else DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def restore(self, ckpt: Dict) -> None:
-        """Resume model, optimizer, schedule and data order from a checkpoint of this engine."""
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def restore(self, ckpt: Dict, path: str) -> None:
+        """Resume model, optimizer, schedule, loss scale and data order from a checkpoint of this engine."""
+        self.last_checkpoint = path
         self.model.load_state_dict(ckpt["model"])
         if "optimizer" in ckpt:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         if "scheduler" in ckpt:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "grad_scaler" in ckpt and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.start_iter = int(ckpt.get("iteration", 0))
         logger.info("resuming at iteration %d", self.start_iter)
 
     def _loader(self, seed_offset: int = 0, start_batch: int = 0):
         s = self.cfg.SOLVER
         seed = (self.cfg.SEED if self.cfg.SEED >= 0 else 0) + seed_offset
-        sampler = InfiniteBatchSampler(len(self.data), s.IMS_PER_BATCH, seed, start_batch=start_batch)
+        sampler = InfiniteBatchSampler(len(self.data), s.IMS_PER_BATCH, seed, start_batch=start_batch,
+                                       rank=self.rank, world_size=self.world_size)
         return iter(torch.utils.data.DataLoader(self.data, batch_sampler=sampler, collate_fn=collate,
                                                 num_workers=self.cfg.DATALOADER.NUM_WORKERS))
+
+    def _save(self, name: str, iteration: int) -> None:
+        self.last_checkpoint = os.path.join(self.cfg.OUTPUT_DIR, name)
+        if self.is_main:
+            save_checkpoint(self.cfg.OUTPUT_DIR, name, self.model, self.optimizer, self.scheduler, iteration,
+                            self.scaler if self.scaler.is_enabled() else None)
+
+    def _resume_hint(self) -> str:
+        if self.last_checkpoint is None:
+            return "No checkpoint was written yet."
+        return f"The last checkpoint, {self.last_checkpoint}, is kept; restart with --resume."
 
     def train(self) -> None:
         cfg, s = self.cfg, self.cfg.SOLVER
@@ -83,51 +110,73 @@ class Trainer:
             return
         self.model.train()
         set_input_sizes(self.model, cfg, train=True)
-        params = [p for p in self.model.parameters() if p.requires_grad]
         data = self._loader(start_batch=self.start_iter)
-        log = open(os.path.join(out, "train_log.jsonl"), "a")
+        log = open(os.path.join(out, "train_log.jsonl"), "a") if self.is_main else None
         bar = tqdm(range(self.start_iter, s.MAX_ITER), initial=self.start_iter, total=s.MAX_ITER,
-                   desc="train", dynamic_ncols=True, mininterval=1.0)
-        logger.info("training iterations %d..%d, batch %d", self.start_iter, s.MAX_ITER, s.IMS_PER_BATCH)
+                   desc="train", dynamic_ncols=True, mininterval=1.0, disable=not self.is_main)
+        logger.info("training iterations %d..%d, batch %d (%d per process x %d processes)%s", self.start_iter,
+                    s.MAX_ITER, s.IMS_PER_BATCH, s.IMS_PER_BATCH // self.world_size, self.world_size,
+                    ", mixed precision (fp16)" if self.precision == "fp16" else "")
         try:
             for it in bar:
                 t0 = time.perf_counter()
                 images, targets = _to_device(*next(data), self.device)
                 t1 = time.perf_counter()
-                losses = {k: v * self.loss_weights.get(k, 1.0) for k, v in self.model(images, targets).items()}
-                loss = sum(losses.values())
-                if not math.isfinite(loss.item()):
-                    parts = {k: round(v.item(), 4) for k, v in losses.items()}
-                    raise TrainingError(f"the detection loss is not finite ({loss.item()}) at iteration {it} "
-                                        f"({parts}); stopping. {_last_checkpoint_note(out)}Lower SOLVER.BASE_LR "
-                                        "or lengthen SOLVER.WARMUP_ITERS.")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip_gradients(cfg, params)
-                self.optimizer.step()
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
+                with stop_if_peer_lost(f"at iteration {it}", self._resume_hint()):
+                    losses, lr = self._step(images, targets, it)
                 t2 = time.perf_counter()
                 self.step_times.append((t1 - t0, t2 - t1))
-                row = {"iteration": it + 1, "loss": loss.item(), **{k: v.item() for k, v in losses.items()},
-                       "lr": lr, "data_time": t1 - t0, "time": t2 - t0}
-                log.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
                 done = it + 1
+                if log is not None:
+                    row = {"iteration": done, "loss": sum(losses.values()), **losses, "lr": lr,
+                           "data_time": t1 - t0, "time": t2 - t0}
+                    log.write(json.dumps(row) + "\n")
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
                 if s.CHECKPOINT_PERIOD and done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER:
-                    log.flush()
-                    save_checkpoint(out, f"model_{done:07d}.pth", self.model, self.optimizer, self.scheduler, done)
+                    if log is not None:
+                        log.flush()
+                    self._save(f"model_{done:07d}.pth", done)
                 if self.evaluate and cfg.TEST.EVAL_PERIOD and done % cfg.TEST.EVAL_PERIOD == 0 and done < s.MAX_ITER:
                     self.precise_bn(done)
+                    broadcast_buffers(self.model)
                     self.evaluate()
                     self.model.train()
                     set_input_sizes(self.model, cfg, train=True)
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
         self.precise_bn(s.MAX_ITER)
-        save_checkpoint(out, "model_final.pth", self.model, self.optimizer, self.scheduler, s.MAX_ITER)
+        broadcast_buffers(self.model)  # the saved and evaluated model is the same on every process
+        self._save("model_final.pth", s.MAX_ITER)
         self._write_timing()
+
+    def _step(self, images, targets, it: int):
+        """One optimisation step; returns the loss parts averaged over processes, and the lr used."""
+        with autocast(self.precision, self.device):
+            parts = self.forward(images, targets)
+        losses = {k: v.float() * self.loss_weights.get(k, 1.0) for k, v in parts.items()}
+        loss = sum(losses.values())
+        # One small all-reduce of the loss parts: the logged loss is the global one, and every
+        # process sees a non-finite loss at the same step, so they all stop together.
+        reduced = all_reduce_sum(torch.stack([v.detach().sum() for v in losses.values()]).double()) / self.world_size
+        reduced = dict(zip(losses, reduced.tolist()))
+        total = sum(reduced.values())
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"the detection loss is not finite ({total}) at iteration {it} "
+                f"({ {k: round(v, 4) for k, v in reduced.items()} }); stopping. {self._resume_hint()} "
+                "Lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            clip_gradients(self.cfg, self.params)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return reduced, lr
 
     def precise_bn(self, iteration: int) -> None:
         """Recompute BN statistics on training batches (a separate, seeded data stream)."""
@@ -139,9 +188,10 @@ class Trainer:
     def _write_timing(self) -> None:
         # Skip the first iterations: allocator warm-up would dominate a short run.
         times = self.step_times[min(2, len(self.step_times) - 1):] if self.step_times else []
-        if not times:
+        if not times or not self.is_main:
             return
         stats = {"iterations_timed": len(times), "ims_per_batch": self.cfg.SOLVER.IMS_PER_BATCH,
+                 "processes": self.world_size, "precision": self.precision,
                  "mean_data_s": sum(t[0] for t in times) / len(times),
                  "mean_step_s": sum(t[1] for t in times) / len(times), "device": str(self.device),
                  "threads": torch.get_num_threads()}

@@ -1,0 +1,48 @@
+"""tools/train_net.py for the torchvision engine's multi-process tests, with an optional fault:
+
+  KILL_RANK_AT=rank:iteration   that process SIGKILLs itself just before that training iteration
+
+The patch is made at import, so the processes `--num-gpus N` spawns (which import this script as
+their main module) carry it too.
+"""
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from seed_det.engines.tv import trainer as tv_trainer  # noqa: E402
+
+if os.environ.get("KILL_RANK_AT"):
+    kill_rank, kill_at = (int(x) for x in os.environ["KILL_RANK_AT"].split(":"))
+    step = tv_trainer.Trainer._step
+
+    def faulty_step(self, images, targets, it):
+        if self.rank == kill_rank and it == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no goodbye to the other processes
+        return step(self, images, targets, it)
+    tv_trainer.Trainer._step = faulty_step
+
+
+def sync_bn_half_batches(ctx, x, out_dir):
+    """Each process normalises its half of `x` with SyncBatchNorm2d and saves output, input
+    gradient and running statistics (the test compares them with BatchNorm2d on all of x)."""
+    import torch
+    from seed_det.engines.tv.layers import SyncBatchNorm2d
+    torch.manual_seed(0)
+    bn = SyncBatchNorm2d(x.shape[1])
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    half = x.shape[0] // ctx.world_size
+    mine = x[ctx.rank * half:(ctx.rank + 1) * half].clone().requires_grad_(True)
+    y = bn(mine)
+    (y * torch.arange(y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    torch.save({"y": y.detach(), "grad": mine.grad, "mean": bn.running_mean, "var": bn.running_var},
+               os.path.join(out_dir, f"rank{ctx.rank}.pth"))
+
+
+if __name__ == "__main__":
+    from conftest import load_script
+    sys.exit(load_script(os.path.join("tools", "train_net.py")).cli())
