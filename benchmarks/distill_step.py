@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Speed of one SEED training step on this machine, side by side in one run, on the same inputs:
 
-  ours       the training step of seed_core (reduced-precision frozen teacher, bf16 autocast student
-             when the CPU has native bf16, channels_last, in-place queue read, enqueue after step)
+  ours       the training step of seed_core (frozen teacher at the default TRAIN.TEACHER_PRECISION,
+             bf16 autocast student when the CPU has native bf16, channels_last, in-place queue read,
+             enqueue after step)
   reference  the same math written the straightforward way of the paper's code: fp32, contiguous
              tensors, queue cloned every step, two full-queue einsums
   bare       student forward+backward + teacher forward only, in our precision (the floor)
@@ -43,9 +44,11 @@ from seed_core.encoders import build_student  # noqa: E402
 from seed_core.objectives import DistillationObjective  # noqa: E402
 from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision  # noqa: E402
 from seed_core.queue import EmbeddingQueue  # noqa: E402
+from seed_core.teacher_precision import resolve_teacher_precision  # noqa: E402
 from seed_core.teachers import FrozenTeacher  # noqa: E402
 
 LOSS = get_default_cfg().LOSS  # the paper's temperatures, tau_S and tau_T
+TEACHER_PRECISION = get_default_cfg().TRAIN.TEACHER_PRECISION  # the trainer's default
 
 
 def make_teacher(arch, dim, seed=1):
@@ -66,8 +69,9 @@ class OursStep:
         small_queue = _queue_from(queue_init) if small_patches else None
         # The objective gives each queue its reduced-precision copy, as in training.
         self.objective = DistillationObjective(teacher, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
-                                               DTYPES[precision], channels_last, student_dtype=DTYPES[precision],
-                                               small_queue=small_queue)
+                                               channels_last=channels_last, student_dtype=DTYPES[precision],
+                                               small_queue=small_queue,
+                                               teacher_precision=resolve_teacher_precision(TEACHER_PRECISION))
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def _inputs(self, x):

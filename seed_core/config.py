@@ -72,8 +72,8 @@ def get_default_cfg() -> CfgNode:
     C.TRAIN = CfgNode()
     C.TRAIN.PRECISION = "auto"               # auto | fp32 | bf16 | fp16 (fp16 only on CUDA, with GradScaler)
     C.TRAIN.CHANNELS_LAST = True
-    # auto: fp16 for a reduced-precision student on CUDA, else fp32 (seed_core/teacher_precision.py:
-    # the cheapest choice keeping the SEED targets within TV 1e-3 of an fp64 teacher's).
+    # auto: fp32 whatever PRECISION (seed_core/teacher_precision.py: the only choice keeping SEED's
+    # targets within TV 1e-3 of an fp64 teacher's); bf16 / fp16 / *-fp32tail trade that for speed.
     C.TRAIN.TEACHER_PRECISION = "auto"
     C.TRAIN.CHECKPOINT_PERIOD = 1000         # iterations; a checkpoint is also written each epoch
     C.TRAIN.LOG_PERIOD = 10

@@ -167,7 +167,7 @@ class Trainer:
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM, splits)
         else:
             teacher = self._load_teacher()
-            t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, self.precision, self.device.type)
+            t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION)
             resolve_precision(t_prec.split("-")[0], self.device)  # refuses fp16 on CPU, as for the student
             self.teacher_format = teacher.format
             logger.info("teacher precision: %s", t_prec)
