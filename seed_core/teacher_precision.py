@@ -22,8 +22,8 @@ from torch import nn
 
 from .constants import TEACHER_PRECISIONS
 from .errors import ConfigError
+from .precision import DTYPES
 
-FULL = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TAIL_SUFFIX = "-fp32tail"
 # Chosen by the measurement in the README: the only teacher precision whose SEED targets stay
 # within TV 1e-3 of an fp64 teacher's for every image, on the digits teacher and on a ResNet-50
@@ -37,9 +37,12 @@ def check_teacher_precision(name: str) -> None:
         raise ConfigError(f"teacher precision {name!r} is not known: choose one of {', '.join(TEACHER_PRECISIONS)}")
 
 
-def resolve_teacher_precision(name: str) -> str:
-    """`auto` -> AUTO_TEACHER_PRECISION (fp32) whatever the student's precision."""
+def resolve_teacher_precision(name: str, device_type: str = "cpu") -> str:
+    """`auto` -> AUTO_TEACHER_PRECISION (fp32) whatever the student's precision; fp16 choices are
+    refused on CPU (no fast fp16 kernels there), as TRAIN.PRECISION fp16 is."""
     check_teacher_precision(name)
+    if name.startswith("fp16") and device_type != "cuda":
+        raise ConfigError(f"TRAIN.TEACHER_PRECISION {name} needs a CUDA device; on CPU use fp32 or bf16")
     return AUTO_TEACHER_PRECISION if name == "auto" else name
 
 
@@ -49,7 +52,7 @@ def split_precision(name: str) -> tuple[torch.dtype, bool]:
     if name == "auto":
         raise ConfigError("resolve the teacher precision 'auto' first (resolve_teacher_precision)")
     base, tail = (name[: -len(TAIL_SUFFIX)], True) if name.endswith(TAIL_SUFFIX) else (name, False)
-    return FULL[base], tail and base != "fp32"
+    return DTYPES[base], tail and base != "fp32"
 
 
 class SplitPrecisionTeacher(nn.Module):

@@ -25,12 +25,12 @@ from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
 from .monitoring import METRICS_FILE, BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
 from .objectives import DistillationObjective, MoCoObjective
-from .teacher_precision import resolve_teacher_precision
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
 from .run_dir import LOG_FILE, RunLog, ensure_output_dir, existing_run, move_aside
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
+from .teacher_precision import resolve_teacher_precision
 from .teachers import embedding_dim, load_teacher
 from .yaml_config import flatten_cfg
 
@@ -167,8 +167,7 @@ class Trainer:
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM, splits)
         else:
             teacher = self._load_teacher()
-            t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION)
-            resolve_precision(t_prec.split("-")[0], self.device)  # refuses fp16 on CPU, as for the student
+            t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, self.device.type)
             self.teacher_format = teacher.format
             logger.info("teacher precision: %s", t_prec)
             self.objective = DistillationObjective(

@@ -68,6 +68,9 @@ def test_fp32_tail_keeps_last_stage_and_head_in_fp32():
 def test_auto_resolves_to_the_default_and_explicit_choices_are_kept():
     assert resolve_teacher_precision("auto") == AUTO_TEACHER_PRECISION
     assert resolve_teacher_precision("bf16-fp32tail") == "bf16-fp32tail"
+    assert resolve_teacher_precision("fp16", "cuda") == "fp16"
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
+        resolve_teacher_precision("fp16-fp32tail", "cpu")
 
 
 def test_fp32_tail_needs_a_resnet_teacher():
@@ -83,3 +86,15 @@ def test_bad_teacher_precision_names_are_refused(bad):
     cfg = load_cfg(None, ["TRAIN.TEACHER_PRECISION", bad])
     with pytest.raises(ConfigError, match="TRAIN.TEACHER_PRECISION"):
         validate_cfg(cfg)
+
+
+def test_training_runs_with_an_fp32_last_stage_teacher(images, moco_teacher, tmp_path):
+    from conftest import tiny_opts
+    from seed_core.run_dir import LOG_FILE
+    from seed_core.trainer import train
+    out = tmp_path / "run"
+    cfg = load_cfg(None, tiny_opts(images, moco_teacher, str(out), **{
+        "TRAIN.TEACHER_PRECISION": "bf16-fp32tail", "SOLVER.EPOCHS": 1}))
+    summary = train(cfg)
+    assert summary["finished"] and summary["iterations"] == 3
+    assert "teacher precision: bf16-fp32tail" in (out / LOG_FILE).read_text()
