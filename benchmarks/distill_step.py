@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Speed of one SEED training step on this machine, side by side in one run, on the same inputs:
 
-  ours       the training step of seed_core (reduced-precision frozen teacher, bf16 autocast student
-             when the CPU has native bf16, channels_last, in-place queue read, enqueue after step)
+  ours       the training step of seed_core (frozen teacher at the default TRAIN.TEACHER_PRECISION,
+             bf16 autocast student when the CPU has native bf16, channels_last, in-place queue read,
+             enqueue after step)
   reference  the same math written the straightforward way of the paper's code: fp32, contiguous
              tensors, queue cloned every step, two full-queue einsums
   bare       student forward+backward + teacher forward only, in our precision (the floor)
@@ -14,6 +15,16 @@ and the share of queue + similarity + loss in our step. Variants are timed inter
     python benchmarks/distill_step.py --teacher resnet152 --queue-size 4096
     python benchmarks/distill_step.py --with-data           # + end-to-end throughput with data loading
     python benchmarks/distill_step.py --small-patches 6     # + the cost of SEED's small patches
+
+Teacher precision instead of speed: the total-variation distance between SEED's teacher targets with
+the teacher in bf16 / fp16 / fp32 / bf16 with an fp32 last stage + head, against fp64, on real images
+(scikit-learn's digits, or crops of its two sample photographs) and a queue of the teacher's own
+embeddings of other real images:
+
+    python benchmarks/distill_step.py --teacher-precision-tv --teacher resnet34 \
+        --tv-weights output/paper_claim/runs/teacher-resnet34-moco-<key>/checkpoint.pth --tv-images digits
+    python benchmarks/distill_step.py --teacher-precision-tv --teacher resnet50 --tv-images photos
+        # no weights: random convolutions, BatchNorm statistics re-estimated on the photo crops
 """
 import argparse
 import json
@@ -33,9 +44,11 @@ from seed_core.encoders import build_student  # noqa: E402
 from seed_core.objectives import DistillationObjective  # noqa: E402
 from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision  # noqa: E402
 from seed_core.queue import EmbeddingQueue  # noqa: E402
+from seed_core.teacher_precision import resolve_teacher_precision  # noqa: E402
 from seed_core.teachers import FrozenTeacher  # noqa: E402
 
 LOSS = get_default_cfg().LOSS  # the paper's temperatures, tau_S and tau_T
+TEACHER_PRECISION = get_default_cfg().TRAIN.TEACHER_PRECISION  # the trainer's default
 
 
 def make_teacher(arch, dim, seed=1):
@@ -56,8 +69,9 @@ class OursStep:
         small_queue = _queue_from(queue_init) if small_patches else None
         # The objective gives each queue its reduced-precision copy, as in training.
         self.objective = DistillationObjective(teacher, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
-                                               DTYPES[precision], channels_last, student_dtype=DTYPES[precision],
-                                               small_queue=small_queue)
+                                               channels_last=channels_last, student_dtype=DTYPES[precision],
+                                               small_queue=small_queue,
+                                               teacher_precision=resolve_teacher_precision(TEACHER_PRECISION))
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def _inputs(self, x):
@@ -218,6 +232,71 @@ def small_patch_cost(args, student, teacher, queue_init, precision, x) -> dict:
             "cost_ratio": t["small"] / t["single"], "queues_loss_share": t["queues"] / t["small"]}
 
 
+def real_images(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
+    """`n` real images at `size` px, normalised as in training: digits (scikit-learn's handwritten
+    digits through the glyphs augmentation of the digits runs) or photos (random crops of
+    scikit-learn's two sample photographs through MoCo-v2's augmentation)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits, load_sample_images
+    from seed_core.augmentations import build_transform
+    from tools.apps.digits import digit_to_image
+    torch.manual_seed(seed)  # the augmentations draw from torch's global generator
+    if kind == "digits":
+        pixels = load_digits().images
+        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))
+        tf = build_transform("glyphs", size)
+        return torch.stack([tf(digit_to_image(pixels[int(order[i % len(order)])], size)) for i in range(n)])
+    photos = [Image.fromarray(p) for p in load_sample_images().images]
+    tf = build_transform("mocov2", size)
+    return torch.stack([tf(photos[i % len(photos)]) for i in range(n)])
+
+
+@torch.no_grad()
+def reestimate_batchnorm(net: torch.nn.Module, images: torch.Tensor, batch: int = 64) -> None:
+    """Replace every BatchNorm's running statistics by their average over `images` (cumulative
+    averaging), so activations have the scale of real data rather than of the init."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    for i in range(0, len(images), batch):
+        net(images[i:i + batch])
+    net.eval()
+
+
+def teacher_precision_tv(args) -> dict:
+    from seed_core.teacher_precision import measure_target_tv
+    from seed_core.teachers import fold_batchnorm, load_teacher
+    n_batch, n_queue = args.tv_batch, args.tv_queue
+    images = real_images(args.tv_images, n_batch, args.image_size, seed=10)
+    queue_images = real_images(args.tv_images, n_queue, args.image_size, seed=11)
+    if args.tv_weights:
+        teacher, origin = load_teacher(args.tv_weights, args.teacher), f"trained weights {args.tv_weights}"
+    else:
+        teacher = make_teacher(args.teacher, args.dim)
+        reestimate_batchnorm(teacher, real_images(args.tv_images, args.tv_bn_images, args.image_size, seed=12))
+        teacher = FrozenTeacher(teacher.backbone, teacher.head)
+        origin = f"random convolutions, BatchNorm statistics re-estimated on {args.tv_bn_images} {args.tv_images} images"
+    t0 = time.perf_counter()
+    tv = measure_target_tv(teacher, images, queue_images, LOSS.TEACHER_TEMP, fold=fold_batchnorm)
+    return {"teacher": args.teacher, "origin": origin, "images": args.tv_images, "image_size": args.image_size,
+            "batch": n_batch, "queue": n_queue, "teacher_temp": LOSS.TEACHER_TEMP, "reference": "fp64",
+            "tv": tv, "seconds": time.perf_counter() - t0,
+            "machine": {"cpu_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16(),
+                        "torch": torch.__version__}}
+
+
+def print_tv_table(r: dict) -> None:
+    print(f"\nSEED teacher targets vs an fp64 teacher: {r['teacher']} ({r['origin']}), {r['batch']} {r['images']} "
+          f"images at {r['image_size']} px, queue of {r['queue']} teacher embeddings, tau_T {r['teacher_temp']}; "
+          f"torch {r['machine']['torch']}, native bf16: {r['machine']['native_bf16']}")
+    print("\n| teacher precision | TV mean | TV max | max embedding error |\n|---|---:|---:|---:|")
+    for name, v in r["tv"].items():
+        print(f"| {name} | {v['tv_mean']:.2e} | {v['tv_max']:.2e} | {v['embedding_err_max']:.2e} |")
+    print(f"({r['seconds']:.0f} s)")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -239,10 +318,25 @@ def main(argv=None):
     p.add_argument("--small-patches", type=int, default=0,
                    help="also time SEED's small-patch variant with this many small views per image")
     p.add_argument("--patch-size", type=int, default=48, help="side of a small patch, px (96 at 224)")
+    p.add_argument("--teacher-precision-tv", action="store_true",
+                   help="instead of timing: measure how the teacher's precision moves SEED's targets")
+    p.add_argument("--tv-weights", help="teacher checkpoint for --teacher-precision-tv (default: random "
+                                        "convolutions with BatchNorm statistics re-estimated on real images)")
+    p.add_argument("--tv-images", default="photos", choices=["digits", "photos"])
+    p.add_argument("--tv-batch", type=int, default=64)
+    p.add_argument("--tv-queue", type=int, default=512)
+    p.add_argument("--tv-bn-images", type=int, default=256)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.teacher_precision_tv:
+        res = teacher_precision_tv(args)
+        print_tv_table(res)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return res
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
     # Process-wide allocator setting of the training loop (seed_core.trainer); it applies to every

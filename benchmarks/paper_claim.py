@@ -18,7 +18,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import torch
@@ -26,17 +25,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seed_core.config import ConfigError  # noqa: E402
-from tools.apps.paper_claim import (ABLATIONS, Settings, ablation_chart, ablation_table, main_chart,  # noqa: E402
-                                   main_table, run_ablation, run_main, write_report)
+from tools.apps.paper_claim import (ABLATIONS, TINY, Settings, ablation_chart, ablation_table,  # noqa: E402
+                                   choose_folders, main_chart, main_table, run_ablation, run_main, write_report)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 DEFAULT_WORK = os.path.join(ROOT, "output", "paper_claim")
 
-# A few iterations on 12 digits per class: checks the whole pipeline, numbers mean nothing.
-TINY = dict(seeds=(0,), max_per_class=12, teacher_arch="resnet18", teacher_max_iter=2, max_iter=2,
-            batch_size=8, queue_size=32, num_workers=0, precision="fp32")
 TINY_ABLATION_VALUES = {"teacher_temp": (1e-3, 1e-2), "queue_size": (16, 32), "teacher_epochs": (1, 2),
                         "small_patches": (0, 2)}
 
@@ -75,16 +71,7 @@ def parse_args(argv=None):
 
 
 def _choose_folders(args) -> None:
-    """Quick runs never write over the committed results: --tiny goes to a temporary folder."""
-    if args.tiny:
-        if args.out_dir and os.path.realpath(args.out_dir) == os.path.realpath(RESULTS):
-            raise SystemExit(f"error: --tiny would overwrite the committed results in {RESULTS}; "
-                             "leave --out-dir out (a temporary folder is used) or choose another folder")
-        tmp = None if (args.out_dir and args.work_dir) else tempfile.mkdtemp(prefix="paper_claim_tiny-")
-        args.out_dir = args.out_dir or os.path.join(tmp, "results")
-        args.work_dir = args.work_dir or os.path.join(tmp, "work")
-    args.out_dir = args.out_dir or RESULTS
-    args.work_dir = args.work_dir or DEFAULT_WORK
+    choose_folders(args, RESULTS, DEFAULT_WORK, "paper_claim_tiny-")
 
 
 def settings_from_args(args) -> Settings:

@@ -8,3 +8,7 @@ META_FILE = "meta.json"                     # beside BACKBONE_FILE: architecture
 # torchvision's ImageNet statistics (RGB, 0..1 scale); Detectron2 configs use them x 255.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# TRAIN.TEACHER_PRECISION (seed_core/teacher_precision.py): whole teacher in one dtype, or a
+# reduced-precision body with its last stage and projection head in fp32.
+TEACHER_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "bf16-fp32tail", "fp16-fp32tail")

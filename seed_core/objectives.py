@@ -12,6 +12,7 @@ from .distributed import all_gather_cat
 from .losses import info_nce_loss, l2_loss, seed_loss
 from .queue import EmbeddingQueue
 from .shuffle_bn import grouped_forward, shuffled_keys
+from .teacher_precision import cast_teacher
 from .teachers import fold_batchnorm
 
 
@@ -31,9 +32,8 @@ class DistillationObjective(nn.Module):
                  student_temp: float, teacher_temp: float,
                  teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  fold_bn: bool = True, student_dtype: torch.dtype = torch.float32,
-                 small_queue: EmbeddingQueue | None = None):
+                 small_queue: EmbeddingQueue | None = None, teacher_precision: str | None = None):
         super().__init__()
-        self.teacher = fold_batchnorm(teacher) if fold_bn else teacher
         self.queue, self.small_queue, self.loss = queue, small_queue, loss
         # SEED's student similarities run in the student's (autocast) precision against a copy of
         # each queue in that dtype; the teacher side stays fp32.
@@ -42,11 +42,16 @@ class DistillationObjective(nn.Module):
             if q is not None:
                 q.keep_shadow(shadow)
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
-        self.teacher_dtype = teacher_dtype
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         # The teacher is frozen: keep it permanently in the reduced dtype instead of re-casting
-        # its weights in every autocast forward.
-        self.teacher.to(dtype=teacher_dtype, memory_format=fmt)
+        # its weights in every autocast forward. `teacher_precision` (a TRAIN.TEACHER_PRECISION
+        # name, resolved) replaces `teacher_dtype` and may keep the last stage + head in fp32.
+        fold = fold_batchnorm if fold_bn else None
+        if teacher_precision is not None:
+            self.teacher, self.teacher_dtype = cast_teacher(teacher, teacher_precision, fold, fmt)
+        else:
+            self.teacher = (fold or (lambda m: m))(teacher).to(dtype=teacher_dtype, memory_format=fmt)
+            self.teacher_dtype = teacher_dtype
 
     @torch.inference_mode()
     def teacher_embedding(self, images: torch.Tensor) -> torch.Tensor:

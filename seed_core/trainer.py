@@ -29,6 +29,7 @@ from .queue import EmbeddingQueue
 from .run_dir import LOG_FILE, RunLog, ensure_output_dir, existing_run, move_aside
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
+from .teacher_precision import resolve_teacher_precision
 from .teachers import embedding_dim, load_teacher
 from .yaml_config import flatten_cfg
 
@@ -164,14 +165,14 @@ class Trainer:
             splits = resolve_bn_splits(cfg.LOSS.MOCO_BN_SPLITS, cfg.SOLVER.BATCH_SIZE // ctx.world_size, ctx.world_size)
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM, splits)
         else:
-            t_prec = self.precision if cfg.TRAIN.TEACHER_PRECISION == "auto" else \
-                resolve_precision(cfg.TRAIN.TEACHER_PRECISION, self.device)
             teacher = self._load_teacher()
+            t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, self.device.type)
             self.teacher_format = teacher.format
+            logger.info("teacher precision: %s", t_prec)
             self.objective = DistillationObjective(
                 teacher.to(self.device), self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP,
-                cfg.LOSS.TEACHER_TEMP, DTYPES[t_prec], cfg.TRAIN.CHANNELS_LAST,
-                student_dtype=DTYPES[self.precision], small_queue=self.small_queue)
+                cfg.LOSS.TEACHER_TEMP, channels_last=cfg.TRAIN.CHANNELS_LAST,
+                student_dtype=DTYPES[self.precision], small_queue=self.small_queue, teacher_precision=t_prec)
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=ids)

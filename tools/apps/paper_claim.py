@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 from .digits import write_digits_imagefolder
 from seed_core.evaluation import load_backbone
 from .experiments import knn_accuracy, mean_std
-from .run_cache import DistillRun, cached_distill
+from .run_cache import MARKER, DistillRun, cached_distill
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,26 @@ class Settings:
     small_patches: int = 0                 # SEED students only
     small_patch_size: int = 14             # the official 96 px at 224, scaled to 32 px images
     extra: dict = field(default_factory=dict)  # further KEY VALUE overrides for every run
+    teacher_run: str = ""                  # a finished teacher run folder (run.json) to reuse instead of training
+
+
+# A few iterations on 12 digits per class: checks the whole pipeline, numbers mean nothing.
+TINY = dict(seeds=(0,), max_per_class=12, teacher_arch="resnet18", teacher_max_iter=2, max_iter=2,
+            batch_size=8, queue_size=32, num_workers=0, precision="fp32")
+
+
+def choose_folders(args, results_dir: str, default_work: str, tiny_prefix: str) -> None:
+    """Set args.out_dir / args.work_dir. Quick runs never write over the committed results:
+    with args.tiny both go to a temporary folder unless given, and `results_dir` is refused."""
+    if args.tiny:
+        if args.out_dir and os.path.realpath(args.out_dir) == os.path.realpath(results_dir):
+            raise SystemExit(f"error: --tiny would overwrite the committed results in {results_dir}; "
+                             "leave --out-dir out (a temporary folder is used) or choose another folder")
+        tmp = None if (args.out_dir and args.work_dir) else tempfile.mkdtemp(prefix=tiny_prefix)
+        args.out_dir = args.out_dir or os.path.join(tmp, "results")
+        args.work_dir = args.work_dir or os.path.join(tmp, "work")
+    args.out_dir = args.out_dir or results_dir
+    args.work_dir = args.work_dir or default_work
 
 
 @dataclass
@@ -118,8 +140,23 @@ def _identities(data: Digits, teacher: DistillRun | None) -> dict:
 
 
 def train_teacher(s: Settings, data: Digits) -> DistillRun:
+    if s.teacher_run:
+        return reuse_run(s.teacher_run)
     opts = run_opts(s, data, s.teacher_arch, "moco", 0, s.teacher_epochs, s.teacher_max_iter)
     return cached_distill(f"teacher-{s.teacher_arch}-moco", opts, Path(s.work_dir) / "runs", _identities(data, None))
+
+
+def reuse_run(run_dir: str) -> DistillRun:
+    """A finished run of the cache (its folder with run.json), read only."""
+    marker = Path(run_dir) / MARKER
+    try:
+        record = json.loads(marker.read_text())
+        result, key = record["result"], record["params"]["key"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{run_dir} is not a finished training run ({marker}: {e}); give a run folder "
+                         f"of the harness' cache, e.g. <work-dir>/runs/teacher-resnet34-moco-<key>") from None
+    return DistillRun(Path(run_dir).name, key, result["out_dir"], result["backbone"], result["checkpoint"],
+                      result.get("seconds", 0.0), reused=True)
 
 
 def train_student(s: Settings, data: Digits, arch: str, variant: str, seed: int,

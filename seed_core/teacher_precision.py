@@ -1,0 +1,145 @@
+"""The frozen teacher's numeric precision, and how much it changes SEED's target distribution.
+
+At tau_T = 0.01 an embedding error of a few 1e-3 becomes a logit error of tenths, so a teacher
+run entirely in bf16 can move the soft targets noticeably. Choices (TRAIN.TEACHER_PRECISION):
+
+  fp32, bf16, fp16          the whole teacher in that dtype
+  bf16-fp32tail, fp16-...   the teacher in bf16/fp16 up to its last stage; the last stage, the
+                            pooling and the projection head in fp32 (most of the compute stays
+                            reduced; the rounding nearest the embedding does not)
+  auto                      fp32, whatever the student's precision
+
+`measure_target_tv` gives the total-variation distance between a variant's targets and an fp64
+reference on real images; benchmarks/distill_step.py --teacher-precision-tv prints it.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .constants import TEACHER_PRECISIONS
+from .errors import ConfigError
+from .precision import DTYPES
+
+TAIL_SUFFIX = "-fp32tail"
+# Chosen by the measurement in the README: the only teacher precision whose SEED targets stay
+# within TV 1e-3 of an fp64 teacher's for every image, on the digits teacher and on a ResNet-50
+# (bf16: mean TV 1e-3 to 8e-3, with or without an fp32 last stage; fp16: mean 2e-4 to 1e-3, single
+# images up to 1.5e-3, and GPU-only).
+AUTO_TEACHER_PRECISION = "fp32"
+
+
+def check_teacher_precision(name: str) -> None:
+    if name not in TEACHER_PRECISIONS:
+        raise ConfigError(f"teacher precision {name!r} is not known: choose one of {', '.join(TEACHER_PRECISIONS)}")
+
+
+def resolve_teacher_precision(name: str, device_type: str = "cpu") -> str:
+    """`auto` -> AUTO_TEACHER_PRECISION (fp32) whatever the student's precision; fp16 choices are
+    refused on CPU (no fast fp16 kernels there), as TRAIN.PRECISION fp16 is."""
+    check_teacher_precision(name)
+    if name.startswith("fp16") and device_type != "cuda":
+        raise ConfigError(f"TRAIN.TEACHER_PRECISION {name} needs a CUDA device; on CPU use fp32 or bf16")
+    return AUTO_TEACHER_PRECISION if name == "auto" else name
+
+
+def split_precision(name: str) -> tuple[torch.dtype, bool]:
+    """(dtype of the teacher body, whether the last stage + head run in fp32)."""
+    check_teacher_precision(name)
+    if name == "auto":
+        raise ConfigError("resolve the teacher precision 'auto' first (resolve_teacher_precision)")
+    base, tail = (name[: -len(TAIL_SUFFIX)], True) if name.endswith(TAIL_SUFFIX) else (name, False)
+    return DTYPES[base], tail and base != "fp32"
+
+
+class SplitPrecisionTeacher(nn.Module):
+    """`body` in a reduced dtype, `tail` (last stage, pooling, head) in fp32."""
+
+    def __init__(self, body: nn.Module, tail: nn.Module):
+        super().__init__()
+        self.body, self.tail = body, tail
+        self.input_dtype = next(body.parameters()).dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.body(x.to(self.input_dtype)).float())
+
+
+def has_last_stage(teacher: nn.Module) -> bool:
+    bb = getattr(teacher, "backbone", None)
+    return bb is not None and all(hasattr(bb, n) for n in ("layer1", "layer2", "layer3", "layer4", "avgpool"))
+
+
+def split_last_stage(teacher: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(body, tail) of a ResNet-family teacher (an EmbeddingNet whose backbone has layer1..layer4):
+    tail = layer4 + pooling + projection head. Other architectures are refused by name."""
+    bb, head = getattr(teacher, "backbone", None), getattr(teacher, "head", nn.Identity())
+    if not has_last_stage(teacher):
+        raise ConfigError(f"an fp32 last stage needs a ResNet-family teacher (layer1..layer4); "
+                          f"{type(bb or teacher).__name__} has none: use TRAIN.TEACHER_PRECISION fp32, bf16 or fp16")
+    body = nn.Sequential(bb.conv1, bb.bn1, bb.relu, bb.maxpool, bb.layer1, bb.layer2, bb.layer3)
+    tail = nn.Sequential(bb.layer4, bb.avgpool, nn.Flatten(1), bb.fc, head)
+    return body, tail
+
+
+def cast_teacher(teacher: nn.Module, precision: str, fold=None,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> tuple[nn.Module, torch.dtype]:
+    """The teacher kept permanently in `precision` (never re-cast per forward), optionally with
+    `fold` (e.g. teachers.fold_batchnorm) applied to each part; returns (module, input dtype)."""
+    dtype, fp32_tail = split_precision(precision)
+    fold = fold or (lambda m: m)
+    if not fp32_tail:
+        net = fold(teacher).to(dtype=dtype, memory_format=memory_format)
+        return net, dtype
+    body, tail = split_last_stage(teacher)
+    body = fold(body).to(dtype=dtype, memory_format=memory_format)
+    tail = fold(tail).to(dtype=torch.float32, memory_format=memory_format)
+    return SplitPrecisionTeacher(body, tail).eval().requires_grad_(False), dtype
+
+
+def target_distribution(z: torch.Tensor, queue: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """SEED's teacher target softmax(z . [z; queue]^T / tau_T) for unit embeddings z (N, D) and a
+    queue (K, D), computed in the inputs' dtype (pass fp64 for a reference)."""
+    logits = torch.cat([(z * z).sum(1, keepdim=True), z @ queue.t()], dim=1) / teacher_temp
+    return torch.softmax(logits, dim=1)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Per-row total-variation distance 0.5 * sum |p - q| (in fp64)."""
+    return 0.5 * (p.double() - q.double()).abs().sum(dim=1)
+
+
+@torch.inference_mode()
+def embed(net: nn.Module, images: torch.Tensor, input_dtype: torch.dtype, batch: int = 64) -> torch.Tensor:
+    """Unit embeddings of `images` in fp64, computed `batch` images at a time."""
+    out = [F.normalize(net(images[i:i + batch].to(input_dtype)).double(), dim=1)
+           for i in range(0, len(images), batch)]
+    return torch.cat(out)
+
+
+def measure_target_tv(teacher: nn.Module, images: torch.Tensor, queue_images: torch.Tensor,
+                      teacher_temp: float, precisions=("fp32", "bf16", "fp16", "bf16" + TAIL_SUFFIX),
+                      fold=None, reference: str = "fp64") -> dict:
+    """Total-variation distance between the teacher's SEED targets on `images` with the teacher in
+    each of `precisions` and with the teacher in `reference` (fp64, or fp32). The queue holds the teacher's own embeddings
+    of `queue_images`, computed in the same precision as the batch (as in training, where the teacher
+    fills the queue). Returns {precision: {"tv_mean", "tv_max", "embedding_err_max"}}."""
+    for name in precisions:
+        check_teacher_precision(name)
+        if name == "auto":
+            raise ConfigError("measure concrete precisions; 'auto' depends on the student's precision")
+    teacher = copy.deepcopy(teacher).eval()
+    ref_dtype = {"fp64": torch.float64, "fp32": torch.float32}[reference]
+    ref_net = (fold or (lambda m: m))(copy.deepcopy(teacher)).to(ref_dtype)
+    z_ref, q_ref = embed(ref_net, images, ref_dtype), embed(ref_net, queue_images, ref_dtype)
+    p_ref = target_distribution(z_ref, q_ref, teacher_temp)
+    out = {}
+    for name in precisions:
+        net, in_dtype = cast_teacher(copy.deepcopy(teacher), name, fold)
+        z, q = embed(net, images, in_dtype), embed(net, queue_images, in_dtype)
+        tv = total_variation(target_distribution(z, q, teacher_temp), p_ref)
+        out[name] = {"tv_mean": float(tv.mean()), "tv_max": float(tv.max()),
+                     "embedding_err_max": float((z - z_ref).abs().max())}
+    return out

@@ -1,0 +1,51 @@
+"""benchmarks/lr_sweep.py on its tiny preset, and the sweep points' checks."""
+import json
+
+import pytest
+import torch
+
+from conftest import load_script
+from tools.apps.lr_sweep import pick_best, read_point
+
+
+@pytest.fixture
+def restore_threads():
+    n = torch.get_num_threads()  # the CLI sets the torch thread count for the whole process
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_sweep_picks_a_point_per_method_and_reruns_it(tmp_path, restore_threads):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert load_script("benchmarks/lr_sweep.py").main(["--tiny", "--out-dir", str(out), "--work-dir", str(work)]) == 0
+    result = json.loads((out / "lr_sweep_resnet18.json").read_text())
+    assert [r["point"] for r in result["sweep"]] == ["mocov2_lr0.03", "mocov2_m0.999_lr0.03", "seed_lr0.015",
+                                                     "seed_lr0.03"]
+    assert result["sweep"][1]["overrides"] == {"LOSS.MOCO_MOMENTUM": 0.999, "SOLVER.BASE_LR": 0.03}
+    for method in ("moco", "seed"):
+        rows = [r for r in result["sweep"] if r["method"] == method]
+        best = max(rows, key=lambda r: r["top1_mean"])
+        assert result["best"][method] == best["point"]
+        assert result["final"][method]["point"] == best["point"]
+    # Different settings are different runs of the cache.
+    assert len(list((work / "runs").glob("resnet18-moco-s0-*"))) == 2
+    assert "(best)" in (out / "lr_sweep_resnet18.md").read_text()
+
+
+def test_pick_best_takes_the_highest_mean_per_method():
+    rows = [{"method": "moco", "point": "a", "top1_mean": 90.0}, {"method": "moco", "point": "b", "top1_mean": 92.0},
+            {"method": "seed", "point": "c", "top1_mean": 95.0}, {"method": "moco", "point": "d", "top1_mean": 92.0}]
+    assert {m: r["point"] for m, r in pick_best(rows).items()} == {"moco": "b", "seed": "c"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("SOLVER:\n  BASE_LR: 0.1\n", "LOSS.NAME"),
+    ("LOSS:\n  NAME: l2\n", "LOSS.NAME"),
+    ("LOSS:\n  NAME: moco\nSEED: 3\n", "set by the harness"),
+    ("LOSS:\n  NAME: moco\nSOLVER:\n  BASE_LRR: 0.1\n", "BASE_LRR"),
+])
+def test_bad_sweep_points_are_refused(tmp_path, text, message):
+    path = tmp_path / "point.yaml"
+    path.write_text(text)
+    with pytest.raises(Exception, match=message):
+        read_point(path)

@@ -1,0 +1,109 @@
+"""Each student method at its own best settings on the digits harness (tools/apps/paper_claim.py).
+
+A sweep point is a YAML config variant (configs/paper_claim/sweep/*.yaml, with `_BASE_`): its keys
+are applied on top of the harness' settings to every run of that point, and its LOSS.NAME says
+which method (moco or seed) it trains. Every point is trained with `sweep_seeds`; per method the
+point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr was picked
+by), and the winner is then run with every seed of `final_seeds`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from seed_core.config import load_cfg
+from seed_core.yaml_config import flatten_cfg, read_config_file
+from .paper_claim import (Settings, _settings_dict, _summarise, prepare_digits, score, train_student,
+                          train_teacher)
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("moco", "seed")
+METHOD_LABELS = {"moco": "MoCo-v2 alone", "seed": "SEED"}
+# Keys the harness sets per run; a sweep point must not change them.
+HARNESS_KEYS = frozenset({"SEED", "MODEL.STUDENT.ARCH", "DATA.ROOT", "MODEL.TEACHER.ARCH", "MODEL.TEACHER.WEIGHTS",
+                          "OUTPUT_DIR"})
+
+
+def read_point(path: str | Path) -> dict:
+    """One sweep point: {"name", "file", "method", "overrides" (flat KEY -> value)}. Bad files (unknown
+    keys, wrong types, no or another LOSS.NAME, harness keys) are refused by name."""
+    path = Path(path)
+    load_cfg(str(path))  # unknown keys and wrong types: the config's own error, naming the file
+    flat = flatten_cfg(read_config_file(path))
+    method = flat.pop("LOSS.NAME", None)
+    if method not in METHODS:
+        raise ValueError(f"{path}: a sweep point must set LOSS.NAME to one of {', '.join(METHODS)} "
+                         f"(got {method!r})")
+    clash = sorted(HARNESS_KEYS & set(flat))
+    if clash:
+        raise ValueError(f"{path}: {', '.join(clash)} are set by the harness per run; remove them from the file")
+    return {"name": path.stem, "file": str(path), "method": method, "overrides": flat}
+
+
+def _point_settings(s: Settings, point: dict) -> Settings:
+    return replace(s, extra={**s.extra, **point["overrides"]})
+
+
+def _run_point(s: Settings, data, arch: str, point: dict, seeds, teacher) -> dict:
+    sp = _point_settings(s, point)
+    per_seed = []
+    for seed in seeds:
+        rec = train_student(sp, data, arch, point["method"], seed, teacher if point["method"] == "seed" else None)
+        per_seed.append({"seed": seed, **score(sp, data, rec), "train_seconds": rec.seconds, "reused": rec.reused})
+    row = {"point": point["name"], "file": point["file"], "method": point["method"],
+           "overrides": point["overrides"], **_summarise(per_seed)}
+    logger.info("%s %s: k-NN top-1 %.2f +- %.2f over seeds %s", arch, point["name"], row["top1_mean"],
+                row["top1_std"], list(seeds))
+    return row
+
+
+def pick_best(rows: list[dict]) -> dict:
+    """Per method, the sweep row with the highest mean k-NN top-1 (ties: the first listed)."""
+    best = {}
+    for row in rows:
+        if row["method"] not in best or row["top1_mean"] > best[row["method"]]["top1_mean"]:
+            best[row["method"]] = row
+    return best
+
+
+def run_sweep(s: Settings, arch: str, point_files, sweep_seeds=(0,), final_seeds=None) -> dict:
+    """Sweep every point with `sweep_seeds`, then run each method's best point with `final_seeds`
+    (default: the settings' seeds). Returns everything the report needs."""
+    points = [read_point(f) for f in point_files]  # every file checked before any training
+    if not points:
+        raise ValueError("no sweep points given")
+    final_seeds = tuple(final_seeds if final_seeds is not None else s.seeds)
+    start = time.time()
+    data = prepare_digits(s)
+    teacher = train_teacher(s, data) if any(p["method"] == "seed" for p in points) else None
+    sweep = [_run_point(s, data, arch, p, tuple(sweep_seeds), teacher) for p in points]
+    best = pick_best(sweep)
+    by_name = {p["name"]: p for p in points}
+    final = {m: _run_point(s, data, arch, by_name[row["point"]], final_seeds, teacher) for m, row in best.items()}
+    return {"arch": arch, "sweep_seeds": list(sweep_seeds), "final_seeds": list(final_seeds), "sweep": sweep,
+            "best": {m: row["point"] for m, row in best.items()}, "final": final,
+            "teacher_top1": score(s, data, teacher)["top1"] if teacher else None,
+            "settings": _settings_dict(s), "wall_seconds": round(time.time() - start, 1)}
+
+
+def _overrides_text(row: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in row["overrides"].items()) or "harness defaults"
+
+
+def sweep_table(result: dict) -> str:
+    """Markdown: the sweep (one row per point), then each method's best point over the final seeds."""
+    lines = [f"| point | method | settings | {result['arch']} k-NN top-1 (seeds {result['sweep_seeds']}) |",
+             "|---|---|---|---|"]
+    for row in result["sweep"]:
+        mark = " **(best)**" if result["best"].get(row["method"]) == row["point"] else ""
+        lines.append(f"| {row['point']}{mark} | {METHOD_LABELS[row['method']]} | {_overrides_text(row)} | "
+                     f"{row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
+    lines += ["", f"| method | best point | k-NN top-1, seeds {result['final_seeds']} |", "|---|---|---|"]
+    for m, row in result["final"].items():
+        lines.append(f"| {METHOD_LABELS[m]} | {row['point']} | {row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
+    lines += ["", "Pick rule: per method the point with the highest k-NN top-1 on the held-out digits split "
+                  "(as the teacher's lr was picked). Other settings as in the main table."]
+    return "\n".join(lines) + "\n"
