@@ -112,6 +112,18 @@ def test_pretraining_imagefolder_and_queries(scenes):
         assert sum(1 for c in classes if os.listdir(os.path.join(scenes[key], c))) >= 8  # every class, not the first few
 
 
+def test_normalised_crops_are_grey_with_bright_ink_on_dark_ground():
+    from tools.apps.digit_scenes import digit_crop, load_pools
+    spec = SceneSpec(**TINY, crop_style="normalised")
+    pool = load_pools(spec)["pretrain"]
+    for i in range(12):
+        crop = digit_crop(np.random.default_rng(i), pool, i, spec).astype(np.float32)
+        assert np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 0], crop[..., 2])
+        assert crop.max() - crop.min() >= 180                        # contrast stretched (before the 2x downsampling)
+        centre, whole = crop[10:22, 10:22, 0].mean(), crop[..., 0].mean()
+        assert centre > whole                                        # the digit (centred) is the bright part
+
+
 def test_rewrite_same_settings_reuses_other_settings_refused(scenes):
     again = write_digit_scenes(scenes["root"], SceneSpec(**TINY, seed=3))
     assert again["counts"] == scenes["counts"]
@@ -125,6 +137,7 @@ def test_rewrite_same_settings_reuses_other_settings_refused(scenes):
     (dict(min_digits=12, min_digit=24, max_digit=28), "side by side"),
     (dict(num_test=0), "at least one"),
     (dict(sources=("emnist",)), "sources must be"),
+    (dict(crop_style="colour"), "crop_style must be"),
 ])
 def test_impossible_sizes_refused_before_writing(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):

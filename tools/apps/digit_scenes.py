@@ -38,6 +38,7 @@ MANIFEST = "scenes_manifest.json"
 POOLS = ("test", "train", "pretrain")
 _SPLIT_IDS = {"train": 0, "test": 1, "pretrain": 2, "knn_query": 3}
 INK_THRESHOLD = 0.35   # rendered intensity (0..1) above which a pixel is the digit's ink
+CROP_STYLES = ("scene", "normalised")
 MIN_POOL = 20          # digits per pool and source below which a split cannot be varied
 
 
@@ -56,6 +57,7 @@ class SceneSpec:
     pool_fractions: Tuple[float, float, float] = (0.2, 0.2, 0.6)   # test, train, pretrain
     pretrain_crops_per_digit: int = 1
     crop_size: int = 32
+    crop_style: str = "scene"           # scene: as drawn | normalised: grey, ink bright, contrast stretched
     knn_queries: int = 500
     sources: Tuple[str, ...] = ("mnist", "sklearn")
     max_per_source: int = 0             # > 0 keeps only that many digits of each source (tests)
@@ -79,6 +81,8 @@ class SceneSpec:
                             f"{self.canvas} px canvas: fewer or smaller digits, or a larger canvas")
         if not 1 <= self.min_digits <= self.max_digits:
             problems.append(f"need 1 <= min_digits <= max_digits (got {self.min_digits}, {self.max_digits})")
+        if self.crop_style not in CROP_STYLES:
+            problems.append(f"crop_style must be one of {', '.join(CROP_STYLES)}, got {self.crop_style!r}")
         if self.crop_size < 16:
             problems.append(f"crop_size must be >= 16 px, got {self.crop_size}")
         if len(self.pool_fractions) != 3 or min(self.pool_fractions) <= 0 or abs(sum(self.pool_fractions) - 1) > 1e-6:
@@ -271,9 +275,24 @@ def digit_crop(rng: np.random.Generator, pool: Pool, index: int, spec: SceneSpec
     intensity = _render(pool.images[index], side)
     x = (size - side) // 2 + int(rng.integers(-side // 8, side // 8 + 1))
     y = (size - side) // 2 + int(rng.integers(-side // 8, side // 8 + 1))
-    _paint(canvas, np.clip(intensity * 1.4, 0, 1) * rng.uniform(0.6, 1.0), x, y, _ink_colour(rng, canvas))
+    ink = _ink_colour(rng, canvas)
+    background = float(np.median(canvas))
+    _paint(canvas, np.clip(intensity * 1.4, 0, 1) * rng.uniform(0.6, 1.0), x, y, ink)
+    if spec.crop_style == "normalised":
+        canvas = _normalise(canvas, ink_is_dark=float(ink.mean()) < background)
     img = Image.fromarray((np.clip(canvas, 0, 1) * 255).round().astype(np.uint8))
     return np.asarray(img.resize((spec.crop_size, spec.crop_size), Image.BILINEAR))
+
+
+def _normalise(canvas: np.ndarray, ink_is_dark: bool) -> np.ndarray:
+    """Grey, the digit's ink bright on a dark ground, contrast stretched to 0..1: without tint,
+    polarity and contrast a self-supervised network cannot tell crops apart by anything but shape."""
+    grey = canvas.mean(axis=2)
+    if ink_is_dark:
+        grey = 1.0 - grey
+    lo, hi = np.percentile(grey, (1, 99))
+    grey = (grey - lo) / max(float(hi - lo), 1e-3)
+    return np.repeat(np.clip(grey, 0, 1)[..., None], 3, axis=2)
 
 
 # ----------------------------------------------------------------------------- writing
