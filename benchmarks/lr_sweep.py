@@ -53,7 +53,7 @@ def parse_args(argv=None):
                         "with --tiny a temporary folder)")
     p.add_argument("--teacher-run", default="",
                    help="reuse this finished teacher run folder (<work-dir>/runs/teacher-...) instead of training one")
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--num-workers", type=int, help="DATA.NUM_WORKERS (from configs/paper_claim/digits.yaml)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--tiny", action="store_true",
                    help="a few iterations on a small subset and four points (pipeline check), in a temporary folder")
@@ -69,8 +69,9 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    s = Settings(work_dir=args.work_dir, student_archs=(args.arch,), seeds=tuple(args.seeds),
-                 num_workers=args.num_workers, teacher_run=args.teacher_run)
+    workers = {} if args.num_workers is None else {"DATA.NUM_WORKERS": args.num_workers}
+    s = Settings(work_dir=args.work_dir, student_archs=(args.arch,), seeds=tuple(args.seeds), overrides=workers,
+                 teacher_run=args.teacher_run)
     if args.tiny:
         s = replace(s, **TINY)
     torch.set_num_threads(args.threads)  # small 32 px layers: one thread per run is fastest on a shared CPU

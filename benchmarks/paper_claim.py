@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 
 import torch
 
@@ -50,13 +51,14 @@ def parse_args(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
     p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of every trained student")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.base_lr, help="SOLVER.BASE_LR (per 256 images)")
-    p.add_argument("--queue-size", type=int, default=d.queue_size)
-    p.add_argument("--augmentation", default=d.augmentation, choices=["glyphs", "mocov2"],
-                   help="DATA.AUGMENTATION of every run (glyphs: no mirror images, gentle crops)")
-    p.add_argument("--teacher-temp", type=float, default=d.teacher_temp)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    recipe = "from configs/paper_claim/digits.yaml"
+    p.add_argument("--batch-size", type=int, help=f"SOLVER.BATCH_SIZE ({recipe})")
+    p.add_argument("--lr", type=float, help=f"SOLVER.BASE_LR, per 256 images ({recipe})")
+    p.add_argument("--queue-size", type=int, help=f"QUEUE.SIZE ({recipe})")
+    p.add_argument("--augmentation", choices=["glyphs", "mocov2"],
+                   help=f"DATA.AUGMENTATION of every run ({recipe}; glyphs: no mirror images, gentle crops)")
+    p.add_argument("--teacher-temp", type=float, help=f"LOSS.TEACHER_TEMP ({recipe})")
+    p.add_argument("--num-workers", type=int, help=f"DATA.NUM_WORKERS ({recipe})")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads; 1 is fastest for these small models when the CPU is shared")
     p.add_argument("--ablations", nargs="*", default=[], choices=sorted(ABLATIONS),
@@ -74,15 +76,17 @@ def _choose_folders(args) -> None:
     choose_folders(args, RESULTS, DEFAULT_WORK, "paper_claim_tiny-")
 
 
+# Convenience flags -> the recipe's config keys.
+FLAG_KEYS = {"batch_size": "SOLVER.BATCH_SIZE", "lr": "SOLVER.BASE_LR", "queue_size": "QUEUE.SIZE",
+             "augmentation": "DATA.AUGMENTATION", "teacher_temp": "LOSS.TEACHER_TEMP",
+             "num_workers": "DATA.NUM_WORKERS"}
+
+
 def settings_from_args(args) -> Settings:
+    overrides = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None}
     s = Settings(work_dir=args.work_dir, student_archs=tuple(args.archs), teacher_arch=args.teacher_arch,
-                 seeds=tuple(args.seeds), teacher_epochs=args.teacher_epochs, epochs=args.epochs,
-                 batch_size=args.batch_size, base_lr=args.lr, queue_size=args.queue_size,
-                 teacher_temp=args.teacher_temp, num_workers=args.num_workers, augmentation=args.augmentation)
-    if args.tiny:
-        from dataclasses import replace
-        s = replace(s, **TINY)
-    return s
+                 seeds=tuple(args.seeds), teacher_epochs=args.teacher_epochs, epochs=args.epochs, overrides=overrides)
+    return replace(s, **TINY) if args.tiny else s
 
 
 def main(argv=None) -> int:

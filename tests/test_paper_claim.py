@@ -90,3 +90,20 @@ def test_mean_std():
     assert mean_std([5.0]) == (5.0, 0.0)
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and abs(std - 1.0) < 1e-12
+
+
+def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, restore_threads):
+    work = tmp_path / "work"
+    assert _load_cli().main(["--queue-size", "16", "--work-dir", str(work), "--out-dir", str(tmp_path / "out")]) == 2
+    assert "QUEUE.SIZE = 16 is smaller than the global batch" in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_the_recipe_is_the_config_file_and_flags_override_its_keys():
+    from tools.apps.paper_claim import RECIPE, recipe_value
+    cli = _load_cli()
+    s = cli.settings_from_args(cli.parse_args(["--lr", "0.06"]))
+    assert s.recipe == RECIPE and s.overrides == {"SOLVER.BASE_LR": 0.06}
+    assert recipe_value(s, "SOLVER.BASE_LR") == 0.06 and recipe_value(s, "DATA.AUGMENTATION") == "glyphs"
+    tiny = cli.settings_from_args(cli.parse_args(["--tiny"]))
+    assert recipe_value(tiny, "SOLVER.BATCH_SIZE") == 8 and recipe_value(tiny, "QUEUE.SIZE") == 32

@@ -1,7 +1,7 @@
 """Each student method at its own best settings on the digits harness (tools/apps/paper_claim.py).
 
 A sweep point is a YAML config variant (configs/paper_claim/sweep/*.yaml, with `_BASE_`): its keys
-are applied on top of the harness' settings to every run of that point, and its LOSS.NAME says
+are applied on top of the harness' recipe (configs/paper_claim/digits.yaml) to every run of that point, and its LOSS.NAME says
 which method (moco or seed) it trains. Every point is trained with `sweep_seeds`; per method the
 point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr was picked
 by), and the winner is then run with every seed of `final_seeds`.
@@ -44,7 +44,7 @@ def read_point(path: str | Path) -> dict:
 
 
 def _point_settings(s: Settings, point: dict) -> Settings:
-    return replace(s, extra={**s.extra, **point["overrides"]})
+    return replace(s, overrides={**s.overrides, **point["overrides"]})
 
 
 def _run_point(s: Settings, data, arch: str, point: dict, seeds, teacher) -> dict:

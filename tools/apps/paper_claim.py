@@ -4,6 +4,9 @@ A wide/deep ResNet teacher is trained with MoCo-v2; each student architecture is
 ways under the same budget and augmentation: (a) random init, (b) MoCo-v2 alone, (c) SEED from the
 teacher, (d) L2 distillation from the teacher. Score: weighted k-NN top-1 on a held-out split,
 mean +- std over seeds. Ablations vary SEED's teacher temperature and queue size.
+
+Every run's distillation recipe is a YAML config (configs/paper_claim/digits.yaml, or tiny.yaml for
+the pipeline check); the harness decides only what it varies: architectures, seeds, budgets, the data.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .digits import write_digits_imagefolder
+from seed_core.config import load_cfg, validate_cfg
 from seed_core.evaluation import load_backbone
 from .experiments import knn_accuracy, mean_std
 from .run_cache import MARKER, DistillRun, cached_distill
@@ -24,53 +28,58 @@ logger = logging.getLogger(__name__)
 
 VARIANTS = ("random", "moco", "seed", "l2")
 VARIANT_LABELS = {"random": "random init", "moco": "MoCo-v2 alone", "seed": "SEED", "l2": "L2 distillation"}
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "paper_claim"
+RECIPE = str(CONFIG_DIR / "digits.yaml")
 ABLATIONS = {
-    # name: (settings field, values, label); only teacher_epochs changes the teacher itself.
-    "teacher_temp": ("teacher_temp", (1e-3, 1e-2, 1e-1), "teacher temperature τ_T"),
-    "queue_size": ("queue_size", (128, 512, 2048), "queue size K"),
+    # name: (config key or harness field, values, label, keys added to every non-zero point);
+    # SEED students only; only teacher_epochs changes the teacher itself.
+    "teacher_temp": ("LOSS.TEACHER_TEMP", (1e-3, 1e-2, 1e-1), "teacher temperature τ_T", {}),
+    "queue_size": ("QUEUE.SIZE", (128, 512, 2048), "queue size K", {}),
     # Teacher strength (the paper varies the teacher's architecture): a longer-trained teacher.
-    "teacher_epochs": ("teacher_epochs", (10, 20, 40, 80), "teacher MoCo-v2 epochs"),
-    # SEED's multi-view variant: small patches per image (the official count is 6).
-    "small_patches": ("small_patches", (0, 6), "small patches per image"),
+    "teacher_epochs": ("teacher_epochs", (10, 20, 40, 80), "teacher MoCo-v2 epochs", {}),
+    # SEED's multi-view variant: small patches per image (the official count is 6), the official
+    # 96 px at 224 scaled to 32 px images.
+    "small_patches": ("DATA.SMALL_PATCHES.NUM", (0, 6), "small patches per image", {"DATA.SMALL_PATCHES.SIZE": 14}),
 }
 TEACHER_ABLATIONS = frozenset({"teacher_epochs"})
 # The teacher must beat every random-init network by this many k-NN top-1 points to count as a teacher.
 MIN_TEACHER_GAIN = 3.0
+# Recipe keys the reports state.
+REPORTED_KEYS = ("DATA.IMAGE_SIZE", "DATA.AUGMENTATION", "SOLVER.BATCH_SIZE", "SOLVER.BASE_LR", "QUEUE.SIZE",
+                 "LOSS.TEACHER_TEMP", "LOSS.STUDENT_TEMP", "LOSS.MOCO_TEMP", "LOSS.MOCO_MOMENTUM")
 
 
 @dataclass(frozen=True)
 class Settings:
+    """What the harness varies; everything a run learns with is `recipe` + `overrides`."""
     work_dir: str = "output/paper_claim"
     student_archs: tuple = ("resnet18", "mobilenetv3_small_050")
     teacher_arch: str = "resnet34"
     seeds: tuple = (0, 1, 2)
-    image_size: int = 32
-    augmentation: str = "glyphs"           # digits: a mirrored or fragmentary digit is another digit
     val_fraction: float = 0.3
     max_per_class: int | None = None      # fewer digits per class (tiny runs)
     teacher_epochs: int = 40
     epochs: int = 20                       # every trained student variant
     max_iter: int = 0                      # > 0 replaces epochs for students (tiny runs)
     teacher_max_iter: int = 0
-    batch_size: int = 64
-    base_lr: float = 0.03                  # per 256 images, x batch/256; the best of 0.03-0.48 for the MoCo teacher
-    warmup_epochs: float = 1.0
-    queue_size: int = 512
-    student_temp: float = 0.2
-    teacher_temp: float = 0.01
-    moco_temp: float = 0.2
-    moco_momentum: float = 0.99            # 0.999 barely moves the key encoder in a few hundred steps
-    num_workers: int = 1
-    precision: str = "auto"
-    small_patches: int = 0                 # SEED students only
-    small_patch_size: int = 14             # the official 96 px at 224, scaled to 32 px images
-    extra: dict = field(default_factory=dict)  # further KEY VALUE overrides for every run
+    recipe: str = RECIPE                   # the distillation config every run starts from
+    overrides: dict = field(default_factory=dict)  # config KEY -> value on top of the recipe, every run
     teacher_run: str = ""                  # a finished teacher run folder (run.json) to reuse instead of training
 
 
 # A few iterations on 12 digits per class: checks the whole pipeline, numbers mean nothing.
-TINY = dict(seeds=(0,), max_per_class=12, teacher_arch="resnet18", teacher_max_iter=2, max_iter=2,
-            batch_size=8, queue_size=32, num_workers=0, precision="fp32")
+TINY = dict(recipe=str(CONFIG_DIR / "tiny.yaml"), seeds=(0,), max_per_class=12, teacher_arch="resnet18",
+            teacher_max_iter=2, max_iter=2)
+
+
+def recipe_value(s: Settings, key: str):
+    """A config value every run of `s` trains with (the recipe with the overrides). Checked as a
+    SEED student's config, the most constrained run, so bad settings fail before any work."""
+    cfg = load_cfg(s.recipe, _flat({"LOSS.NAME": "seed", "MODEL.TEACHER.WEIGHTS": "teacher", **s.overrides}))
+    validate_cfg(cfg)
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
 
 
 def choose_folders(args, results_dir: str, default_work: str, tiny_prefix: str) -> None:
@@ -92,17 +101,20 @@ class Digits:
     train_root: str
     val_root: str
     identity: str  # what DATA.ROOT holds, for cache keys
+    image_size: int
     counts: dict
 
 
 def prepare_digits(s: Settings) -> Digits:
-    tag = f"digits-{s.image_size}px" + (f"-max{s.max_per_class}" if s.max_per_class else "")
+    size = recipe_value(s, "DATA.IMAGE_SIZE")
+    tag = f"digits-{size}px" + (f"-max{s.max_per_class}" if s.max_per_class else "")
     root = Path(s.work_dir) / tag
-    info = write_digits_imagefolder(root, size=s.image_size, seed=0, val_fraction=s.val_fraction,
+    info = write_digits_imagefolder(root, size=size, seed=0, val_fraction=s.val_fraction,
                                     max_per_class=s.max_per_class)
-    identity = json.dumps({"dataset": "sklearn-digits", "split": "train", "size": s.image_size,
+    identity = json.dumps({"dataset": "sklearn-digits", "split": "train", "size": size,
                            "val_fraction": s.val_fraction, "max_per_class": s.max_per_class}, sort_keys=True)
-    return Digits(str(root / "train"), str(root / "val"), identity, {"train": info["train"], "val": info["val"]})
+    return Digits(str(root / "train"), str(root / "val"), identity, size,
+                  {"train": info["train"], "val": info["val"]})
 
 
 def _fmt(v) -> str:
@@ -110,26 +122,19 @@ def _fmt(v) -> str:
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
+def _flat(opts: dict) -> list[str]:
+    return [item for k, v in opts.items() for item in (k, _fmt(v))]
+
+
 def run_opts(s: Settings, data: Digits, arch: str, loss: str, seed: int, epochs: int, max_iter: int,
              teacher: DistillRun | None = None) -> list[str]:
-    opts = {
-        "SEED": seed, "MODEL.STUDENT.ARCH": arch, "LOSS.NAME": loss, "DATA.ROOT": data.train_root,
-        "DATA.IMAGE_SIZE": s.image_size, "DATA.NUM_WORKERS": s.num_workers, "DATA.AUGMENTATION": s.augmentation,
-        "SOLVER.EPOCHS": epochs, "SOLVER.MAX_ITER": max_iter, "SOLVER.BATCH_SIZE": s.batch_size,
-        "SOLVER.BASE_LR": s.base_lr, "SOLVER.WARMUP_EPOCHS": s.warmup_epochs, "QUEUE.SIZE": s.queue_size,
-        "LOSS.STUDENT_TEMP": s.student_temp, "LOSS.TEACHER_TEMP": s.teacher_temp, "LOSS.MOCO_TEMP": s.moco_temp,
-        "LOSS.MOCO_MOMENTUM": s.moco_momentum, "TRAIN.PRECISION": s.precision, "TRAIN.PROGRESS": False,
-        "TRAIN.LOG_PERIOD": 10, "TRAIN.CHECKPOINT_PERIOD": 100000,  # a checkpoint is written each epoch anyway
-    }
+    """`KEY VALUE` overrides of one run, on top of `s.recipe`."""
+    opts = {"SEED": seed, "MODEL.STUDENT.ARCH": arch, "LOSS.NAME": loss, "DATA.ROOT": data.train_root,
+            "SOLVER.EPOCHS": epochs, "SOLVER.MAX_ITER": max_iter}
     if teacher is not None:
         opts.update({"MODEL.TEACHER.ARCH": s.teacher_arch, "MODEL.TEACHER.WEIGHTS": teacher.checkpoint})  # format auto-detected
-    if loss == "seed" and s.small_patches:
-        opts.update({"DATA.SMALL_PATCHES.NUM": s.small_patches, "DATA.SMALL_PATCHES.SIZE": s.small_patch_size})
-    opts.update(s.extra)
-    flat = []
-    for k, v in opts.items():
-        flat += [k, _fmt(v)]
-    return flat
+    opts.update(s.overrides)
+    return _flat(opts)
 
 
 def _identities(data: Digits, teacher: DistillRun | None) -> dict:
@@ -143,7 +148,8 @@ def train_teacher(s: Settings, data: Digits) -> DistillRun:
     if s.teacher_run:
         return reuse_run(s.teacher_run)
     opts = run_opts(s, data, s.teacher_arch, "moco", 0, s.teacher_epochs, s.teacher_max_iter)
-    return cached_distill(f"teacher-{s.teacher_arch}-moco", opts, Path(s.work_dir) / "runs", _identities(data, None))
+    return cached_distill(f"teacher-{s.teacher_arch}-moco", opts, Path(s.work_dir) / "runs", _identities(data, None),
+                          config_file=s.recipe)
 
 
 def reuse_run(run_dir: str) -> DistillRun:
@@ -164,7 +170,7 @@ def train_student(s: Settings, data: Digits, arch: str, variant: str, seed: int,
     distil = variant in ("seed", "l2")
     opts = run_opts(s, data, arch, variant, seed, s.epochs, s.max_iter, teacher if distil else None)
     ids = _identities(data, teacher if distil else None)
-    return cached_distill(f"{arch}-{variant}-s{seed}", opts, Path(s.work_dir) / "runs", ids)
+    return cached_distill(f"{arch}-{variant}-s{seed}", opts, Path(s.work_dir) / "runs", ids, config_file=s.recipe)
 
 
 def score(s: Settings, data: Digits, record: DistillRun | None = None, arch: str | None = None,
@@ -174,7 +180,7 @@ def score(s: Settings, data: Digits, record: DistillRun | None = None, arch: str
         bb = load_backbone(arch=arch, random_init=True, seed=seed)
     else:
         bb = load_backbone(record.backbone)
-    acc = knn_accuracy(bb, data.train_root, data.val_root, s.image_size, Path(s.work_dir) / "features")
+    acc = knn_accuracy(bb, data.train_root, data.val_root, data.image_size, Path(s.work_dir) / "features")
     return {"top1": acc["top1"], "top5": acc["top5"]}
 
 
@@ -205,7 +211,7 @@ def run_main(s: Settings) -> dict:
     """Teacher, then every (arch, variant, seed); returns everything the reports need."""
     start = time.time()
     data = prepare_digits(s)
-    logger.info("digits: %d train / %d val images at %d px", data.counts["train"], data.counts["val"], s.image_size)
+    logger.info("digits: %d train / %d val images at %d px", data.counts["train"], data.counts["val"], data.image_size)
     teacher = train_teacher(s, data)
     rows, runs = {}, []
     for arch in s.student_archs:
@@ -231,15 +237,18 @@ def run_ablation(s: Settings, name: str, arch: str, values=None) -> dict:
     """SEED students of `arch` at each value of one setting (others at their defaults)."""
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}: choose from {', '.join(ABLATIONS)}")
-    attr, default_values, label = ABLATIONS[name]
+    attr, default_values, label, with_value = ABLATIONS[name]
     values = tuple(values or default_values)
     start = time.time()
     data = prepare_digits(s)
     points = []
     for value in values:
-        sv = replace(s, **{attr: type(getattr(s, attr))(value)})
-        if name == "queue_size" and sv.queue_size < sv.batch_size:
-            raise ValueError(f"queue size {sv.queue_size} is smaller than the batch {sv.batch_size}")
+        if hasattr(s, attr):
+            sv = replace(s, **{attr: type(getattr(s, attr))(value)})
+        else:
+            kind = type(recipe_value(s, attr))
+            sv = replace(s, overrides={**s.overrides, attr: kind(value), **(with_value if value else {})})
+            recipe_value(sv, attr)  # a bad point (e.g. a queue smaller than the batch) fails before training
         # SEED's queue and temperatures are the student's: the teacher stays the main table's.
         teacher = train_teacher(sv if name in TEACHER_ABLATIONS else s, data)
         per_seed = [{"seed": seed, **score(sv, data, train_student(sv, data, arch, "seed", seed, teacher))}
@@ -257,6 +266,7 @@ def run_ablation(s: Settings, name: str, arch: str, values=None) -> dict:
 def _settings_dict(s: Settings) -> dict:
     d = asdict(s)
     d["student_archs"], d["seeds"] = list(s.student_archs), list(s.seeds)
+    d["recipe_values"] = {k: recipe_value(s, k) for k in REPORTED_KEYS}
     return d
 
 
@@ -291,14 +301,15 @@ def main_table(result: dict) -> str:
 
 def _protocol(result: dict) -> str:
     s, d = result["settings"], result["data"]
+    r = s["recipe_values"]
     budget = f"{s['max_iter']} iterations" if s["max_iter"] else f"{s['epochs']} epochs"
     return (f"k-NN top-1 (%) on the held-out digits split ({d['val']} val images; {d['train']} train images are "
             f"both the unlabelled training set and the labelled k-NN bank), weighted k-NN k=200, T=0.07 on "
             f"backbone features; mean ± sample std over seeds {s['seeds']}. Every trained student: {budget}, "
-            f"batch {s['batch_size']}, lr {s['base_lr']} × batch/256, {s['augmentation']} augmentation at "
-            f"{s['image_size']} px, "
-            f"queue K={s['queue_size']}; SEED τ_T={s['teacher_temp']}, τ_S={s['student_temp']}; MoCo τ={s['moco_temp']}, "
-            f"key momentum {s['moco_momentum']}.")
+            f"batch {r['SOLVER.BATCH_SIZE']}, lr {r['SOLVER.BASE_LR']} × batch/256, {r['DATA.AUGMENTATION']} "
+            f"augmentation at {r['DATA.IMAGE_SIZE']} px, queue K={r['QUEUE.SIZE']}; SEED τ_T={r['LOSS.TEACHER_TEMP']}, "
+            f"τ_S={r['LOSS.STUDENT_TEMP']}; MoCo τ={r['LOSS.MOCO_TEMP']}, key momentum {r['LOSS.MOCO_MOMENTUM']}; "
+            f"recipe {Path(s['recipe']).name}.")
 
 
 def _save_fig(fig, path: Path) -> None:
