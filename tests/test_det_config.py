@@ -205,12 +205,21 @@ def fake_tv_engine(monkeypatch):
     return calls
 
 
-@pytest.fixture
-def tiny_setup(tmp_path):
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory):
+    """ResNet-18/34 backbones, unconverted (.pth) and converted (.pkl), built once per worker."""
+    folder = tmp_path_factory.mktemp("backbones")
     torch.manual_seed(0)
     for arch in ("resnet18", "resnet34"):
-        torch.save(getattr(torchvision.models, arch)().state_dict(), tmp_path / f"{arch}.pth")
-        convert_to_d2(tmp_path / f"{arch}.pth", tmp_path / f"{arch}.pkl")
+        torch.save(getattr(torchvision.models, arch)().state_dict(), folder / f"{arch}.pth")
+        convert_to_d2(folder / f"{arch}.pth", folder / f"{arch}.pkl")
+    return folder
+
+
+@pytest.fixture
+def tiny_setup(tmp_path, tiny_backbones):
+    for name in os.listdir(tiny_backbones):  # read-only links: 260 MB per test otherwise
+        os.symlink(tiny_backbones / name, tmp_path / name)
     (tmp_path / "images").mkdir()
     Image.new("RGB", (16, 16)).save(tmp_path / "images" / "0.png")  # preflight validates the dataset
     (tmp_path / "ann.json").write_text(json.dumps({

@@ -1,6 +1,7 @@
 """benchmarks/paper_claim.py end to end in its tiny mode: files written, expected rows present."""
 import json
 import os
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +11,12 @@ from conftest import load_script
 
 def _load_cli():
     return load_script("benchmarks/paper_claim.py")
+
+
+@pytest.fixture(autouse=True)
+def temporary_folders_inside_tmp_path(tmp_path, monkeypatch):
+    # --tiny makes its temporary folder when the arguments are parsed; keep it in the test's folder.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 @pytest.fixture
