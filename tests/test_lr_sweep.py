@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import load_script
-from tools.apps.lr_sweep import pick_best, read_point
+from tools.apps.lr_sweep import at_lr_edge, pick_best, read_point, sweep_table
 
 
 @pytest.fixture
@@ -49,3 +49,21 @@ def test_bad_sweep_points_are_refused(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(Exception, match=message):
         read_point(path)
+
+
+def _row(method, lr, **other):
+    return {"method": method, "point": f"{method}{lr}", "overrides": {"SOLVER.BASE_LR": lr, **other}}
+
+
+def test_a_best_lr_at_the_edge_of_its_series_is_flagged():
+    rows = [_row("moco", 0.01), _row("moco", 0.03), _row("moco", 0.09),
+            _row("moco", 0.01, **{"LOSS.MOCO_MOMENTUM": 0.999}), _row("seed", 0.03)]
+    assert [at_lr_edge(r, rows) for r in rows] == [-1, 0, 1, 0, 0]  # one-lr series are not flagged
+
+
+def test_the_sweep_table_names_the_teacher_and_an_edge():
+    sweep = [{**_row("seed", lr), "top1_mean": m, "top1_std": 0.5} for lr, m in ((0.03, 90.0), (0.06, 93.0))]
+    result = {"arch": "resnet18", "sweep_seeds": [0], "final_seeds": [0, 1], "sweep": sweep,
+              "best": {"seed": "seed0.06"}, "final": {"seed": {**sweep[1], "top1_std": 0.4}}, "teacher_top1": 92.8}
+    text = sweep_table(result)
+    assert "teacher: k-NN top-1 92.8" in text and "SEED: the best point has the highest lr" in text

@@ -89,6 +89,19 @@ def run_sweep(s: Settings, arch: str, point_files, sweep_seeds=(0,), final_seeds
             "settings": _settings_dict(s), "wall_seconds": round(time.time() - start, 1)}
 
 
+def at_lr_edge(row: dict, rows: list[dict]) -> int:
+    """+1 / -1 when `row` has the highest / lowest SOLVER.BASE_LR among the rows of its series (same
+    method, same other settings) and the series has more than one lr; else 0."""
+    def rest(r):
+        return r["method"], sorted((k, str(v)) for k, v in r["overrides"].items() if k != "SOLVER.BASE_LR")
+    lrs = [r["overrides"]["SOLVER.BASE_LR"] for r in rows
+           if rest(r) == rest(row) and "SOLVER.BASE_LR" in r["overrides"]]
+    lr = row["overrides"].get("SOLVER.BASE_LR")
+    if lr is None or len(set(lrs)) < 2:
+        return 0
+    return 1 if lr == max(lrs) else -1 if lr == min(lrs) else 0
+
+
 def _overrides_text(row: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in row["overrides"].items()) or "harness defaults"
 
@@ -104,6 +117,14 @@ def sweep_table(result: dict) -> str:
     lines += ["", f"| method | best point | k-NN top-1, seeds {result['final_seeds']} |", "|---|---|---|"]
     for m, row in result["final"].items():
         lines.append(f"| {METHOD_LABELS[m]} | {row['point']} | {row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
+    if result.get("teacher_top1") is not None:
+        lines += ["", f"SEED's teacher: k-NN top-1 {result['teacher_top1']:.1f}."]
+    for m, name in result["best"].items():
+        row = next(r for r in result["sweep"] if r["point"] == name)
+        edge = at_lr_edge(row, result["sweep"])
+        if edge:
+            lines += ["", f"{METHOD_LABELS[m]}: the best point has the {'highest' if edge > 0 else 'lowest'} lr "
+                          "of its series; the best lr may lie beyond the swept range."]
     lines += ["", "Pick rule: per method the point with the highest k-NN top-1 on the held-out digits split "
                   "(as the teacher's lr was picked). Other settings as in the main table."]
     return "\n".join(lines) + "\n"
