@@ -2,8 +2,8 @@
 """Each student method at its own best settings on the digits harness (benchmarks/paper_claim.py).
 
 Every sweep point is a config variant in configs/paper_claim/sweep/ (lr x MoCo key momentum for
-MoCo-v2 alone, lr for SEED). Each point is trained with --sweep-seeds; per method the point with
-the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr was picked by) and is
+MoCo-v2 alone, lr for SEED and for L2 distillation). Each point is trained with --sweep-seeds; per
+method the point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr was picked by) and is
 then trained with every seed of --seeds. Writes <out-dir>/lr_sweep_<arch>.{md,json}.
 
     python benchmarks/lr_sweep.py --arch resnet18                       # all points in the folder
@@ -35,7 +35,7 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 DEFAULT_WORK = os.path.join(ROOT, "output", "paper_claim")
 SWEEP_DIR = os.path.join(ROOT, "configs", "paper_claim", "sweep")
-TINY_POINTS = ("mocov2_lr0.03", "mocov2_m0.999_lr0.03", "seed_lr0.015", "seed_lr0.03")
+TINY_POINTS = ("mocov2_lr0.03", "mocov2_m0.999_lr0.03", "seed_lr0.015", "seed_lr0.03", "l2_lr0.03")
 
 
 def parse_args(argv=None):
@@ -56,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, help="DATA.NUM_WORKERS (from configs/paper_claim/digits.yaml)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--tiny", action="store_true",
-                   help="a few iterations on a small subset and four points (pipeline check), in a temporary folder")
+                   help="a few iterations on a small subset and five points (pipeline check), in a temporary folder")
     args = p.parse_args(argv)
     choose_folders(args, RESULTS, DEFAULT_WORK, "lr_sweep_tiny-")
     if args.points is None:

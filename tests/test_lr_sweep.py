@@ -20,9 +20,9 @@ def test_tiny_sweep_picks_a_point_per_method_and_reruns_it(tmp_path, restore_thr
     assert load_script("benchmarks/lr_sweep.py").main(["--tiny", "--out-dir", str(out), "--work-dir", str(work)]) == 0
     result = json.loads((out / "lr_sweep_resnet18.json").read_text())
     assert [r["point"] for r in result["sweep"]] == ["mocov2_lr0.03", "mocov2_m0.999_lr0.03", "seed_lr0.015",
-                                                     "seed_lr0.03"]
+                                                     "seed_lr0.03", "l2_lr0.03"]
     assert result["sweep"][1]["overrides"] == {"LOSS.MOCO_MOMENTUM": 0.999, "SOLVER.BASE_LR": 0.03}
-    for method in ("moco", "seed"):
+    for method in ("moco", "seed", "l2"):
         rows = [r for r in result["sweep"] if r["method"] == method]
         best = max(rows, key=lambda r: r["top1_mean"])
         assert result["best"][method] == best["point"]
@@ -40,7 +40,7 @@ def test_pick_best_takes_the_highest_mean_per_method():
 
 @pytest.mark.parametrize("text, message", [
     ("SOLVER:\n  BASE_LR: 0.1\n", "LOSS.NAME"),
-    ("LOSS:\n  NAME: l2\n", "LOSS.NAME"),
+    ("LOSS:\n  NAME: random\n", "LOSS.NAME"),
     ("LOSS:\n  NAME: moco\nSEED: 3\n", "set by the harness"),
     ("LOSS:\n  NAME: moco\nSOLVER:\n  BASE_LRR: 0.1\n", "BASE_LRR"),
 ])

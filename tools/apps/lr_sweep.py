@@ -2,7 +2,7 @@
 
 A sweep point is a YAML config variant (configs/paper_claim/sweep/*.yaml, with `_BASE_`): its keys
 are applied on top of the harness' recipe (configs/paper_claim/digits.yaml) to every run of that point, and its LOSS.NAME says
-which method (moco or seed) it trains. Every point is trained with `sweep_seeds`; per method the
+which method (moco, seed or l2) it trains. Every point is trained with `sweep_seeds`; per method the
 point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr was picked
 by), and the winner is then run with every seed of `final_seeds`.
 """
@@ -20,8 +20,9 @@ from .paper_claim import (Settings, _settings_dict, _summarise, prepare_digits, 
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("moco", "seed")
-METHOD_LABELS = {"moco": "MoCo-v2 alone", "seed": "SEED"}
+METHODS = ("moco", "seed", "l2")
+METHOD_LABELS = {"moco": "MoCo-v2 alone", "seed": "SEED", "l2": "L2 distillation"}
+DISTILLED = ("seed", "l2")  # methods that learn from the teacher
 # Keys the harness sets per run; a sweep point must not change them.
 HARNESS_KEYS = frozenset({"SEED", "MODEL.STUDENT.ARCH", "DATA.ROOT", "MODEL.TEACHER.ARCH", "MODEL.TEACHER.WEIGHTS",
                           "OUTPUT_DIR"})
@@ -51,7 +52,7 @@ def _run_point(s: Settings, data, arch: str, point: dict, seeds, teacher) -> dic
     sp = _point_settings(s, point)
     per_seed = []
     for seed in seeds:
-        rec = train_student(sp, data, arch, point["method"], seed, teacher if point["method"] == "seed" else None)
+        rec = train_student(sp, data, arch, point["method"], seed, teacher if point["method"] in DISTILLED else None)
         per_seed.append({"seed": seed, **score(sp, data, rec), "train_seconds": rec.seconds, "reused": rec.reused})
     row = {"point": point["name"], "file": point["file"], "method": point["method"],
            "overrides": point["overrides"], **_summarise(per_seed)}
@@ -78,7 +79,7 @@ def run_sweep(s: Settings, arch: str, point_files, sweep_seeds=(0,), final_seeds
     final_seeds = tuple(final_seeds if final_seeds is not None else s.seeds)
     start = time.time()
     data = prepare_digits(s)
-    teacher = train_teacher(s, data) if any(p["method"] == "seed" for p in points) else None
+    teacher = train_teacher(s, data) if any(p["method"] in DISTILLED for p in points) else None
     sweep = [_run_point(s, data, arch, p, tuple(sweep_seeds), teacher) for p in points]
     best = pick_best(sweep)
     by_name = {p["name"]: p for p in points}
@@ -118,7 +119,7 @@ def sweep_table(result: dict) -> str:
     for m, row in result["final"].items():
         lines.append(f"| {METHOD_LABELS[m]} | {row['point']} | {row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
     if result.get("teacher_top1") is not None:
-        lines += ["", f"SEED's teacher: k-NN top-1 {result['teacher_top1']:.1f}."]
+        lines += ["", f"The distilled students' teacher: k-NN top-1 {result['teacher_top1']:.1f}."]
     for m, name in result["best"].items():
         row = next(r for r in result["sweep"] if r["point"] == name)
         edge = at_lr_edge(row, result["sweep"])
