@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import load_script
-from tools.apps.lr_sweep import at_lr_edge, pick_best, read_point, sweep_table
+from tools.apps.lr_sweep import at_lr_edge, pick_best, read_point, sweep_grid, sweep_table
 
 
 @pytest.fixture
@@ -67,3 +67,15 @@ def test_the_sweep_table_names_the_teacher_and_an_edge():
               "best": {"seed": "seed0.06"}, "final": {"seed": {**sweep[1], "top1_std": 0.4}}, "teacher_top1": 92.8}
     text = sweep_table(result)
     assert "teacher: k-NN top-1 92.8" in text and "SEED: the best point has the highest lr" in text
+
+
+def test_the_grid_puts_each_lr_on_a_row_and_each_series_in_a_column():
+    sweep = [{**_row("moco", 0.03), "top1_mean": 50.0, "top1_std": 1.0},
+             {**_row("moco", 0.03, **{"LOSS.MOCO_MOMENTUM": 0.999}), "point": "m999", "top1_mean": 55.0,
+              "top1_std": 2.0},
+             {**_row("seed", 0.06), "top1_mean": 93.0, "top1_std": 0.5}]
+    result = {"sweep": sweep, "best": {"moco": sweep[1]["point"], "seed": sweep[2]["point"]}}
+    lines = sweep_grid(result).splitlines()
+    assert lines[0] == "| lr (per 256 images) | MoCo-v2 alone | MoCo-v2 alone, LOSS.MOCO_MOMENTUM 0.999 | SEED |"
+    assert lines[2] == "| 0.03 | 50.0 ± 1.0 | **55.0 ± 2.0** |  |"
+    assert lines[3] == "| 0.06 |  |  | **93.0 ± 0.5** |"

@@ -90,13 +90,16 @@ def run_sweep(s: Settings, arch: str, point_files, sweep_seeds=(0,), final_seeds
             "settings": _settings_dict(s), "wall_seconds": round(time.time() - start, 1)}
 
 
+def _series(row: dict) -> tuple:
+    """What a row shares with the other lrs of its series: the method and every non-lr setting."""
+    return row["method"], tuple(sorted((k, str(v)) for k, v in row["overrides"].items() if k != "SOLVER.BASE_LR"))
+
+
 def at_lr_edge(row: dict, rows: list[dict]) -> int:
     """+1 / -1 when `row` has the highest / lowest SOLVER.BASE_LR among the rows of its series (same
     method, same other settings) and the series has more than one lr; else 0."""
-    def rest(r):
-        return r["method"], sorted((k, str(v)) for k, v in r["overrides"].items() if k != "SOLVER.BASE_LR")
     lrs = [r["overrides"]["SOLVER.BASE_LR"] for r in rows
-           if rest(r) == rest(row) and "SOLVER.BASE_LR" in r["overrides"]]
+           if _series(r) == _series(row) and "SOLVER.BASE_LR" in r["overrides"]]
     lr = row["overrides"].get("SOLVER.BASE_LR")
     if lr is None or len(set(lrs)) < 2:
         return 0
@@ -107,6 +110,31 @@ def _overrides_text(row: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in row["overrides"].items()) or "harness defaults"
 
 
+def sweep_grid(result: dict) -> str:
+    """Markdown: one row per lr, one column per series (method + its other settings), each method's
+    best point in bold; a point the series did not run is blank."""
+    rows = [r for r in result["sweep"] if "SOLVER.BASE_LR" in r["overrides"]]
+    series = list(dict.fromkeys(_series(r) for r in rows))
+    lrs = sorted({r["overrides"]["SOLVER.BASE_LR"] for r in rows})
+    cell = {(_series(r), r["overrides"]["SOLVER.BASE_LR"]): r for r in rows}
+
+    def label(key):
+        method, rest = key
+        return ", ".join([METHOD_LABELS[method]] + [f"{k} {v}" for k, v in rest])
+
+    def text(row):
+        if row is None:
+            return ""
+        value = f"{row['top1_mean']:.1f} ± {row['top1_std']:.1f}"
+        return f"**{value}**" if result["best"].get(row["method"]) == row["point"] else value
+
+    lines = ["| lr (per 256 images) | " + " | ".join(label(k) for k in series) + " |",
+             "|---" * (len(series) + 1) + "|"]
+    for lr in lrs:
+        lines.append(f"| {lr:g} | " + " | ".join(text(cell.get((k, lr))) for k in series) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def sweep_table(result: dict) -> str:
     """Markdown: the sweep (one row per point), then each method's best point over the final seeds."""
     lines = [f"| point | method | settings | {result['arch']} k-NN top-1 (seeds {result['sweep_seeds']}) |",
@@ -115,6 +143,8 @@ def sweep_table(result: dict) -> str:
         mark = " **(best)**" if result["best"].get(row["method"]) == row["point"] else ""
         lines.append(f"| {row['point']}{mark} | {METHOD_LABELS[row['method']]} | {_overrides_text(row)} | "
                      f"{row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
+    lines += ["", f"The same, one row per lr (k-NN top-1, seeds {result['sweep_seeds']}):", "",
+              sweep_grid(result).rstrip("\n")]
     lines += ["", f"| method | best point | k-NN top-1, seeds {result['final_seeds']} |", "|---|---|---|"]
     for m, row in result["final"].items():
         lines.append(f"| {METHOD_LABELS[m]} | {row['point']} | {row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
