@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, run_demo
 from tools.apps.report import read_loss_curve
@@ -24,6 +25,11 @@ def test_tiny_pipeline_end_to_end_and_cached_rerun(tmp_path, capsys):
     for stage in ("teacher_moco", "student_seed", "student_moco"):
         its, losses = read_loss_curve(os.path.join(out, stage))
         assert its and len(its) == len(losses)
+    preset = load_preset("tiny")
+    lrs = {s: yaml.safe_load(open(os.path.join(out, s, "config.yaml")))["SOLVER"]["BASE_LR"]
+           for s in ("teacher_moco", "student_seed", "student_moco")}
+    assert lrs == {"teacher_moco": preset["distill_base_lr"], "student_seed": preset["seed_student_lr"],
+                   "student_moco": preset["moco_student_lr"]}  # each method at its own lr
     meta = json.load(open(os.path.join(out, "student_seed", "meta.json")))
     assert meta["loss"] == "seed" and meta["teacher"]["arch"] == "resnet18"
     assert os.path.isfile(os.path.join(out, "data", "scenes", "annotations", "instances_test.json"))

@@ -129,8 +129,9 @@ def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: boo
 
     student_common = {**common, "MODEL.STUDENT.ARCH": p["student_arch"], "SOLVER.EPOCHS": p["student_epochs"]}
     stage_opts = {"seed": {**student_common, "LOSS.NAME": "seed", "MODEL.TEACHER.ARCH": p["teacher_arch"],
-                           "MODEL.TEACHER.WEIGHTS": teacher_result["checkpoint"]},
-                  "moco": {**student_common, "LOSS.NAME": "moco"}}
+                           "MODEL.TEACHER.WEIGHTS": teacher_result["checkpoint"],
+                           "SOLVER.BASE_LR": float(p["seed_student_lr"])},
+                  "moco": {**student_common, "LOSS.NAME": "moco", "SOLVER.BASE_LR": float(p["moco_student_lr"])}}
     students = {}
     for name, opts in stage_opts.items():
         st = _stage(out_root, f"student_{name}", opts)
