@@ -3,8 +3,9 @@
 
 Every sweep point is a config variant in configs/paper_claim/sweep/ (lr x MoCo key momentum for
 MoCo-v2 alone, lr for SEED and for L2 distillation). Each point is trained with --sweep-seeds; per
-method the point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr was picked by) and is
-then trained with every seed of --seeds. Writes <out-dir>/lr_sweep_<arch>.{md,json}.
+method the point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr
+was picked by) and is then trained with every seed of --seeds. Writes
+<out-dir>/lr_sweep_<arch>.{md,json}.
 
     python benchmarks/lr_sweep.py --arch resnet18                       # all points in the folder
     python benchmarks/lr_sweep.py --arch resnet18 --points configs/paper_claim/sweep/mocov2_lr0.0*.yaml

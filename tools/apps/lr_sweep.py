@@ -15,14 +15,12 @@ from pathlib import Path
 
 from seed_core.config import load_cfg
 from seed_core.yaml_config import flatten_cfg, read_config_file
-from .paper_claim import (Settings, _settings_dict, _summarise, prepare_digits, score, train_student,
-                          train_teacher)
+from .paper_claim import (DISTILLED, VARIANT_LABELS as METHOD_LABELS, VARIANTS, Settings, _settings_dict,
+                          _summarise, prepare_digits, score, train_student, train_teacher)
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("moco", "seed", "l2")
-METHOD_LABELS = {"moco": "MoCo-v2 alone", "seed": "SEED", "l2": "L2 distillation"}
-DISTILLED = ("seed", "l2")  # methods that learn from the teacher
+METHODS = tuple(v for v in VARIANTS if v != "random")  # the variants a sweep point can train
 # Keys the harness sets per run; a sweep point must not change them.
 HARNESS_KEYS = frozenset({"SEED", "MODEL.STUDENT.ARCH", "DATA.ROOT", "MODEL.TEACHER.ARCH", "MODEL.TEACHER.WEIGHTS",
                           "OUTPUT_DIR"})
@@ -52,7 +50,7 @@ def _run_point(s: Settings, data, arch: str, point: dict, seeds, teacher) -> dic
     sp = _point_settings(s, point)
     per_seed = []
     for seed in seeds:
-        rec = train_student(sp, data, arch, point["method"], seed, teacher if point["method"] in DISTILLED else None)
+        rec = train_student(sp, data, arch, point["method"], seed, teacher)  # used only by distilled methods
         per_seed.append({"seed": seed, **score(sp, data, rec), "train_seconds": rec.seconds, "reused": rec.reused})
     row = {"point": point["name"], "file": point["file"], "method": point["method"],
            "overrides": point["overrides"], **_summarise(per_seed)}

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 VARIANTS = ("random", "moco", "seed", "l2")
 VARIANT_LABELS = {"random": "random init", "moco": "MoCo-v2 alone", "seed": "SEED", "l2": "L2 distillation"}
+DISTILLED = ("seed", "l2")  # the variants that learn from the teacher
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "paper_claim"
 RECIPE = str(CONFIG_DIR / "digits.yaml")
 ABLATIONS = {
@@ -167,7 +168,7 @@ def reuse_run(run_dir: str) -> DistillRun:
 
 def train_student(s: Settings, data: Digits, arch: str, variant: str, seed: int,
                   teacher: DistillRun | None) -> DistillRun:
-    distil = variant in ("seed", "l2")
+    distil = variant in DISTILLED
     opts = run_opts(s, data, arch, variant, seed, s.epochs, s.max_iter, teacher if distil else None)
     ids = _identities(data, teacher if distil else None)
     return cached_distill(f"{arch}-{variant}-s{seed}", opts, Path(s.work_dir) / "runs", ids, config_file=s.recipe)
