@@ -4,6 +4,7 @@ import os
 import pytest
 import yaml
 
+from conftest import load_script
 from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, run_demo
 from tools.apps.report import read_loss_curve
 
@@ -54,3 +55,17 @@ def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
         load_preset(str(bad))
     with pytest.raises(ValueError, match="not found"):
         load_preset("no_such_preset")
+    bad.write_text(f"_BASE_: {BASE_PRESET}\nmoco_student_lr: 0.0\n")
+    with pytest.raises(ValueError, match="moco_student_lr = 0.0"):
+        load_preset(str(bad))
+    bad.write_text("_BASE_: Base-Demo.yaml\n")  # relative: read from the preset's own folder, not configs/demo
+    with pytest.raises(ValueError, match="_BASE_"):
+        load_preset(str(bad))
+
+
+def test_the_demo_refuses_a_bad_preset_before_any_stage(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_BASE_: {BASE_PRESET}\nseed_student_lr: -1.0\n")
+    out = tmp_path / "demo"
+    assert load_script("tools/demo.py").main(["--preset", str(bad), "--out", str(out)]) == 2
+    assert "seed_student_lr = -1.0" in capsys.readouterr().err and not out.exists()

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.apps.cli import setup_logging  # noqa: E402
-from tools.apps.demo_pipeline import run_demo  # noqa: E402
+from tools.apps.demo_pipeline import load_preset, run_demo  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -24,6 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     args = p.parse_args(argv)
     setup_logging("WARNING")
+    try:
+        load_preset(args.preset)  # a bad preset is refused before any stage runs
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t0 = time.time()
     run_demo(args.out, args.preset, args.engine, args.workers)
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min")

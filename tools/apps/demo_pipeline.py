@@ -27,6 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 PRESET_DIR = os.path.join(REPO, "configs", "demo")
 BASE_PRESET = os.path.join(PRESET_DIR, "Base-Demo.yaml")
 INITS = ("random", "moco", "seed")
+LEARNING_RATES = ("distill_base_lr", "seed_student_lr", "moco_student_lr", "det_lr")
 
 
 def preset_names() -> list[str]:
@@ -45,9 +46,17 @@ def load_preset(preset: str) -> dict:
         cfg = CfgNode(CfgNode.load_cfg(f))
     try:
         cfg.merge_from_file(path)
+    except OSError as e:  # a `_BASE_` that does not exist
+        raise ValueError(f"demo preset {path}: {e} (`_BASE_` must name {BASE_PRESET} or a preset that "
+                         "inherits it; a relative `_BASE_` is read from the preset's own folder)") from None
     except (KeyError, ValueError, AssertionError) as e:
         raise ValueError(f"demo preset {path}: {e.args[0] if e.args else e} (the known keys and their types "
                          f"are those of {BASE_PRESET})") from None
+    # A bad student lr would otherwise surface only after the teacher has trained.
+    bad = [k for k in LEARNING_RATES if not float(cfg[k]) > 0]
+    if bad:
+        raise ValueError(f"demo preset {path}: {', '.join(f'{k} = {cfg[k]}' for k in bad)}; learning rates "
+                         "must be > 0 (per 256 images, e.g. 0.03)")
     return json.loads(json.dumps(cfg))  # plain dicts and lists
 
 
