@@ -56,16 +56,6 @@ def _train_seconds(engine: str, config: str, data: str, weights: str, iters: int
     return elapsed
 
 
-def _cpu_name() -> str:
-    import platform
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(REPO, "configs", "demo", "shapes_r18_fpn.yaml"))
@@ -90,7 +80,8 @@ def main(argv=None):
                                 args.size, args.batch, procs)
                  for n, name in ((args.iters, "short"), (3 * args.iters, "long"))]
         per_step[label] = (times[1] - times[0]) / (2 * args.iters)
-    cpu = _cpu_name()
+    from seed_core.precision import cpu_description
+    cpu = cpu_description()
     res = {"config": os.path.relpath(args.config, REPO), "image_size": args.size, "batch": args.batch,
            "cpu": cpu, "seconds_per_step": per_step}
     print(f"\nconfig {res['config']}, {args.size} px, global batch {args.batch}, CPU: {cpu}")

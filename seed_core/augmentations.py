@@ -53,6 +53,24 @@ def resolve_recipe(name: str, teacher_format: str | None) -> str:
     return TEACHER_RECIPES.get(teacher_format or "", DEFAULT_RECIPE)
 
 
+class PILGaussianBlur:
+    """Gaussian blur with sigma drawn from `sigma`, by PIL as in MoCo-v2's code. torchvision's tensor
+    blur costs ~1.6 ms on a 32 px image in a data-loader worker, PIL's ~0.2 ms: at small image sizes
+    the blur alone used to cap a worker below what one core trains on."""
+
+    def __init__(self, sigma: tuple[float, float]):
+        self.sigma = sigma
+
+    def __call__(self, img):
+        import torch  # torch's generator, like torchvision's transforms: seeded per data-loader worker
+        from PIL import ImageFilter
+        sigma = float(torch.empty(1).uniform_(*self.sigma))
+        return img.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+    def __repr__(self) -> str:
+        return f"PILGaussianBlur(sigma={self.sigma})"
+
+
 def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None = None):
     """The transform of recipe `name` at `size` px; `crop_scale` replaces the recipe's crop range
     (small patches). "none" resizes and centre-crops only."""
@@ -62,7 +80,6 @@ def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None
     if name not in RECIPES:
         raise ValueError(f"unknown augmentation {name!r}: choose from {', '.join(CHOICES)}")
     r = RECIPES[name]
-    kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10 % of the image, odd
     steps = [T.RandomResizedCrop(size, scale=tuple(crop_scale or r.crop_scale), ratio=r.aspect)]
     if r.affine:
         steps.append(T.RandomApply([T.RandomAffine(degrees=15, translate=(0.1, 0.1), shear=10)], p=0.8))
@@ -70,7 +87,7 @@ def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None
     if r.grayscale_p:
         steps.append(T.RandomGrayscale(p=r.grayscale_p))
     if r.blur_p:
-        steps.append(T.RandomApply([T.GaussianBlur(kernel, sigma=r.blur_sigma)], p=r.blur_p))
+        steps.append(T.RandomApply([PILGaussianBlur(r.blur_sigma)], p=r.blur_p))
     if r.flip:
         steps.append(T.RandomHorizontalFlip())
     steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

@@ -19,6 +19,19 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def cpu_description() -> str:
+    """CPU model, core count and whether bf16 is native: every speed figure says where it was measured."""
+    import os
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    bf16 = "native bf16" if cpu_supports_bf16() else "no native bf16"
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores, {bf16}"
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     if device.type == "cuda":
         if name == "auto":

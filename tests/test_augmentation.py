@@ -40,3 +40,17 @@ def test_unknown_augmentation_is_refused_naming_the_choices():
         training_transform("autoaugment", 32)
     with pytest.raises(ConfigError, match="DATA.AUGMENTATION"):
         validate_cfg(load_cfg(None, ["DATA.AUGMENTATION", "autoaugment", "DATA.ROOT", "x"]))
+
+
+def test_blur_is_pils_and_follows_torchs_seed():
+    from seed_core.augmentations import PILGaussianBlur
+    t = training_transform("mocov2", 32)
+    assert any(isinstance(getattr(s, "transforms", [None])[0], PILGaussianBlur) for s in t.transforms)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    blur = PILGaussianBlur((1.0, 2.0))
+    torch.manual_seed(3)
+    a = np.asarray(blur(img), np.float32)
+    torch.manual_seed(3)
+    b = np.asarray(blur(img), np.float32)
+    assert np.array_equal(a, b)                       # reproducible from torch's generator (data-loader workers)
+    assert np.abs(np.diff(a, axis=1)).mean() < np.abs(np.diff(np.asarray(img, np.float32), axis=1)).mean() / 2
