@@ -124,6 +124,21 @@ def test_normalised_crops_are_grey_with_bright_ink_on_dark_ground():
         assert centre > whole                                        # the digit (centred) is the bright part
 
 
+def test_clean_crops_hold_the_digit_alone_bright_on_black():
+    from tools.apps.digit_scenes import digit_crop, load_pools
+    spec = SceneSpec(**TINY, crop_style="clean")
+    pool = load_pools(spec)["pretrain"]
+    for i in range(12):
+        crop = digit_crop(np.random.default_rng(i), pool, i, spec)
+        again = digit_crop(np.random.default_rng(i), pool, i, spec)
+        assert np.array_equal(crop, again) and crop.shape == (32, 32, 3)
+        assert np.array_equal(crop[..., 0], crop[..., 1]) and np.array_equal(crop[..., 0], crop[..., 2])
+        grey = crop[..., 0].astype(np.float32)
+        assert grey.max() >= 200 and np.median(grey) < 10     # bright ink, black elsewhere: no clutter
+        ink = grey > 128
+        assert 0.05 < ink.mean() < 0.5                         # a digit, not a speck or a blob
+
+
 def test_rewrite_same_settings_reuses_other_settings_refused(scenes):
     again = write_digit_scenes(scenes["root"], SceneSpec(**TINY, seed=3))
     assert again["counts"] == scenes["counts"]

@@ -20,6 +20,7 @@ import torch
 
 from seed_core.config import CfgNode, load_cfg
 from tools.apps.run_cache import CachedRun, distill
+from tools.apps.side_by_side import Step, default_processes, run_steps
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,27 @@ def load_preset(preset: str) -> dict:
     return json.loads(json.dumps(cfg))  # plain dicts and lists
 
 
+def _announce(msg: str) -> None:
+    print(msg, flush=True)
+
+
 def _stage(root: str, name: str, params: dict) -> CachedRun:
-    return CachedRun(os.path.join(root, name), params, announce=lambda msg: print(msg, flush=True))
+    return CachedRun(os.path.join(root, name), params, announce=_announce)
 
 
 def _distill(stage: CachedRun, opts: dict) -> dict:
     flat = [repr(v) if isinstance(v, float) else str(v) for kv in opts.items() for v in kv]
     return distill(load_cfg(None, flat + ["OUTPUT_DIR", stage.dir]))
+
+
+def _distill_stage(out_root: str, name: str, opts: dict) -> dict:
+    """One cached distillation stage (a module-level function: it may run in a worker process)."""
+    st = _stage(out_root, name, opts)
+    return st.run(lambda: _distill(st, opts))
+
+
+def _processes(p: dict) -> int:
+    return int(p["processes"]) or default_processes()
 
 
 def _detect(stage: CachedRun, weights: str, data: dict, p: dict, seed: int, engine: str,
@@ -141,10 +156,11 @@ def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: boo
                            "MODEL.TEACHER.WEIGHTS": teacher_result["checkpoint"],
                            "SOLVER.BASE_LR": float(p["seed_student_lr"])},
                   "moco": {**student_common, "LOSS.NAME": "moco", "SOLVER.BASE_LR": float(p["moco_student_lr"])}}
-    students = {}
-    for name, opts in stage_opts.items():
-        st = _stage(out_root, f"student_{name}", opts)
-        students[name] = st.run(lambda st=st, opts=opts: _distill(st, opts))
+    # The two students are independent: side by side, one process each.
+    steps = [Step(f"student_{name}", _distill_stage, (out_root, f"student_{name}", opts))
+             for name, opts in stage_opts.items()]
+    done = run_steps(steps, _processes(p), os.path.join(out_root, "logs"), p["threads"], _announce)
+    students = {name: done[f"student_{name}"] for name in stage_opts}
 
     # Does each backbone know digit shapes? k-NN on crops (cheap; tells a weak teacher at once).
     knn_stage = _stage(out_root, "knn", {"teacher": teacher_result["backbone"],
@@ -187,8 +203,10 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
     and writes the table, bar chart and loss curves."""
     p = load_preset(preset)
     pre = pretrain(out_root, p, workers)
-    results = {init: summarise([finetune(out_root, pre, init, seed, engine) for seed in p["det_seeds"]])
-               for init in INITS}
+    runs = [(init, seed) for init in INITS for seed in p["det_seeds"]]
+    steps = [Step(f"det_{init}_s{seed}", finetune, (out_root, pre, init, seed, engine)) for init, seed in runs]
+    metrics = run_steps(steps, _processes(p), os.path.join(out_root, "logs"), p["threads"], _announce)
+    results = {init: summarise([metrics[f"det_{init}_s{seed}"] for seed in p["det_seeds"]]) for init in INITS}
 
     from .report import loss_curves_png, metrics_bar_png, results_markdown
     labels = {"random": "random init", "moco": f"MoCo-v2 {p['student_arch']}",

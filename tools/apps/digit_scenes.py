@@ -38,7 +38,7 @@ MANIFEST = "scenes_manifest.json"
 POOLS = ("test", "train", "pretrain")
 _SPLIT_IDS = {"train": 0, "test": 1, "pretrain": 2, "knn_query": 3}
 INK_THRESHOLD = 0.35   # rendered intensity (0..1) above which a pixel is the digit's ink
-CROP_STYLES = ("scene", "normalised")
+CROP_STYLES = ("scene", "normalised", "clean")
 MIN_POOL = 20          # digits per pool and source below which a split cannot be varied
 
 
@@ -57,7 +57,8 @@ class SceneSpec:
     pool_fractions: Tuple[float, float, float] = (0.2, 0.2, 0.6)   # test, train, pretrain
     pretrain_crops_per_digit: int = 1
     crop_size: int = 32
-    crop_style: str = "scene"           # scene: as drawn | normalised: grey, ink bright, contrast stretched
+    crop_style: str = "scene"           # scene: as drawn | normalised: grey, ink bright, contrast stretched |
+                                        # clean: the digit alone, ink bright on black
     knn_queries: int = 500
     sources: Tuple[str, ...] = ("mnist", "sklearn")
     max_per_source: int = 0             # > 0 keeps only that many digits of each source (tests)
@@ -261,7 +262,10 @@ def _render_rect(piece: np.ndarray, w: int, h: int) -> np.ndarray:
 
 
 def digit_crop(rng: np.random.Generator, pool: Pool, index: int, spec: SceneSpec) -> np.ndarray:
-    """A crop of a scene centred on digit `index` of the pool (with clutter), crop_size x crop_size."""
+    """A crop centred on digit `index` of the pool, crop_size x crop_size: of a scene (with clutter),
+    or with crop_style "clean" the digit alone."""
+    if spec.crop_style == "clean":
+        return _clean_crop(rng, pool.images[index], spec.crop_size)
     size = 2 * spec.crop_size   # drawn at twice the crop size, then downsampled (anti-aliasing)
     canvas = _background(rng, size)
     _strokes(rng, canvas, max(1, spec.strokes // 2))
@@ -282,6 +286,16 @@ def digit_crop(rng: np.random.Generator, pool: Pool, index: int, spec: SceneSpec
         canvas = _normalise(canvas, ink_is_dark=float(ink.mean()) < background)
     img = Image.fromarray((np.clip(canvas, 0, 1) * 255).round().astype(np.uint8))
     return np.asarray(img.resize((spec.crop_size, spec.crop_size), Image.BILINEAR))
+
+
+def _clean_crop(rng: np.random.Generator, digit: np.ndarray, size: int) -> np.ndarray:
+    """The digit alone, ink bright on black, at 80-100 % of MNIST's framing and slightly off centre:
+    every pixel is the digit's shape, so a self-supervised network has nothing else to learn from."""
+    side = int(round(size * rng.uniform(0.8, 1.0)))
+    canvas = np.zeros((size, size), np.float32)
+    x, y = (int(rng.integers(0, size - side + 1)) for _ in range(2))
+    canvas[y:y + side, x:x + side] = np.clip(_render(digit, side) * 1.4, 0, 1)
+    return np.repeat((canvas * 255).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
 def _normalise(canvas: np.ndarray, ink_is_dark: bool) -> np.ndarray:
