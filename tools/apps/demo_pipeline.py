@@ -148,8 +148,7 @@ def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: boo
               "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False}
     teacher_opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p["teacher_arch"],
                     "SOLVER.EPOCHS": p["teacher_epochs"]}
-    teacher = _stage(out_root, "teacher_moco", teacher_opts)
-    teacher_result = teacher.run(lambda: _distill(teacher, teacher_opts))
+    teacher_result = _distill_stage(out_root, "teacher_moco", teacher_opts)
 
     student_common = {**common, "MODEL.STUDENT.ARCH": p["student_arch"], "SOLVER.EPOCHS": p["student_epochs"]}
     stage_opts = {"seed": {**student_common, "LOSS.NAME": "seed", "MODEL.TEACHER.ARCH": p["teacher_arch"],
