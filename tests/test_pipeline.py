@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import load_script
-from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, run_demo
+from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, plan_pretraining, run_demo
 from tools.apps.report import read_loss_curve
 
 pytestmark = pytest.mark.slow
@@ -23,26 +23,53 @@ def test_tiny_pipeline_end_to_end_and_cached_rerun(tmp_path, capsys):
     assert "SEED resnet18" in table and "random init" in table and " ± " in table and "k-NN" in table
     for png in ("results.png", "loss_curves.png"):
         assert open(os.path.join(out, png), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    for stage in ("teacher_moco", "student_seed", "student_moco"):
+    for stage in ("teacher_moco", "student_seed"):
         its, losses = read_loss_curve(os.path.join(out, stage))
         assert its and len(its) == len(losses)
+    # tiny's MoCo-v2 student has the teacher's architecture, recipe and budget: it is the teacher
+    assert not os.path.exists(os.path.join(out, "student_moco"))
+    assert json.load(open(os.path.join(out, "results.json")))["knn"]["moco"] == \
+        json.load(open(os.path.join(out, "results.json")))["knn"]["teacher"]
     preset = load_preset("tiny")
     lrs = {s: yaml.safe_load(open(os.path.join(out, s, "config.yaml")))["SOLVER"]["BASE_LR"]
-           for s in ("teacher_moco", "student_seed", "student_moco")}
-    assert lrs == {"teacher_moco": preset["distill_base_lr"], "student_seed": preset["seed_student_lr"],
-                   "student_moco": preset["moco_student_lr"]}  # each method at its own lr
+           for s in ("teacher_moco", "student_seed")}
+    assert lrs == {"teacher_moco": preset["distill_base_lr"], "student_seed": preset["seed_student_lr"]}
     meta = json.load(open(os.path.join(out, "student_seed", "meta.json")))
     assert meta["loss"] == "seed" and meta["teacher"]["arch"] == "resnet18"
     assert os.path.isfile(os.path.join(out, "data", "scenes", "annotations", "instances_test.json"))
 
     markers = {s: os.path.getmtime(os.path.join(out, s, "run.json"))
-               for s in ("data", "teacher_moco", "student_seed", "knn", "det_seed_s0")}
+               for s in ("data", "teacher_moco", "student_seed", "knn", "det_seed_s0", "det_moco_s0", "det_random_s0")}
     capsys.readouterr()
     again = run_demo(out, "tiny", engine="torchvision", workers=0)
     assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)  # NaN (no large objects) != NaN
     assert "running" not in capsys.readouterr().out
     for s, t in markers.items():
         assert os.path.getmtime(os.path.join(out, s, "run.json")) == t
+
+    # A changed teacher: it trains again (its old files moved aside), and so does everything it feeds.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(f"_BASE_: {os.path.join(os.path.dirname(BASE_PRESET), 'tiny.yaml')}\ndistill_base_lr: 0.06\n")
+    run_demo(out, str(changed), engine="torchvision", workers=0)
+    for s in ("teacher_moco", "student_seed", "det_seed_s0"):
+        assert os.path.getmtime(os.path.join(out, s, "run.json")) > markers[s], s
+    assert [d for d in os.listdir(os.path.join(out, "teacher_moco")) if d.startswith("previous-")]
+    assert os.path.isdir(os.path.join(out, "student_moco"))  # its lr is no longer the teacher's
+    # ... but it is the old teacher's recipe, so training reproduces the old weights bit for bit:
+    # fine-tunings are keyed by their weights, so its fine-tuning (like random init's) is reused
+    for s in ("det_moco_s0", "det_random_s0"):
+        assert os.path.getmtime(os.path.join(out, s, "run.json")) == markers[s], s
+
+
+def test_a_moco_student_unlike_the_teacher_is_its_own_step_and_fine_tunings_wait_for_their_backbone(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(f"_BASE_: {os.path.join(os.path.dirname(BASE_PRESET), 'tiny.yaml')}\nmoco_student_lr: 0.06\n")
+    steps, pre = plan_pretraining(str(tmp_path / "demo"), load_preset(str(preset)), workers=0)
+    after = {s.name: s.after for s in steps}
+    assert after["student_moco"] == () and after["student_seed"] == ("teacher_moco",)
+    assert set(after["knn"]) == {"teacher_moco", "student_seed", "student_moco"}
+    assert pre.curves["student MoCo-v2"].endswith(os.path.join("student_moco", "metrics.jsonl"))
+    assert pre.weights["random"] == "" and pre.weights["seed"].endswith(os.path.join("convert_seed", "seed.pkl"))
 
 
 def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
@@ -58,6 +85,10 @@ def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
     bad.write_text(f"_BASE_: {BASE_PRESET}\nmoco_student_lr: 0.0\n")
     with pytest.raises(ValueError, match="moco_student_lr = 0.0"):
         load_preset(str(bad))
+    for key, value in (("processes", -1), ("threads", 0)):
+        bad.write_text(f"_BASE_: {BASE_PRESET}\n{key}: {value}\n")
+        with pytest.raises(ValueError, match=f"{key} = {value}"):
+            load_preset(str(bad))
     bad.write_text("_BASE_: Base-Demo.yaml\n")  # relative: read from the preset's own folder, not configs/demo
     with pytest.raises(ValueError, match="_BASE_"):
         load_preset(str(bad))

@@ -33,3 +33,38 @@ def test_a_failed_step_names_itself_and_its_log_after_the_others_finish(tmp_path
     steps = [Step("bad", fail, (7,)), Step("good", square, (5,))]
     with pytest.raises(StepFailed, match=r"bad: ValueError: no good: 7 \(log: .*bad\.log\)"):
         run_steps(steps, processes=2, log_dir=str(tmp_path))
+
+
+def stamp(name, log):
+    """Appends its name to a shared file when it starts and when it ends."""
+    import time
+    with open(log, "a") as f:
+        f.write(f"start {name}\n")
+    time.sleep(0.3)
+    with open(log, "a") as f:
+        f.write(f"end {name}\n")
+    return name
+
+
+def test_a_step_starts_only_after_the_steps_it_needs(tmp_path):
+    log = str(tmp_path / "order.txt")
+    steps = [Step("a", stamp, ("a", log)), Step("b", stamp, ("b", log), after=("a",)),
+             Step("c", stamp, ("c", log)), Step("d", stamp, ("d", log), after=("b", "c"))]
+    out = run_steps(steps, processes=2, log_dir=str(tmp_path / "logs"))
+    assert set(out) == {"a", "b", "c", "d"}
+    lines = open(log).read().split("\n")
+    assert lines.index("end a") < lines.index("start b")
+    assert lines.index("end b") < lines.index("start d") and lines.index("end c") < lines.index("start d")
+    assert lines.index("start c") < lines.index("end a")  # c needs nothing: it ran beside a
+
+
+def test_steps_that_need_a_failed_step_are_reported_not_run(tmp_path):
+    steps = [Step("bad", fail, (1,)), Step("later", square, (2,), after=("bad",)), Step("free", square, (3,))]
+    with pytest.raises(StepFailed, match=r"(?s)bad: ValueError.*later: not run: it needs bad"):
+        run_steps(steps, processes=2, log_dir=str(tmp_path))
+    assert not (tmp_path / "later.log").exists() and "squaring 3" in (tmp_path / "free.log").read_text()
+
+
+def test_a_step_listed_before_what_it_needs_is_refused():
+    with pytest.raises(ValueError, match="'b' runs after \\['a'\\]"):
+        run_steps([Step("b", square, (1,), after=("a",)), Step("a", square, (2,))], processes=1, log_dir="unused")

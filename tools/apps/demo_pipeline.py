@@ -4,17 +4,21 @@
                                                            -> MoCo-v2 ResNet-18 student -> Detectron2 .pkl
   random init / MoCo-v2 / SEED  -> Faster R-CNN fine-tuned with each of several seeds -> mean ± std table
 
-Settings are a preset YAML (configs/demo/<name>.yaml, `_BASE_: Base-Demo.yaml`). Each stage writes
+The stages are steps of one schedule (tools.apps.side_by_side): each starts, two at a time on a
+2-core machine, as soon as what it needs is done. Settings are a preset YAML
+(configs/demo/<name>.yaml, `_BASE_: Base-Demo.yaml`). Each stage writes
 `<stage>/run.json` when it is done (tools.apps.run_cache); a rerun skips finished stages whose
 parameters are unchanged and resumes an interrupted distillation from its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -58,6 +62,9 @@ def load_preset(preset: str) -> dict:
     if bad:
         raise ValueError(f"demo preset {path}: {', '.join(f'{k} = {cfg[k]}' for k in bad)}; learning rates "
                          "must be > 0 (per 256 images, e.g. 0.03)")
+    if int(cfg.threads) < 1 or int(cfg.processes) < 0:
+        raise ValueError(f"demo preset {path}: threads = {cfg.threads}, processes = {cfg.processes}; threads must "
+                         "be >= 1 and processes >= 0 (0: one per core, 1: every stage in this process)")
     return json.loads(json.dumps(cfg))  # plain dicts and lists
 
 
@@ -69,15 +76,42 @@ def _stage(root: str, name: str, params: dict) -> CachedRun:
     return CachedRun(os.path.join(root, name), params, announce=_announce)
 
 
-def _distill(stage: CachedRun, opts: dict) -> dict:
+def _distill(stage: CachedRun, opts: dict, restart: bool) -> dict:
     flat = [repr(v) if isinstance(v, float) else str(v) for kv in opts.items() for v in kv]
-    return distill(load_cfg(None, flat + ["OUTPUT_DIR", stage.dir]))
+    return distill(load_cfg(None, flat + ["OUTPUT_DIR", stage.dir]), restart=restart)
 
 
-def _distill_stage(out_root: str, name: str, opts: dict) -> dict:
-    """One cached distillation stage (a module-level function: it may run in a worker process)."""
-    st = _stage(out_root, name, opts)
-    return st.run(lambda: _distill(st, opts))
+def _distill_stage(out_root: str, name: str, opts: dict, identity: dict | None = None) -> dict:
+    """One cached distillation stage. `identity`: what else the result depends on (the teacher's
+    settings), so a changed teacher retrains the student instead of reusing it."""
+    st = _stage(out_root, name, {**opts, **({"identity": identity} if identity else {})})
+    outdated = os.path.isfile(st.marker) and st.cached() is None  # finished, with other settings
+    return st.run(lambda: _distill(st, opts, restart=outdated))
+
+
+def _trained(out_root: str, name: str, opts: dict, teacher: tuple | None = None) -> dict:
+    """The distillation stage `name`, trained or reused; with `teacher` = (stage name, opts) of a
+    finished stage, it distils from that stage's checkpoint."""
+    if not teacher:
+        return _distill_stage(out_root, name, opts)
+    opts = {**opts, "MODEL.TEACHER.WEIGHTS": _distill_stage(out_root, *teacher)["checkpoint"]}
+    return _distill_stage(out_root, name, opts, identity={"teacher": teacher[1]})
+
+
+def _backbone_step(out_root: str, name: str, opts: dict, teacher: tuple | None, convert_as: str | None) -> dict:
+    """A pipeline step (module level: it runs in a worker process): the stage `name`, and with
+    `convert_as` its backbone converted to `<out_root>/convert_<convert_as>/<convert_as>.pkl`."""
+    from seed_det.convert import convert_to_d2
+    res = _trained(out_root, name, opts, teacher)
+    if convert_as:
+        pkl = _converted(out_root, convert_as)
+        conv = _stage(out_root, f"convert_{convert_as}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
+        conv.run(lambda: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl, overwrite=True)})
+    return res
+
+
+def _converted(out_root: str, name: str) -> str:
+    return os.path.join(out_root, f"convert_{name}", f"{name}.pkl")
 
 
 def _processes(p: dict) -> int:
@@ -118,6 +152,17 @@ def _knn(backbone_path: str | None, arch: str, data: dict, image_size: int, cach
     return knn_accuracy(bb, data["pretrain"], data["knn_query"], image_size, cache)["top1"]
 
 
+def _knn_step(out_root: str, p: dict, data: dict, backbones: dict) -> dict:
+    """k-NN of each trained backbone ({name: (stage name, opts, teacher)}) and of random init."""
+    paths = {n: _trained(out_root, *stage)["backbone"] for n, stage in backbones.items()}
+    st = _stage(out_root, "knn", paths)
+    size = p["scenes"]["crop_size"]
+    archs = {n: p["teacher_arch"] if n == "teacher" else p["student_arch"] for n in paths}
+    res = st.run(lambda: {**{n: _knn(path, archs[n], data, size, st.dir) for n, path in paths.items()},
+                          "random": _knn(None, p["student_arch"], data, size, st.dir)})
+    return {k: v for k, v in res.items() if k != "seconds"}
+
+
 @dataclass
 class Pretrained:
     """What the pretraining stages leave: the data, the converted backbones and how good they are."""
@@ -128,16 +173,17 @@ class Pretrained:
     curves: dict                # label -> metrics.jsonl of each pretraining run
 
 
-def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: bool = False) -> Pretrained:
-    """Scenes, MoCo-v2 teacher, SEED and MoCo-v2 students, k-NN check, conversion (cached stages)."""
-    from seed_det.convert import convert_to_d2
+def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weights: bool = False
+                     ) -> tuple[list[Step], Pretrained]:
+    """Writes the scenes (cheap; everything needs them) and returns the steps that train, convert and
+    k-NN-check the backbones (the "knn" step last), with the Pretrained whose `knn` that step fills
+    in. `run_pipeline` runs them; a fine-tuning goes after its backbone's step (BACKBONE_STEP)."""
     from tools.apps.digit_scenes import SceneSpec, write_digit_scenes
 
     spec = SceneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["scenes"].items()})
     spec.check()
     os.makedirs(out_root, exist_ok=True)
     torch.set_num_threads(p["threads"])
-
     data_stage = _stage(out_root, "data", p["scenes"])
     data = data_stage.run(lambda: write_digit_scenes(os.path.join(data_stage.dir, "scenes"), spec))
 
@@ -146,41 +192,63 @@ def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: boo
               "QUEUE.SIZE": p["queue_size"], "SOLVER.BASE_LR": float(p["distill_base_lr"]),
               "LOSS.MOCO_MOMENTUM": float(p["moco_momentum"]), "SOLVER.WARMUP_EPOCHS": 1.0,
               "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False}
-    teacher_opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p["teacher_arch"],
-                    "SOLVER.EPOCHS": p["teacher_epochs"]}
-    teacher_result = _distill_stage(out_root, "teacher_moco", teacher_opts)
-
+    teacher = ("teacher_moco", {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p["teacher_arch"],
+                                "SOLVER.EPOCHS": p["teacher_epochs"]})
     student_common = {**common, "MODEL.STUDENT.ARCH": p["student_arch"], "SOLVER.EPOCHS": p["student_epochs"]}
-    stage_opts = {"seed": {**student_common, "LOSS.NAME": "seed", "MODEL.TEACHER.ARCH": p["teacher_arch"],
-                           "MODEL.TEACHER.WEIGHTS": teacher_result["checkpoint"],
-                           "SOLVER.BASE_LR": float(p["seed_student_lr"])},
-                  "moco": {**student_common, "LOSS.NAME": "moco", "SOLVER.BASE_LR": float(p["moco_student_lr"])}}
-    # The two students are independent: side by side, one process each.
-    steps = [Step(f"student_{name}", _distill_stage, (out_root, f"student_{name}", opts))
-             for name, opts in stage_opts.items()]
-    done = run_steps(steps, _processes(p), os.path.join(out_root, "logs"), p["threads"], _announce)
-    students = {name: done[f"student_{name}"] for name in stage_opts}
+    seed_opts = {**student_common, "LOSS.NAME": "seed", "MODEL.TEACHER.ARCH": p["teacher_arch"],
+                 "SOLVER.BASE_LR": float(p["seed_student_lr"])}
+    moco = ("student_moco", {**student_common, "LOSS.NAME": "moco", "SOLVER.BASE_LR": float(p["moco_student_lr"])})
+    # A MoCo-v2 student with the teacher's architecture, recipe and budget is the teacher: train it once.
+    if moco[1] == teacher[1]:
+        moco = teacher
 
-    # Does each backbone know digit shapes? k-NN on crops (cheap; tells a weak teacher at once).
-    knn_stage = _stage(out_root, "knn", {"teacher": teacher_result["backbone"],
-                                         **{n: r["backbone"] for n, r in students.items()}})
-    knn = knn_stage.run(lambda: {
-        "teacher": _knn(teacher_result["backbone"], p["teacher_arch"], data, spec.crop_size, knn_stage.dir),
-        **{n: _knn(r["backbone"], p["student_arch"], data, spec.crop_size, knn_stage.dir) for n, r in students.items()},
-        "random": _knn(None, p["student_arch"], data, spec.crop_size, knn_stage.dir)})
-    knn = {k: v for k, v in knn.items() if k != "seconds"}
+    backbones = {"teacher": (*teacher, None), "seed": ("student_seed", seed_opts, teacher), "moco": (*moco, None)}
+    steps = [Step("teacher_moco", _backbone_step, (out_root, *backbones["teacher"],
+                                                   "teacher" if with_teacher_weights else None)),
+             Step("student_seed", _backbone_step, (out_root, *backbones["seed"], "seed"), after=("teacher_moco",)),
+             Step("student_moco", _backbone_step, (out_root, *backbones["moco"], "moco"),
+                  after=("teacher_moco",) if moco is teacher else ())]
+    steps.append(Step("knn", _knn_step, (out_root, p, data, backbones), after=tuple(s.name for s in steps)))
 
-    to_convert = dict(students)
+    weights = {"random": "", "seed": _converted(out_root, "seed"), "moco": _converted(out_root, "moco")}
     if with_teacher_weights:
-        to_convert["teacher"] = teacher_result
-    weights = {"random": ""}
-    for name, res in to_convert.items():
-        conv = _stage(out_root, f"convert_{name}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
-        pkl = os.path.join(conv.dir, f"{name}.pkl")
-        weights[name] = conv.run(lambda res=res, pkl=pkl: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl, overwrite=True)})["pkl"]
-    curves = {"teacher (MoCo-v2)": teacher_result["metrics"], "student SEED": students["seed"]["metrics"],
-              "student MoCo-v2": students["moco"]["metrics"]}
-    return Pretrained(p, data, weights, knn, curves)
+        weights["teacher"] = _converted(out_root, "teacher")
+    curves = {"teacher = student MoCo-v2" if moco is teacher else "teacher (MoCo-v2)":
+              os.path.join(out_root, teacher[0], "metrics.jsonl"),
+              "student SEED": os.path.join(out_root, "student_seed", "metrics.jsonl")}
+    if moco is not teacher:
+        curves["student MoCo-v2"] = os.path.join(out_root, moco[0], "metrics.jsonl")
+    return steps, Pretrained(p, data, weights, {}, curves)
+
+
+BACKBONE_STEP = {"teacher": "teacher_moco", "seed": "student_seed", "moco": "student_moco", "random": None}
+
+
+def run_pipeline(out_root: str, p: dict, workers: int = 2,
+                 fine_tunings: Callable[[Pretrained], list[Step]] = lambda pre: [],
+                 with_teacher_weights: bool = False) -> tuple[Pretrained, dict]:
+    """The pretraining steps and the `fine_tunings` (`fine_tuning_step`s) in one schedule: each
+    fine-tuning starts as soon as its backbone is converted (random init's beside the teacher).
+    Returns the filled-in Pretrained and {step name: result}."""
+    steps, pre = plan_pretraining(out_root, p, workers, with_teacher_weights)
+    knn = steps.pop()  # only the report needs it: last, so it never holds up a fine-tuning
+    steps += fine_tunings(pre) + [knn]
+    done = run_steps(steps, _processes(p), os.path.join(out_root, "logs"), p["threads"], _announce)
+    pre.knn = done["knn"]
+    return pre, done
+
+
+def fine_tuning_step(out_root: str, pre: Pretrained, init: str, seed: int, engine: str, tag: str = "",
+                     **kwargs) -> Step:
+    """`finetune` as a step named like its stage, after the step that makes `init`'s backbone."""
+    needs = BACKBONE_STEP[init]
+    return Step(f"det{tag}_{init}_s{seed}", finetune, (out_root, pre, init, seed, engine), dict(kwargs, tag=tag),
+                after=(needs,) if needs else ())
+
+
+def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: bool = False) -> Pretrained:
+    """Scenes, MoCo-v2 teacher, SEED and MoCo-v2 students, k-NN check, conversion (cached stages)."""
+    return run_pipeline(out_root, p, workers, with_teacher_weights=with_teacher_weights)[0]
 
 
 def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str = "auto",
@@ -191,9 +259,20 @@ def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str =
              **({"det_train_split": split} if split else {}))
     det_params = {k: p[k] for k in p if k.startswith("det_")}
     name = f"det{tag}_{init}_s{seed}"
-    det = _stage(out_root, name, {**det_params, "seed": seed, "weights": pre.weights[init], "engine": engine,
+    weights = pre.weights[init]
+    det = _stage(out_root, name, {**det_params, "seed": seed, "weights": weights, "engine": engine,
+                                  "weights_sha256": _file_digest(weights) if weights else "",
                                   **({"extra": extra} if extra else {})})
-    return det.run(lambda: _detect(det, pre.weights[init], pre.data, p, seed, engine, extra), fresh=True)["metrics"]
+    return det.run(lambda: _detect(det, weights, pre.data, p, seed, engine, extra), fresh=True)["metrics"]
+
+
+def _file_digest(path: str) -> str:
+    """The weights' identity: a retrained backbone at the same path is not the same fine-tuning."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str = "auto",
@@ -201,11 +280,11 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
     """Run (or continue) the demo; returns {init: {"runs": [metrics per seed], "AP": mean, "AP_std": ..}}
     and writes the table, bar chart and loss curves."""
     p = load_preset(preset)
-    pre = pretrain(out_root, p, workers)
-    runs = [(init, seed) for init in INITS for seed in p["det_seeds"]]
-    steps = [Step(f"det_{init}_s{seed}", finetune, (out_root, pre, init, seed, engine)) for init, seed in runs]
-    metrics = run_steps(steps, _processes(p), os.path.join(out_root, "logs"), p["threads"], _announce)
-    results = {init: summarise([metrics[f"det_{init}_s{seed}"] for seed in p["det_seeds"]]) for init in INITS}
+    # SEED's fine-tunings first: they wait longest for their backbone (teacher, then student)
+    pre, done = run_pipeline(out_root, p, workers, lambda pre: [
+        fine_tuning_step(out_root, pre, init, seed, engine) for init in ("seed", "moco", "random")
+        for seed in p["det_seeds"]])
+    results = {init: summarise([done[f"det_{init}_s{seed}"] for seed in p["det_seeds"]]) for init in INITS}
 
     from .report import loss_curves_png, metrics_bar_png, results_markdown
     labels = {"random": "random init", "moco": f"MoCo-v2 {p['student_arch']}",

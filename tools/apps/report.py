@@ -34,11 +34,16 @@ def metrics_bar_png(results: dict[str, dict], path: str, metrics=METRICS) -> Non
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(results))
+    top = 0.0
     for i, (name, m) in enumerate(results.items()):
         xs = [j + i * width for j in range(len(metrics))]
+        vals = [m.get(k, 0.0) for k in metrics]
         errs = [m.get(k + "_std", 0.0) for k in metrics]
-        bars = ax.bar(xs, [m.get(k, 0.0) for k in metrics], width, yerr=errs, capsize=3, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=max(errs) * 2 + 1)
+        ax.bar(xs, vals, width, yerr=errs, capsize=3, label=name)
+        for x, v, e in zip(xs, vals, errs):  # the value just above its error bar
+            ax.annotate(f"{v:.1f}", (x, v + e), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=8)
+        top = max([top] + [v + e for v, e in zip(vals, errs)])
+    ax.set_ylim(0, top * 1.12 or 1.0)
     ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))], metrics)
     ax.set_ylabel("%")
     ax.set_title("Detection fine-tuned from each initialisation" +

@@ -87,11 +87,12 @@ def run_key(cfg: CfgNode, identities: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def distill(cfg: CfgNode) -> dict:
+def distill(cfg: CfgNode, restart: bool = False) -> dict:
     """Train the run `cfg` describes in cfg.OUTPUT_DIR, resuming from its checkpoint if one is there
-    (leftovers of an attempt killed before its first checkpoint are moved aside)."""
+    (leftovers of an attempt killed before its first checkpoint are moved aside). `restart`: the run
+    there is outdated (its caller's settings changed); its files are moved aside and it starts over."""
     from seed_core.trainer import train
-    resume = os.path.isfile(os.path.join(cfg.OUTPUT_DIR, CHECKPOINT_FILE))
+    resume = not restart and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, CHECKPOINT_FILE))
     summary = train(cfg, resume=resume, restart=not resume)
     if not summary.get("backbone"):
         raise RuntimeError(f"the run in {cfg.OUTPUT_DIR} stopped after {summary.get('iterations')} iterations "

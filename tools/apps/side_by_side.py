@@ -1,10 +1,11 @@
-"""Run independent pipeline steps side by side in worker processes.
+"""Run pipeline steps side by side in worker processes, each as soon as the steps it needs are done.
 
 A 2-core laptop runs two one-thread trainings of small images almost twice as fast as one
-two-thread training: small convolutions leave a second thread waiting. Each step runs in its own
-spawned process (a fresh torch, no state shared with the caller); its console output goes to a log
-file, so two progress bars never interleave. With `processes` 1 the steps run in this process,
-one after the other, with their output on the console.
+two-thread training: small convolutions leave a second thread waiting. Each step runs in a spawned
+worker process (a fresh torch, no state shared with the caller); its console output goes to a log
+file, so two progress bars never interleave. A step starts when every step named in its `after`
+has finished; among the steps that could start, the earlier in the list goes first. With
+`processes` 1 the steps run in this process, in list order, with their output on the console.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Step:
     fn: Callable[..., Any]        # a module-level function (it is pickled into the worker)
     args: tuple = ()
     kwargs: Dict[str, Any] = field(default_factory=dict)
+    after: Tuple[str, ...] = ()   # names of earlier steps that must finish first
 
 
 class StepFailed(RuntimeError):
@@ -35,32 +37,59 @@ def _in_worker(step: Step, log_path: str, threads: int):
         return step.fn(*step.args, **step.kwargs)
 
 
+def _check_order(steps: List[Step]) -> None:
+    seen: set = set()
+    for s in steps:
+        if s.name in seen:
+            raise ValueError(f"two steps are named {s.name!r}")
+        late = [a for a in s.after if a not in seen]
+        if late:
+            raise ValueError(f"step {s.name!r} runs after {late}, which must be earlier steps in the list")
+        seen.add(s.name)
+
+
 def run_steps(steps: List[Step], processes: int, log_dir: str, threads: int = 1,
               announce: Callable[[str], None] = lambda msg: None) -> Dict[str, Any]:
     """{step name: its return value}. With processes > 1 each step's output goes to
-    `<log_dir>/<name>.log`; a failed step is reported with its log after the others have finished."""
+    `<log_dir>/<name>.log`; failed steps (and the steps that needed them) are reported with their
+    logs after every step that could run has finished."""
+    _check_order(steps)
     if processes <= 1 or len(steps) <= 1:
         return {s.name: s.fn(*s.args, **s.kwargs) for s in steps}
     os.makedirs(log_dir, exist_ok=True)
     results: Dict[str, Any] = {}
-    failed: List[str] = []
+    failed: Dict[str, str] = {}
     logs = {s.name: os.path.join(log_dir, f"{s.name}.log") for s in steps}
+    waiting = list(steps)
     with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
-        pending = {}
-        for s in steps:
-            pending[pool.submit(_in_worker, s, logs[s.name], threads)] = s.name
-        announce(f"{len(steps)} steps, {processes} at a time; their output: {log_dir}/<step>.log")
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        running: Dict[Any, str] = {}
+
+        def start_ready():
+            for s in list(waiting):
+                if len(running) >= processes:
+                    return
+                lost = [a for a in s.after if a in failed]
+                if lost:
+                    waiting.remove(s)
+                    failed[s.name] = f"not run: it needs {', '.join(lost)}"
+                elif all(a in results for a in s.after):
+                    waiting.remove(s)
+                    running[pool.submit(_in_worker, s, logs[s.name], threads)] = s.name
+
+        start_ready()
+        announce(f"{len(steps)} steps, up to {processes} at a time; their output: {log_dir}/<step>.log")
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
-                name = pending.pop(fut)
+                name = running.pop(fut)
                 try:
                     results[name] = fut.result()
                     announce(f"[{name}] done ({len(results)}/{len(steps)})")
                 except Exception as e:  # noqa: BLE001 - reported below with its log
-                    failed.append(f"{name}: {type(e).__name__}: {e} (log: {logs[name]})")
+                    failed[name] = f"{type(e).__name__}: {e} (log: {logs[name]})"
+            start_ready()
     if failed:
-        raise StepFailed("steps failed:\n  " + "\n  ".join(failed))
+        raise StepFailed("steps failed:\n  " + "\n  ".join(f"{n}: {why}" for n, why in failed.items()))
     return results
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .demo_pipeline import finetune, load_preset, pretrain, summarise
+from .demo_pipeline import fine_tuning_step, load_preset, run_pipeline, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +51,20 @@ def _extra(pre, init: str) -> dict:
 def run_claim(s: Settings) -> dict:
     start = time.time()
     p = load_preset(s.preset)
-    pre = pretrain(s.work_dir, p, s.workers, with_teacher_weights="teacher" in s.inits)
+    cells = [(engine, det, split, init) for engine in s.engines for det in s.detectors for split in s.splits
+             for init in s.inits]
+
+    def fine_tunings(pre):
+        return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=f"_{engine}_{det}_{split}",
+                                 det_config=DETECTORS[det][0], split=split, extra=_extra(pre, init))
+                for engine, det, split, init in cells for seed in s.seeds]
+
+    pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
     rows = []
-    for engine in s.engines:
-        for det in s.detectors:
-            for split in s.splits:
-                for init in s.inits:
-                    runs = [finetune(s.work_dir, pre, init, seed, engine, det_config=DETECTORS[det][0], split=split,
-                                     extra=_extra(pre, init), tag=f"_{engine}_{det}_{split}")
-                            for seed in s.seeds]
-                    rows.append({"engine": engine, "detector": det, "split": split, "init": init, **summarise(runs)})
-                    logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"],
-                                rows[-1]["AP50_std"])
+    for engine, det, split, init in cells:
+        runs = [done[f"det_{engine}_{det}_{split}_{init}_s{seed}"] for seed in s.seeds]
+        rows.append({"engine": engine, "detector": det, "split": split, "init": init, **summarise(runs)})
+        logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"], rows[-1]["AP50_std"])
     d = asdict(s)
     return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "preset": p,
             "knn": pre.knn, "counts": pre.data["counts"], "rows": rows, "wall_seconds": round(time.time() - start, 1)}
