@@ -177,7 +177,7 @@ def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weig
                      ) -> tuple[list[Step], Pretrained]:
     """Writes the scenes (cheap; everything needs them) and returns the steps that train, convert and
     k-NN-check the backbones (the "knn" step last), with the Pretrained whose `knn` that step fills
-    in. `run_pipeline` runs them; a fine-tuning goes after its backbone's step (BACKBONE_STEP)."""
+    in. `run_pipeline` runs them (with no fine-tunings: pretraining alone); a fine-tuning goes after its backbone's step (BACKBONE_STEP)."""
     from tools.apps.digit_scenes import SceneSpec, write_digit_scenes
 
     spec = SceneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["scenes"].items()})
@@ -238,17 +238,17 @@ def run_pipeline(out_root: str, p: dict, workers: int = 2,
     return pre, done
 
 
+def det_stage_name(init: str, seed: int, tag: str = "") -> str:
+    """The folder, step and log name of one fine-tuning."""
+    return f"det{tag}_{init}_s{seed}"
+
+
 def fine_tuning_step(out_root: str, pre: Pretrained, init: str, seed: int, engine: str, tag: str = "",
                      **kwargs) -> Step:
     """`finetune` as a step named like its stage, after the step that makes `init`'s backbone."""
     needs = BACKBONE_STEP[init]
-    return Step(f"det{tag}_{init}_s{seed}", finetune, (out_root, pre, init, seed, engine), dict(kwargs, tag=tag),
+    return Step(det_stage_name(init, seed, tag), finetune, (out_root, pre, init, seed, engine), dict(kwargs, tag=tag),
                 after=(needs,) if needs else ())
-
-
-def pretrain(out_root: str, p: dict, workers: int = 2, with_teacher_weights: bool = False) -> Pretrained:
-    """Scenes, MoCo-v2 teacher, SEED and MoCo-v2 students, k-NN check, conversion (cached stages)."""
-    return run_pipeline(out_root, p, workers, with_teacher_weights=with_teacher_weights)[0]
 
 
 def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str = "auto",
@@ -258,7 +258,7 @@ def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str =
     p = dict(pre.preset, **({"det_config": det_config} if det_config else {}),
              **({"det_train_split": split} if split else {}))
     det_params = {k: p[k] for k in p if k.startswith("det_")}
-    name = f"det{tag}_{init}_s{seed}"
+    name = det_stage_name(init, seed, tag)
     weights = pre.weights[init]
     det = _stage(out_root, name, {**det_params, "seed": seed, "weights": weights, "engine": engine,
                                   "weights_sha256": _file_digest(weights) if weights else "",
@@ -284,7 +284,7 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
     pre, done = run_pipeline(out_root, p, workers, lambda pre: [
         fine_tuning_step(out_root, pre, init, seed, engine) for init in ("seed", "moco", "random")
         for seed in p["det_seeds"]])
-    results = {init: summarise([done[f"det_{init}_s{seed}"] for seed in p["det_seeds"]]) for init in INITS}
+    results = {init: summarise([done[det_stage_name(init, seed)] for seed in p["det_seeds"]]) for init in INITS}
 
     from .report import loss_curves_png, metrics_bar_png, results_markdown
     labels = {"random": "random init", "moco": f"MoCo-v2 {p['student_arch']}",
@@ -300,7 +300,7 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
         json.dump({"preset": p, "results": results, "knn": pre.knn}, f, indent=1)
     metrics_bar_png({labels[k]: v for k, v in results.items()}, os.path.join(out_root, "results.png"))
     first = p["det_seeds"][0]
-    curves = dict(pre.curves, **{f"detection {k} (seed {first})": os.path.join(out_root, f"det_{k}_s{first}")
+    curves = dict(pre.curves, **{f"detection {k} (seed {first})": os.path.join(out_root, det_stage_name(k, first))
                                  for k in INITS})
     loss_curves_png(curves, os.path.join(out_root, "loss_curves.png"))
     print("\n" + table + notes)

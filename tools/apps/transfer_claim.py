@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .demo_pipeline import fine_tuning_step, load_preset, run_pipeline, summarise
+from .demo_pipeline import det_stage_name, fine_tuning_step, load_preset, run_pipeline, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ def _extra(pre, init: str) -> dict:
     return {"MODEL.RESNETS.DEPTH": DEPTHS[arch]} if DEPTHS[arch] != 18 else {}
 
 
+def _tag(engine: str, det: str, split: str) -> str:
+    return f"_{engine}_{det}_{split}"
+
+
 def run_claim(s: Settings) -> dict:
     start = time.time()
     p = load_preset(s.preset)
@@ -55,14 +59,14 @@ def run_claim(s: Settings) -> dict:
              for init in s.inits]
 
     def fine_tunings(pre):
-        return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=f"_{engine}_{det}_{split}",
+        return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split),
                                  det_config=DETECTORS[det][0], split=split, extra=_extra(pre, init))
                 for engine, det, split, init in cells for seed in s.seeds]
 
     pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
     rows = []
     for engine, det, split, init in cells:
-        runs = [done[f"det_{engine}_{det}_{split}_{init}_s{seed}"] for seed in s.seeds]
+        runs = [done[det_stage_name(init, seed, _tag(engine, det, split))] for seed in s.seeds]
         rows.append({"engine": engine, "detector": det, "split": split, "init": init, **summarise(runs)})
         logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"], rows[-1]["AP50_std"])
     d = asdict(s)
