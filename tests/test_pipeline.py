@@ -100,3 +100,14 @@ def test_the_demo_refuses_a_bad_preset_before_any_stage(tmp_path, capsys):
     out = tmp_path / "demo"
     assert load_script("tools/demo.py").main(["--preset", str(bad), "--out", str(out)]) == 2
     assert "seed_student_lr = -1.0" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_fine_tunings_key_follows_the_detection_configs_content_not_its_name(tmp_path):
+    from tools.apps.demo_pipeline import PRESET_DIR, _config_digest
+    base = os.path.join(PRESET_DIR, "digits_r18_fpn.yaml")
+    cfg = tmp_path / "det.yaml"
+    cfg.write_text(f"_BASE_: {base}\n")
+    same = _config_digest(str(cfg))
+    assert same == _config_digest("digits_r18_fpn.yaml")   # the merged config, whatever file holds it
+    cfg.write_text(f"_BASE_: {base}\nMODEL:\n  RPN:\n    POST_NMS_TOPK_TRAIN: 100\n")
+    assert _config_digest(str(cfg)) != same                 # an edited file is another fine-tuning

@@ -22,3 +22,14 @@ def test_tiny_claim_fine_tunes_every_init_and_writes_its_report(tmp_path):
     paths = write_report(result, tmp_path / "results")
     assert json.load(open(paths["json"]))["rows"] == json.loads(json.dumps(result["rows"]))
     assert "teacher (reference)" in claim_table(result)
+
+    # With the MoCo-v2 student in the inits, a teacher that is that student (the tiny preset trains it
+    # once) shares its fine-tunings instead of repeating them; the rest is reused from the first call.
+    before = set(os.listdir(tmp_path / "work"))
+    result = run_claim(Settings(**{**s.__dict__, "inits": ("random", "moco", "seed", "teacher")}))
+    assert {d for d in os.listdir(tmp_path / "work") if d.startswith("det")} - before == \
+        {"det_torchvision_fpn_train_moco_s0"}
+    rows = {r["init"]: r for r in result["rows"]}
+    assert rows["teacher"]["same_as"] == "moco" and rows["teacher"]["runs"] == rows["moco"]["runs"]
+    assert "teacher (reference) = MoCo-v2 R18" in claim_table(result)
+    write_report(result, tmp_path / "results")

@@ -171,6 +171,7 @@ class Pretrained:
     weights: dict               # init name -> Detectron2 .pkl ("" for random init)
     knn: dict                   # backbone name -> k-NN top-1 on held-out digit crops
     curves: dict                # label -> metrics.jsonl of each pretraining run
+    moco_is_teacher: bool = False   # the MoCo-v2 student has the teacher's settings: one network, trained once
 
 
 def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weights: bool = False
@@ -218,7 +219,7 @@ def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weig
               "student SEED": os.path.join(out_root, "student_seed", "metrics.jsonl")}
     if moco is not teacher:
         curves["student MoCo-v2"] = os.path.join(out_root, moco[0], "metrics.jsonl")
-    return steps, Pretrained(p, data, weights, {}, curves)
+    return steps, Pretrained(p, data, weights, {}, curves, moco_is_teacher=moco is teacher)
 
 
 BACKBONE_STEP = {"teacher": "teacher_moco", "seed": "student_seed", "moco": "student_moco", "random": None}
@@ -262,8 +263,17 @@ def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str =
     weights = pre.weights[init]
     det = _stage(out_root, name, {**det_params, "seed": seed, "weights": weights, "engine": engine,
                                   "weights_sha256": _file_digest(weights) if weights else "",
+                                  "det_config_sha256": _config_digest(p["det_config"]),
                                   **({"extra": extra} if extra else {})})
     return det.run(lambda: _detect(det, weights, pre.data, p, seed, engine, extra), fresh=True)["metrics"]
+
+
+def _config_digest(det_config: str) -> str:
+    """The detection config as merged (its `_BASE_` chain included): an edited YAML is not the same
+    fine-tuning, even under the same file name."""
+    from seed_det.config import get_det_cfg, merge_det_config
+    text = merge_det_config(get_det_cfg(), os.path.join(PRESET_DIR, det_config)).dump()
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _file_digest(path: str) -> str:

@@ -58,16 +58,22 @@ def run_claim(s: Settings) -> dict:
     cells = [(engine, det, split, init) for engine in s.engines for det in s.detectors for split in s.splits
              for init in s.inits]
 
+    def runs_as(pre, init: str) -> str:
+        """Whose fine-tunings `init` has: a teacher that is the MoCo-v2 student (same settings) has the
+        MoCo-v2 student's, not a second, identical set."""
+        return "moco" if init == "teacher" and pre.moco_is_teacher and "moco" in s.inits else init
+
     def fine_tunings(pre):
         return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split),
                                  det_config=DETECTORS[det][0], split=split, extra=_extra(pre, init))
-                for engine, det, split, init in cells for seed in s.seeds]
+                for engine, det, split, init in cells if runs_as(pre, init) == init for seed in s.seeds]
 
     pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
     rows = []
     for engine, det, split, init in cells:
-        runs = [done[det_stage_name(init, seed, _tag(engine, det, split))] for seed in s.seeds]
-        rows.append({"engine": engine, "detector": det, "split": split, "init": init, **summarise(runs)})
+        runs = [done[det_stage_name(runs_as(pre, init), seed, _tag(engine, det, split))] for seed in s.seeds]
+        same = {"same_as": runs_as(pre, init)} if runs_as(pre, init) != init else {}
+        rows.append({"engine": engine, "detector": det, "split": split, "init": init, **same, **summarise(runs)})
         logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"], rows[-1]["AP50_std"])
     d = asdict(s)
     return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "preset": p,
@@ -102,7 +108,8 @@ def claim_table(result: dict) -> str:
                 for init in s["inits"]:
                     r = _row(result, engine, det, split, init)
                     cells = [f"{r[m]:.1f} ± {r[m + '_std']:.1f}" if r and m in r else "—" for m in ms]
-                    lines.append(f"| {SPLIT_LABELS[split]} | {INIT_LABELS[init]} | " + " | ".join(cells) + " |")
+                    label = INIT_LABELS[init] + (f" = {INIT_LABELS[r['same_as']]}" if r and r.get("same_as") else "")
+                    lines.append(f"| {SPLIT_LABELS[split]} | {label} | " + " | ".join(cells) + " |")
             lines.append("")
             lines += ["| labels | SEED − random AP50 | MoCo − random AP50 | SEED − MoCo AP | SEED − MoCo AP50 | SEED − MoCo AP75 |",
                       "|---|---:|---:|---:|---:|---:|"]
@@ -129,11 +136,13 @@ def claim_chart(result: dict, path: Path) -> None:
 
     s = result["settings"]
     groups = [(e, d, sp) for e in s["engines"] for d in s["detectors"] for sp in s["splits"]]
-    width = 0.8 / len(s["inits"])
+    # an init that only repeats another's runs (a teacher that is the MoCo-v2 student) gets no bars
+    inits = [i for i in s["inits"] if not all(_row(result, *g, i).get("same_as") for g in groups)]
+    width = 0.8 / len(inits)
     fig, ax = plt.subplots(figsize=(2 + 1.6 * len(groups), 4.5))
-    for i, init in enumerate(s["inits"]):
+    for i, init in enumerate(inits):
         rows = [_row(result, *g, init) for g in groups]
-        xs = [j + (i - (len(s["inits"]) - 1) / 2) * width for j in range(len(groups))]
+        xs = [j + (i - (len(inits) - 1) / 2) * width for j in range(len(groups))]
         ax.bar(xs, [r["AP50"] for r in rows], width, yerr=[r["AP50_std"] for r in rows], capsize=3,
                label=INIT_LABELS[init])
     ax.set_xticks(range(len(groups)), [f"{DETECTORS[d][1].split()[-1]}\n{SPLIT_LABELS[sp]}" +
