@@ -4,7 +4,7 @@
 all labels and 10 % of them, several fine-tuning seeds, each engine available. Every run is cached
 in --work-dir; results go to benchmarks/results/transfer_claim.{json,md,png}.
 
-    python benchmarks/transfer_claim.py [--preset default] [--seeds 0 1 2 3 4] [--detectors fpn c4 fpn_mask]
+    python benchmarks/transfer_claim.py [--preset transfer] [--seeds 0 1 2 3 4] [--detectors fpn c4 fpn_mask]
     python benchmarks/transfer_claim.py --tiny     # pipeline check, written to a temporary folder
 """
 import argparse

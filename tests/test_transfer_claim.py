@@ -33,3 +33,17 @@ def test_tiny_claim_fine_tunes_every_init_and_writes_its_report(tmp_path):
     assert rows["teacher"]["same_as"] == "moco" and rows["teacher"]["runs"] == rows["moco"]["runs"]
     assert "teacher (reference) = MoCo-v2 R18" in claim_table(result)
     write_report(result, tmp_path / "results")
+
+
+def test_the_report_compares_engines_cell_by_cell_against_the_seed_spread():
+    def row(engine, init, ap50, std):
+        return {"engine": engine, "detector": "fpn", "split": "train", "init": init, "AP50": ap50, "AP50_std": std}
+    result = {"settings": {"engines": ["torchvision", "detectron2"], "detectors": ["fpn"], "splits": ["train"],
+                           "inits": ["random", "seed"]},
+              "rows": [row("torchvision", "random", 7.0, 1.6), row("detectron2", "random", 9.1, 1.0),
+                       row("torchvision", "seed", 13.1, 2.8), row("detectron2", "seed", 11.7, 3.3)]}
+    from tools.apps.transfer_claim import _engine_comparison
+    lines = _engine_comparison(result)
+    assert "| Faster R-CNN R18-FPN | all labels | random init | +2.1 (spread 1.6) |" in lines
+    assert "| Faster R-CNN R18-FPN | all labels | SEED R18 | -1.4 (spread 3.3) |" in lines
+    assert _engine_comparison({**result, "settings": {**result["settings"], "engines": ["torchvision"]}}) == []
