@@ -71,8 +71,9 @@ def run_claim(s: Settings) -> dict:
     pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
     rows = []
     for engine, det, split, init in cells:
-        runs = [done[det_stage_name(runs_as(pre, init), seed, _tag(engine, det, split))] for seed in s.seeds]
-        same = {"same_as": runs_as(pre, init)} if runs_as(pre, init) != init else {}
+        source = runs_as(pre, init)
+        runs = [done[det_stage_name(source, seed, _tag(engine, det, split))] for seed in s.seeds]
+        same = {"same_as": source} if source != init else {}
         rows.append({"engine": engine, "detector": det, "split": split, "init": init, **same, **summarise(runs)})
         logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"], rows[-1]["AP50_std"])
     d = asdict(s)
