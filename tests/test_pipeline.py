@@ -72,6 +72,19 @@ def test_a_moco_student_unlike_the_teacher_is_its_own_step_and_fine_tunings_wait
     assert pre.weights["random"] == "" and pre.weights["seed"].endswith(os.path.join("convert_seed", "seed.pkl"))
 
 
+def test_every_shipped_preset_loads():
+    """A typo in a shipped preset (configs/demo/*.yaml inheriting Base-Demo.yaml) fails here, not
+    an hour into a benchmark."""
+    folder = os.path.dirname(BASE_PRESET)
+    presets = [f[:-5] for f in sorted(os.listdir(folder)) if f.endswith(".yaml") and f != "Base-Demo.yaml"
+               and "Base-Demo.yaml" in open(os.path.join(folder, f)).read()]
+    assert {"default", "tiny", "transfer"} <= set(presets)
+    for name in presets:
+        assert load_preset(name)["det_config"].endswith(".yaml")
+    # the benchmark pretrains far longer than the 15-minute demo
+    assert load_preset("transfer")["teacher_epochs"] > 4 * load_preset("default")["teacher_epochs"]
+
+
 def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
     tiny, default = load_preset("tiny"), load_preset("default")
     assert tiny["teacher_epochs"] == 1 and default["teacher_epochs"] > 1
