@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from conftest import load_script
-from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, plan_pretraining, run_demo
+from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, plan_pretraining, preset_names, run_demo
 from tools.apps.report import read_loss_curve
 
 pytestmark = pytest.mark.slow
@@ -75,9 +75,7 @@ def test_a_moco_student_unlike_the_teacher_is_its_own_step_and_fine_tunings_wait
 def test_every_shipped_preset_loads():
     """A typo in a shipped preset (configs/demo/*.yaml inheriting Base-Demo.yaml) fails here, not
     an hour into a benchmark."""
-    folder = os.path.dirname(BASE_PRESET)
-    presets = [f[:-5] for f in sorted(os.listdir(folder)) if f.endswith(".yaml") and f != "Base-Demo.yaml"
-               and "Base-Demo.yaml" in open(os.path.join(folder, f)).read()]
+    presets = preset_names()
     assert {"default", "tiny", "transfer"} <= set(presets)
     for name in presets:
         assert load_preset(name)["det_config"].endswith(".yaml")
