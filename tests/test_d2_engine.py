@@ -310,3 +310,66 @@ def test_same_validation_and_decoder_as_the_torchvision_engine(tmp_path):
     assert tuple(image.shape) == (3, 96, 64) and int(image.max()) == 128  # 16 bits scaled, not saturated
     with pytest.raises(DatasetError, match=r"deep\.png \(image id 5\) is 64x96 .* says 96x96"):
         mapper(dict(record, width=96))
+
+
+# ----------------------------------------------------------------------------------------------
+# The torchvision engine computes what Detectron2 computes
+# ----------------------------------------------------------------------------------------------
+
+def _model_cfgs(path):
+    """(torchvision engine, Detectron2) configs of a demo detector; no datasets: only models are built."""
+    from seed_det.config import get_det_cfg, merge_det_config
+
+    return merge_det_config(get_det_cfg(), path, CPU), merge_det_config(get_d2_cfg(), path, CPU)
+
+
+@pytest.mark.parametrize("config", ["digits_r18_fpn.yaml", "digits_r18_c4.yaml"])
+def test_torchvision_engine_anchors_equal_detectron2s(config):
+    from detectron2.modeling.anchor_generator import build_anchor_generator
+    from torchvision.models.detection.image_list import ImageList
+
+    from seed_det.engines.tv.model import build_model as build_tv_model
+
+    path = os.path.join(ROOT, "configs", "demo", config)
+    tv_cfg, d2_cfg = _model_cfgs(path)
+    tv_generator = build_tv_model(tv_cfg).rpn.anchor_generator
+    d2_generator = build_anchor_generator(d2_cfg,
+                                          [ShapeSpec(stride=s) for s in tv_generator.strides])
+    height, width = 160, 192  # P6 is 3 x 3 on it: its stride is not the image size over the grid
+    feats = [torch.zeros(1, 1, -(-height // s), -(-width // s)) for s in tv_generator.strides]
+    expected = torch.cat([boxes.tensor for boxes in d2_generator(feats)])
+    got = tv_generator(ImageList(torch.zeros(1, 3, height, width), [(height, width)]), feats)[0]
+    assert got.shape == expected.shape and torch.allclose(got, expected)
+
+
+def test_torchvision_engine_box_head_losses_equal_detectron2s():
+    from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from seed_det.engines.tv.model import build_model as build_tv_model
+
+    path = os.path.join(ROOT, "configs", "demo", "digits_r18_fpn.yaml")
+    tv_cfg, d2_cfg = _model_cfgs(path)
+    k = d2_cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    d2_outputs = FastRCNNOutputLayers(d2_cfg, ShapeSpec(channels=8))
+    tv_heads = build_tv_model(tv_cfg).roi_heads
+    torch.manual_seed(0)
+    n = 12
+    proposals = torch.cat([torch.rand(n, 2) * 50, torch.rand(n, 2) * 50 + 60], dim=1)
+    gt = proposals + torch.randn(n, 4) * 4
+    d2_classes = torch.randint(0, k + 1, (n,))  # k is background in Detectron2
+    d2_classes[:3] = torch.tensor([k, 0, k - 1])
+    scores, d2_deltas = torch.randn(n, k + 1), torch.randn(n, 4 * k) * 0.3
+    instances = Instances((200, 200), proposal_boxes=Boxes(proposals), gt_boxes=Boxes(gt), gt_classes=d2_classes)
+    with EventStorage():  # Detectron2 logs the classification accuracy
+        expected = d2_outputs.losses((scores, d2_deltas), [instances])
+
+    # torchvision puts background first: class c of Detectron2 is c + 1, background k is 0.
+    tv_labels = torch.where(d2_classes == k, 0, d2_classes + 1)
+    tv_scores = torch.cat([scores[:, k:], scores[:, :k]], dim=1)
+    tv_deltas = torch.cat([torch.zeros(n, 4), d2_deltas], dim=1)
+    targets = tv_heads.box_coder.encode_single(gt, proposals)
+    got = tv_heads._box_losses(tv_scores, tv_deltas, tv_labels, targets)
+    assert got["loss_classifier"].item() == pytest.approx(expected["loss_cls"].item(), rel=1e-5)
+    assert got["loss_box_reg"].item() == pytest.approx(expected["loss_box_reg"].item(), rel=1e-5)

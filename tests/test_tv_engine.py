@@ -280,3 +280,56 @@ def test_preflight_reads_the_depth_of_an_engine_checkpoint(tmp_path, shapes, arc
     res5 = "roi_heads.box_head.res5.layer4" if arch == "c4" else "backbone.body.layer4"
     source = torch.load(path, weights_only=True)["model"][f"{res5}.1.conv2.weight"]
     assert (converted["res5.1.conv2.weight"] == source.numpy()).all()
+
+
+def test_anchors_are_detectron2s_exact_corners_on_nominal_strides(tmp_path, shapes):
+    from torchvision.models.detection.image_list import ImageList
+
+    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.ANCHOR_GENERATOR.SIZES", "[[24], [48], [96], [192], [384]]"])
+    generator = build_model(cfg).rpn.anchor_generator
+    # A 160 x 96 image: P6 is a 3 x 2 grid, which a stride read off the image size would make 53 x 48.
+    grids = [(40, 24), (20, 12), (10, 6), (5, 3), (3, 2)]
+    feats = [torch.zeros(1, 1, h, w) for h, w in grids]
+    anchors = generator(ImageList(torch.zeros(1, 3, 160, 96), [(160, 96)]), feats)[0]
+    assert len(anchors) == sum(h * w * 3 for h, w in grids)
+    p6 = anchors[-3 * 6:].view(3, 2, 3, 4)  # rows, columns, ratios (0.5, 1, 2), corners
+    w, h = 384 / 0.5 ** 0.5, 384 * 0.5 ** 0.5  # ratio = h / w, area 384^2, not rounded (271.5 x 135.8)
+    assert p6[2, 1, 0].tolist() == pytest.approx([64 - w / 2, 128 - h / 2, 64 + w / 2, 128 + h / 2])
+    assert p6[0, 0, 1].tolist() == pytest.approx([-192, -192, 192, 192])
+
+
+@pytest.mark.parametrize("beta", [0.0, 1 / 9])
+def test_box_head_loss_follows_smooth_l1_beta(tmp_path, shapes, beta):
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
+
+    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", str(beta)])
+    heads = build_model(cfg).roi_heads
+    torch.manual_seed(0)
+    logits, deltas = torch.randn(6, 4), torch.randn(6, 16)
+    labels, targets = torch.tensor([0, 2, 1, 0, 3, 2]), torch.randn(6, 4) * 0.2
+    losses = heads._box_losses(logits, deltas, labels, targets)
+    if beta:  # torchvision's own loss is smooth L1 with beta 1/9
+        expected = fastrcnn_loss(logits, deltas, [labels], [targets])
+    else:  # Detectron2's default: L1 on each foreground proposal's own class, over all sampled
+        own = deltas.view(6, 4, 4)[torch.arange(6), labels]
+        expected = (torch.nn.functional.cross_entropy(logits, labels),
+                    ((own - targets).abs().sum(dim=1) * (labels > 0)).sum() / 6)
+    assert losses["loss_classifier"].item() == pytest.approx(expected[0].item())
+    assert losses["loss_box_reg"].item() == pytest.approx(expected[1].item())
+
+
+def test_engine_identity_changes_with_the_engines_own_code_only(tmp_path, monkeypatch):
+    import shutil
+
+    import seed_det.engines as engines
+
+    package = tmp_path / "seed_det"
+    shutil.copytree(os.path.dirname(engines.__file__) + "/..", package)
+    monkeypatch.setattr(engines, "_PACKAGE_DIR", package)
+    before = engines.engine_identity("torchvision")
+    assert before["engine"] == "torchvision" and before["library"] == torchvision.__version__.split("+")[0]
+    (package / "engines" / "d2" / "roi_heads.py").write_text("# another engine's change\n")
+    assert engines.engine_identity("torchvision") == before
+    with open(package / "engines" / "tv" / "model.py", "a") as f:
+        f.write("# a change to this engine\n")
+    assert engines.engine_identity("torchvision")["code_sha256"] != before["code_sha256"]

@@ -8,8 +8,11 @@ results row from the main process. `main` parses the config once, runs the engin
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
 import importlib.util
 import logging
+from pathlib import Path
 
 from seed_core.errors import SeedError
 from seed_det.config import load_det_config
@@ -17,7 +20,7 @@ from seed_det.engines.preflight import check_for_detectron2, preflight
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "EngineUnavailable", "detectron2_available", "resolve_engine", "main"]
+__all__ = ["ENGINES", "EngineUnavailable", "detectron2_available", "resolve_engine", "engine_identity", "main"]
 
 ENGINES = ("auto", "detectron2", "torchvision")
 
@@ -43,6 +46,24 @@ def resolve_engine(name: str) -> str:
     if name == "detectron2" and not detectron2_available():
         raise EngineUnavailable(INSTALL_D2)
     return name
+
+
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # seed_det/
+_ENGINE_CODE = {"detectron2": "d2", "torchvision": "tv"}  # engine -> its subpackage of seed_det/engines
+
+
+def engine_identity(name: str) -> dict:
+    """What a fine-tuning's result depends on beyond its config, weights and data: the engine that
+    `name` resolves to, its library's version and a digest of the seed_det sources it runs (every
+    module but the other engine's). Cached runs keyed on it are redone after a change to either."""
+    engine = resolve_engine(name)
+    others = [_PACKAGE_DIR / "engines" / d for e, d in _ENGINE_CODE.items() if e != engine]
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE_DIR.rglob("*.py")):
+        if not any(other in path.parents for other in others):
+            digest.update(path.relative_to(_PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
+    return {"engine": engine, "library": importlib.metadata.version(engine),
+            "code_sha256": digest.hexdigest()[:16]}
 
 
 def main(args: argparse.Namespace) -> dict | None:

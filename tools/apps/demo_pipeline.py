@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from seed_core.config import CfgNode, load_cfg
+from seed_det.engines import engine_identity
 from tools.apps.run_cache import CachedRun, distill
 from tools.apps.side_by_side import Step, default_processes, run_steps
 
@@ -261,7 +262,8 @@ def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str =
     det_params = {k: p[k] for k in p if k.startswith("det_")}
     name = det_stage_name(init, seed, tag)
     weights = pre.weights[init]
-    det = _stage(out_root, name, {**det_params, "seed": seed, "weights": weights, "engine": engine,
+    det = _stage(out_root, name, {**det_params, "seed": seed, "weights": weights,
+                                  "engine": engine_identity(engine),  # resolved, with its code version
                                   "weights_sha256": _file_digest(weights) if weights else "",
                                   "det_config_sha256": _config_digest(p["det_config"]),
                                   **({"extra": extra} if extra else {})})

@@ -2,8 +2,13 @@
 
 - RoIPooler: RoIAlign with `aligned` chosen by POOLER_TYPE (ROIAlignV2 = half-pixel aligned) and
   Detectron2's FPN level assignment; torchvision's MultiScaleRoIAlign is always unaligned.
+- D2AnchorGenerator: Detectron2's anchors: exact (unrounded) corners and each level's nominal
+  stride (P6 is stride 64), where torchvision rounds corners to whole pixels and derives strides
+  from the padded image size (a 160-pixel image gives P6 a stride of 53).
 - D2RPN: the RPN box loss with MODEL.RPN.SMOOTH_L1_BETA and Detectron2's normaliser
   (anchors sampled per image x images) instead of a fixed beta of 1/9.
+- D2RoIHeads: the box-head loss with MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA (Detectron2's default 0 is
+  L1) instead of a fixed beta of 1/9.
 - init_like_detectron2: the predictor initialisations Detectron2 uses.
 - SyncBatchNorm2d: SyncBN / naiveSyncBN on any backend (torch's SyncBatchNorm needs a GPU, so
   it cannot run under gloo on CPU).
@@ -18,6 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import roi_align
 
@@ -53,6 +61,42 @@ class RoIPooler(nn.Module):
         return out
 
 
+class D2AnchorGenerator(AnchorGenerator):
+    """Anchors centred on (0, 0) of each cell (OFFSET 0.0), size outer and aspect ratio inner, as
+    Detectron2's DefaultAnchorGenerator lays them out, on fixed per-level strides."""
+
+    def __init__(self, sizes: Sequence[Sequence[float]], aspect_ratios: Sequence[Sequence[float]],
+                 strides: Sequence[int]):
+        if len(strides) != len(sizes):
+            raise ValueError(f"one stride per level: {len(sizes)} levels, {len(strides)} strides")
+        super().__init__(tuple(tuple(s) for s in sizes), tuple(tuple(a) for a in aspect_ratios))
+        self.strides = [int(s) for s in strides]
+
+    def generate_anchors(self, scales, aspect_ratios, dtype: torch.dtype = torch.float32,
+                         device: torch.device = torch.device("cpu")) -> Tensor:
+        # An anchor of size s and ratio r = h / w has area s^2: w = s / sqrt(r), h = s * sqrt(r).
+        cells = [(-w / 2, -h / 2, w / 2, h / 2) for s in scales for r in aspect_ratios
+                 for w, h in [(s / math.sqrt(r), s * math.sqrt(r))]]
+        return torch.tensor(cells, dtype=dtype, device=device)
+
+    def forward(self, image_list: ImageList, feature_maps: List[Tensor]) -> List[Tensor]:
+        if len(feature_maps) != len(self.strides):
+            raise ValueError(f"anchors for {len(self.strides)} feature levels, got {len(feature_maps)} maps")
+        device = feature_maps[0].device
+        grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
+        strides = [[torch.tensor(s, device=device)] * 2 for s in self.strides]
+        self.set_cell_anchors(feature_maps[0].dtype, device)
+        per_image = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [per_image for _ in image_list.image_sizes]
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, beta: float) -> Tensor:
+    """Summed smooth L1 with Detectron2's convention: beta 0 is plain L1."""
+    if beta == 0.0:
+        return F.l1_loss(pred, target, reduction="sum")
+    return F.smooth_l1_loss(pred, target, beta=beta, reduction="sum")
+
+
 class D2RPN(RegionProposalNetwork):
     """torchvision's RPN with Detectron2's box-loss beta and normaliser."""
 
@@ -66,12 +110,39 @@ class D2RPN(RegionProposalNetwork):
         labels, targets = torch.cat(labels), torch.cat(regression_targets)
         # Detectron2 divides both losses by the nominal number of sampled anchors.
         normaliser = self.fg_bg_sampler.batch_size_per_image * len(regression_targets)
-        if self.smooth_l1_beta == 0.0:
-            box = F.l1_loss(pred_bbox_deltas[pos], targets[pos], reduction="sum")
-        else:
-            box = F.smooth_l1_loss(pred_bbox_deltas[pos], targets[pos], beta=self.smooth_l1_beta, reduction="sum")
+        box = box_regression_loss(pred_bbox_deltas[pos], targets[pos], self.smooth_l1_beta)
         obj = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels[sampled], reduction="sum")
         return obj / normaliser, box / normaliser
+
+
+class D2RoIHeads(RoIHeads):
+    """torchvision's RoIHeads whose training losses are Detectron2's: class cross-entropy and the
+    box loss of each foreground proposal's own class, both averaged over the sampled proposals,
+    the box loss with `smooth_l1_beta`; the mask loss is torchvision's. Inference is unchanged."""
+
+    smooth_l1_beta: float = 0.0
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        if not self.training:
+            return super().forward(features, proposals, image_shapes, targets)
+        proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
+        class_logits, box_regression = self.box_predictor(
+            self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
+        losses = self._box_losses(class_logits, box_regression, torch.cat(labels), torch.cat(regression_targets))
+        if self.has_mask():
+            foreground = [torch.where(lab > 0)[0] for lab in labels]
+            fg_boxes = [p[i] for p, i in zip(proposals, foreground)]
+            mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, fg_boxes, image_shapes)))
+            losses["loss_mask"] = maskrcnn_loss(mask_logits, fg_boxes, [t["masks"] for t in targets],
+                                                [t["labels"] for t in targets],
+                                                [m[i] for m, i in zip(matched_idxs, foreground)])
+        return [], losses
+
+    def _box_losses(self, class_logits: Tensor, box_regression: Tensor, labels: Tensor, targets: Tensor) -> Dict:
+        fg = torch.where(labels > 0)[0]
+        deltas = box_regression.reshape(len(box_regression), -1, 4)[fg, labels[fg]]
+        box = box_regression_loss(deltas, targets[fg], self.smooth_l1_beta) / max(labels.numel(), 1)
+        return {"loss_classifier": F.cross_entropy(class_logits, labels), "loss_box_reg": box}
 
 
 def init_like_detectron2(model: nn.Module) -> None:

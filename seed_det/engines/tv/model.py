@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 from fvcore.common.config import CfgNode
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN, MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -23,11 +22,13 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .checks import FPN_BACKBONE, check_supported
-from .layers import D2RPN, RoIPooler, SyncBatchNorm2d, init_like_detectron2
+from .layers import D2AnchorGenerator, D2RoIHeads, D2RPN, RoIPooler, SyncBatchNorm2d, init_like_detectron2
 
 logger = logging.getLogger(__name__)
 
 _STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P5, and P6 (max-pooled P5) for the RPN only
+C4_STRIDE = 16  # res4
 
 
 def norm_layer(name: str):
@@ -153,7 +154,8 @@ class ConvFCHead(nn.Module):
         return self.net(x)
 
 
-def _anchors(cfg: CfgNode, num_levels: int) -> AnchorGenerator:
+def _anchors(cfg: CfgNode, strides: Sequence[int]) -> D2AnchorGenerator:
+    num_levels = len(strides)
     sizes, ratios = cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
     # Detectron2 broadcasts a single entry to every level.
     sizes = list(sizes) * num_levels if len(sizes) == 1 else list(sizes)
@@ -163,8 +165,7 @@ def _anchors(cfg: CfgNode, num_levels: int) -> AnchorGenerator:
 
         raise ConfigError(f"MODEL.ANCHOR_GENERATOR.SIZES/ASPECT_RATIOS need 1 or {num_levels} entries "
                           f"(one per feature level), got {len(sizes)} and {len(ratios)}")
-    return AnchorGenerator(tuple(tuple(int(s) for s in x) for x in sizes),
-                           tuple(tuple(float(a) for a in x) for x in ratios))
+    return D2AnchorGenerator([[float(s) for s in x] for x in sizes], [[float(a) for a in x] for x in ratios], strides)
 
 
 def _pooler(names, strides, head_cfg: CfgNode) -> RoIPooler:
@@ -179,6 +180,16 @@ def _d2_rpn(cfg: CfgNode, rpn) -> D2RPN:
                 r.POSITIVE_FRACTION, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n), r.NMS_THRESH)
     new.smooth_l1_beta = float(r.SMOOTH_L1_BETA)
     new.min_size = max(float(cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE), 1e-3)
+    return new
+
+
+def _d2_roi_heads(cfg: CfgNode, rh) -> D2RoIHeads:
+    """Rebuild torchvision's RoIHeads as D2RoIHeads with the same parts and settings."""
+    h = cfg.MODEL.ROI_HEADS
+    new = D2RoIHeads(rh.box_roi_pool, rh.box_head, rh.box_predictor, h.IOU_THRESHOLDS[0], h.IOU_THRESHOLDS[0],
+                     h.BATCH_SIZE_PER_IMAGE, h.POSITIVE_FRACTION, rh.box_coder.weights, rh.score_thresh,
+                     rh.nms_thresh, rh.detections_per_img, rh.mask_roi_pool, rh.mask_head, rh.mask_predictor)
+    new.smooth_l1_beta = float(cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA)
     return new
 
 
@@ -213,15 +224,15 @@ def _build_fpn(cfg: CfgNode, net: resnet.ResNet):
     box_head = ConvFCHead(m.FPN.OUT_CHANNELS, bh.POOLER_RESOLUTION, bh.CONV_DIM, bh.NUM_CONV, bh.FC_DIM, bh.NUM_FC,
                           bh.NORM)
     parts = dict(
-        rpn_anchor_generator=_anchors(cfg, 5),
-        box_roi_pool=_pooler(names, (4, 8, 16, 32), bh),
+        rpn_anchor_generator=_anchors(cfg, FPN_STRIDES),
+        box_roi_pool=_pooler(names, FPN_STRIDES[:4], bh),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(box_head.out_features, m.ROI_HEADS.NUM_CLASSES + 1),
     )
     if m.MASK_ON:
         mh = m.ROI_MASK_HEAD
         parts.update(
-            mask_roi_pool=_pooler(names, (4, 8, 16, 32), mh),
+            mask_roi_pool=_pooler(names, FPN_STRIDES[:4], mh),
             mask_head=MaskRCNNHeads(m.FPN.OUT_CHANNELS, [mh.CONV_DIM] * mh.NUM_CONV, 1, norm_layer=norm_layer(mh.NORM)),
             mask_predictor=MaskRCNNPredictor(mh.CONV_DIM if mh.NUM_CONV else m.FPN.OUT_CHANNELS, mh.CONV_DIM,
                                              m.ROI_HEADS.NUM_CLASSES + 1),
@@ -235,15 +246,15 @@ def _build_c4(cfg: CfgNode, net: resnet.ResNet):
     extra = norm_layer(m.RESNETS.NORM)(_out_channels(net.layer4)) if m.ROI_HEADS.RES5_EXTRA_NORM else None
     res5 = Res5(net.layer4, extra)
     parts = dict(
-        rpn_anchor_generator=_anchors(cfg, 1),
-        box_roi_pool=_pooler(["0"], (16,), m.ROI_BOX_HEAD),
+        rpn_anchor_generator=_anchors(cfg, (C4_STRIDE,)),
+        box_roi_pool=_pooler(["0"], (C4_STRIDE,), m.ROI_BOX_HEAD),
         box_head=Res5BoxHead(res5),
         box_predictor=FastRCNNPredictor(res5.out_channels, m.ROI_HEADS.NUM_CLASSES + 1),
     )
     if m.MASK_ON:
         mh = m.ROI_MASK_HEAD
         parts.update(
-            mask_roi_pool=_pooler(["0"], (16,), mh),
+            mask_roi_pool=_pooler(["0"], (C4_STRIDE,), mh),
             mask_head=Res5MaskHead(res5),
             mask_predictor=MaskRCNNPredictor(res5.out_channels, mh.CONV_DIM, m.ROI_HEADS.NUM_CLASSES + 1),
         )
@@ -263,10 +274,8 @@ def build_model(cfg: CfgNode) -> nn.Module:
     for name, pooler in poolers.items():
         setattr(model.roi_heads, name, pooler)
     model.rpn = _d2_rpn(cfg, model.rpn)
+    model.roi_heads = _d2_roi_heads(cfg, model.roi_heads)
     init_like_detectron2(model)
-    if abs(cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA - 1 / 9) > 1e-6:
-        logger.warning("MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA=%s is not honoured: torchvision's box-head loss is "
-                       "smooth L1 with beta 1/9", cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA)
     logger.info("built %s R%d-%s with %d classes (%d trainable parameters)", cls.__name__,
                 cfg.MODEL.RESNETS.DEPTH, "FPN" if fpn else "C4", cfg.MODEL.ROI_HEADS.NUM_CLASSES,
                 sum(p.numel() for p in model.parameters() if p.requires_grad))
