@@ -106,7 +106,9 @@ def _backbone_step(out_root: str, name: str, opts: dict, teacher: tuple | None, 
     res = _trained(out_root, name, opts, teacher)
     if convert_as:
         pkl = _converted(out_root, convert_as)
-        conv = _stage(out_root, f"convert_{convert_as}", {"backbone": res["backbone"], "trained_s": res["seconds"]})
+        # Keyed by the backbone's content: a retrained backbone at the same path is converted again.
+        conv = _stage(out_root, f"convert_{convert_as}", {"backbone": res["backbone"],
+                                                          "backbone_sha256": _file_digest(res["backbone"])})
         conv.run(lambda: {"pkl": pkl, **convert_to_d2(res["backbone"], pkl, overwrite=True)})
     return res
 
