@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from seed_core.config import CfgNode, load_cfg
-from seed_det.engines import engine_identity
+from seed_det.engines import engine_identity, main as train_net
 from tools.apps.run_cache import CachedRun, distill
 from tools.apps.side_by_side import Step, default_processes, run_steps
 
@@ -123,7 +123,6 @@ def _processes(p: dict) -> int:
 
 def _detect(stage: CachedRun, weights: str, data: dict, p: dict, seed: int, engine: str,
             extra: dict | None = None) -> dict:
-    from seed_det.engines import main as train_net
     size = p["scenes"]["canvas"]
     split = p["det_train_split"]
     opts = {
