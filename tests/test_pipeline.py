@@ -79,8 +79,8 @@ def test_every_shipped_preset_loads():
     assert {"default", "tiny", "transfer"} <= set(presets)
     for name in presets:
         assert load_preset(name)["det_config"].endswith(".yaml")
-    # the benchmark pretrains far longer than the 15-minute demo
-    assert load_preset("transfer")["teacher_epochs"] > 4 * load_preset("default")["teacher_epochs"]
+    # the benchmark pretrains longer than the 15-minute demo
+    assert load_preset("transfer")["teacher_epochs"] > load_preset("default")["teacher_epochs"]
 
 
 def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
