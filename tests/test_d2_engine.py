@@ -373,3 +373,158 @@ def test_torchvision_engine_box_head_losses_equal_detectron2s():
     got = tv_heads._box_losses(tv_scores, tv_deltas, tv_labels, targets)
     assert got["loss_classifier"].item() == pytest.approx(expected["loss_cls"].item(), rel=1e-5)
     assert got["loss_box_reg"].item() == pytest.approx(expected["loss_box_reg"].item(), rel=1e-5)
+
+
+# A trained Detectron2 detector in the torchvision engine, and one training step in each engine
+
+DETECTORS = [("demo", "digits_r18_fpn.yaml"), ("demo", "digits_r18_fpn_mask.yaml"), ("demo", "digits_r18_c4.yaml"),
+             ("", "voc_r18_seed.yaml"), ("", "coco_r18_fpn_1x_seed.yaml"), ("", "coco_r18_1x_seed.yaml")]
+SMALL = ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96", "INPUT.MIN_SIZE_TRAIN", "(96,)",
+         "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.FORMAT", "RGB"]
+
+
+def _detector_cfgs(folder, config, *opts):
+    from seed_det.config import get_det_cfg, merge_det_config
+
+    path = os.path.join(ROOT, "configs", folder, config)
+    opts = tuple(CPU) + tuple(SMALL) + tuple(opts)
+    return merge_det_config(get_det_cfg(), path, opts), merge_det_config(get_d2_cfg(), path, opts)
+
+
+def _confident_d2_detector(d2_cfg):
+    """A Detectron2 model whose RPN and predictors give well separated scores (a freshly initialised
+    one scores every box about the same, and ties would make the comparison meaningless)."""
+    torch.manual_seed(0)
+    model = build_model(d2_cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("objectness_logits.weight", "cls_score.weight")):
+                p.mul_(20)
+            elif name.endswith(("anchor_deltas.weight", "bbox_pred.weight", "mask_head.predictor.weight")):
+                p.mul_(20)
+        for m in model.modules():
+            if hasattr(m, "running_var") and m.running_var is not None:
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2)
+    return model
+
+
+def _scene(seed=0):
+    """A 96 px RGB image with a few bright blocks on a noisy background, 0..255."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(3, 96, 96, generator=g) * 60
+    for x, y, s in ((8, 10, 30), (50, 20, 24), (30, 60, 20)):
+        image[:, y:y + s, x:x + s] += 150
+    return image.round().clamp(0, 255)
+
+
+@pytest.mark.parametrize("folder,config", DETECTORS)
+def test_a_detectron2_detector_gives_the_same_detections_in_the_torchvision_engine(tmp_path, folder, config):
+    """Its model_final.pth, as MODEL.WEIGHTS of the torchvision engine: every tensor loads (the
+    predictors' background moved first) and inference returns Detectron2's boxes, scores and classes."""
+    from seed_det.engines.tv.model import build_model as build_tv_model, set_input_sizes
+    from seed_det.engines.tv.weights import load_weights
+
+    tv_cfg, d2_cfg = _detector_cfgs(folder, config)
+    d2_model = _confident_d2_detector(d2_cfg).eval()
+    DetectionCheckpointer(d2_model, save_dir=str(tmp_path)).save("model_final")
+    tv_model = build_tv_model(tv_cfg).eval()
+    report = load_weights(tv_model, str(tmp_path / "model_final.pth"), detector=True)
+    assert not report["ignored"]
+    set_input_sizes(tv_model, tv_cfg, train=False)
+    image = _scene()
+    channels = image if d2_cfg.INPUT.FORMAT == "RGB" else image.flip(0)
+    with torch.no_grad():
+        expected = d2_model([{"image": channels.to(torch.uint8), "height": 96, "width": 96}])[0]["instances"]
+        got = tv_model([channels])[0]
+    assert len(expected) > 5, "the comparison needs detections"
+    assert len(got["boxes"]) == len(expected)
+    assert torch.allclose(got["boxes"], expected.pred_boxes.tensor, atol=1e-3)
+    assert torch.allclose(got["scores"], expected.scores, atol=1e-5)
+    assert torch.equal(got["labels"] - 1, expected.pred_classes)
+    if d2_cfg.MODEL.MASK_ON:
+        agree = ((got["masks"][:, 0] > 0.5) == expected.pred_masks).float().mean().item()
+        assert agree > 0.99, agree
+
+
+def test_a_backbone_is_refused_for_evaluation_and_a_detector_for_other_classes_keeps_what_fits(tmp_path):
+    from seed_det.engines.tv.model import build_model as build_tv_model
+    from seed_det.engines.tv.weights import WeightsError, load_weights
+
+    tv_cfg, d2_cfg = _detector_cfgs("demo", "digits_r18_fpn.yaml")
+    DetectionCheckpointer(build_model(d2_cfg), save_dir=str(tmp_path)).save("model_final")
+    weights = str(tmp_path / "model_final.pth")
+    other, _ = _detector_cfgs("demo", "digits_r18_fpn.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "3")
+    with pytest.raises(WeightsError, match=r"does not fit .*cls_score"):
+        load_weights(build_tv_model(other), weights, detector=True)
+    report = load_weights(build_tv_model(other), weights)  # fine-tuning on another dataset
+    assert len(report["ignored"]) == 4 and all("box_predictor" in p for p in report["ignored"])
+    assert any(k.startswith("rpn.head.") for k in report["loaded"])
+    with pytest.raises(WeightsError, match="holds a backbone only"):
+        load_weights(build_tv_model(tv_cfg), _converted(tmp_path), detector=True)
+
+
+@pytest.mark.parametrize("config", ["digits_r18_fpn.yaml", "digits_r18_c4.yaml"])
+def test_same_weights_and_batch_give_detectron2s_losses_and_gradients(config):
+    """Sampling every anchor and every proposal removes the only randomness of a training step:
+    then both engines must compute the same four losses and the same gradient for every tensor."""
+    from detectron2.structures import Boxes, Instances
+    from detectron2.utils.events import EventStorage
+
+    from seed_det.engines.tv.d2_detector import d2_detector_state
+    from seed_det.engines.tv.model import build_model as build_tv_model, set_input_sizes
+    from seed_det.engines.tv.weights import load_d2_detector
+
+    every = ["MODEL.RPN.BATCH_SIZE_PER_IMAGE", "1000000", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "1000000"]
+    tv_cfg, d2_cfg = _detector_cfgs("demo", config, *every)
+    torch.manual_seed(0)
+    d2_model = build_model(d2_cfg).train()
+    tv_model = build_tv_model(tv_cfg).train()
+    load_d2_detector(tv_model, d2_model.state_dict(), "the Detectron2 model", complete=True)
+    set_input_sizes(tv_model, tv_cfg, train=True)
+    images, targets, inputs = [], [], []
+    for i, boxes in enumerate(([[8, 10, 38, 40], [50, 20, 74, 44]], [[30, 60, 50, 80]])):
+        image, boxes = _scene(i), torch.tensor(boxes, dtype=torch.float32)
+        classes = torch.tensor([3, 7][:len(boxes)])
+        images.append(image)
+        targets.append({"boxes": boxes, "labels": classes + 1})  # torchvision: 0 is background
+        inputs.append({"image": image.to(torch.uint8),
+                       "instances": Instances((96, 96), gt_boxes=Boxes(boxes), gt_classes=classes)})
+    with EventStorage():
+        expected = d2_model(inputs)
+    got = tv_model(images, targets)
+    names = {"loss_rpn_cls": "loss_objectness", "loss_rpn_loc": "loss_rpn_box_reg", "loss_cls": "loss_classifier",
+             "loss_box_reg": "loss_box_reg"}
+    for d2_name, tv_name in names.items():
+        assert got[tv_name].item() == pytest.approx(expected[d2_name].item(), rel=1e-4, abs=1e-7), d2_name
+    sum(expected.values()).backward()
+    sum(got.values()).backward()
+    d2_grads = {k: p.grad for k, p in d2_model.named_parameters() if p.grad is not None}
+    mapped, _ = d2_detector_state(d2_grads, tv_model)
+    tv_grads = {k: p.grad for k, p in tv_model.named_parameters() if p.grad is not None}
+    assert set(tv_grads) == set(mapped)
+    for k, g in tv_grads.items():
+        assert torch.allclose(g, mapped[k], rtol=1e-3, atol=1e-6 * (1 + mapped[k].abs().max().item())), k
+
+
+@pytest.mark.parametrize("opts", [
+    ("SOLVER.STEPS", "(20, 30)"),
+    ("SOLVER.STEPS", "(4,)"),  # a step inside warmup: the ramp ends at the stepped-down rate
+    ("SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"),
+    ("SOLVER.STEPS", "(20,)", "SOLVER.WARMUP_METHOD", "constant"),
+    ("SOLVER.STEPS", "(20,)", "SOLVER.WARMUP_ITERS", "60"),  # warmup longer than the run
+])
+def test_torchvision_engine_lr_schedule_equals_detectron2s(opts):
+    from detectron2.solver import build_lr_scheduler
+
+    from seed_det.engines.tv.solver import lr_factor
+
+    base = ("SOLVER.MAX_ITER", "40", "SOLVER.BASE_LR", "0.1", "SOLVER.WARMUP_FACTOR", "0.1",
+            "SOLVER.WARMUP_ITERS", "10")
+    tv_cfg, d2_cfg = _detector_cfgs("demo", "digits_r18_fpn.yaml", *base, *opts)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = build_lr_scheduler(d2_cfg, optimizer)
+    for it in range(40):
+        assert 0.1 * lr_factor(tv_cfg, it) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6), it
+        optimizer.step()
+        scheduler.step()

@@ -96,7 +96,7 @@ def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
     bad.write_text(f"_BASE_: {BASE_PRESET}\nmoco_student_lr: 0.0\n")
     with pytest.raises(ValueError, match="moco_student_lr = 0.0"):
         load_preset(str(bad))
-    for key, value in (("processes", -1), ("threads", 0)):
+    for key, value in (("processes", -1), ("threads", 0), ("precision", "fp16")):
         bad.write_text(f"_BASE_: {BASE_PRESET}\n{key}: {value}\n")
         with pytest.raises(ValueError, match=f"{key} = {value}"):
             load_preset(str(bad))

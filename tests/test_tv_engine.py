@@ -2,7 +2,9 @@
 loads converted checkpoints with every backbone key, and refuses bad input by name."""
 import argparse
 import json
+import math
 import os
+import re
 
 import pytest
 import torch
@@ -264,6 +266,93 @@ def test_schedule_matches_detectron2(tmp_path, shapes):
     assert lr_factor(cfg, 0) == pytest.approx(0.1)
     assert lr_factor(cfg, 5) == pytest.approx(0.1 * 0.5 + 0.5)
     assert [lr_factor(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+
+
+def test_schedule_ramps_to_the_value_where_warmup_ends(tmp_path, shapes):
+    # Detectron2's warmup replaces the schedule: a step inside it lowers where the ramp ends.
+    cfg, _ = make_cfg(tmp_path, shapes, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+                                              "SOLVER.STEPS", "(4,)", "SOLVER.MAX_ITER", "40"])
+    assert [lr_factor(cfg, i) for i in (0, 5, 9, 10)] == pytest.approx([0.1, 0.1, 0.1, 0.1])
+    cosine, _ = make_cfg(tmp_path, shapes, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+                                                 "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "SOLVER.MAX_ITER", "40"])
+    end = 0.5 * (1 + math.cos(math.pi * 10 / 40))
+    assert lr_factor(cosine, 5) == pytest.approx(0.1 + (end - 0.1) * 0.5)
+    assert lr_factor(cosine, 10) == pytest.approx(end)
+
+
+def _in_detectron2_names(model, arch):
+    """This engine's state in Detectron2's names and class order, spelt out rule by rule."""
+    rules = [(r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.", lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}."),
+             (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.", lambda m: f"backbone.fpn_output{int(m[1]) + 2}."),
+             (r"^rpn\.head\.conv\.0\.0\.", lambda m: "proposal_generator.rpn_head.conv."),
+             (r"^rpn\.head\.cls_logits\.", lambda m: "proposal_generator.rpn_head.objectness_logits."),
+             (r"^rpn\.head\.bbox_pred\.", lambda m: "proposal_generator.rpn_head.anchor_deltas."),
+             (r"^roi_heads\.box_head\.net\.1\.", lambda m: "roi_heads.box_head.fc1."),
+             (r"^roi_heads\.box_head\.net\.3\.", lambda m: "roi_heads.box_head.fc2."),
+             (r"^roi_heads\.box_head\.res5\.norm\.", lambda m: "roi_heads.res5.norm."),
+             (r"^roi_heads\.mask_head\.(\d)\.0\.", lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}."),
+             (r"^roi_heads\.mask_predictor\.conv5_mask\.", lambda m: "roi_heads.mask_head.deconv."),
+             (r"^roi_heads\.mask_predictor\.mask_fcn_logits\.", lambda m: "roi_heads.mask_head.predictor.")]
+    resnet = {"fpn": "backbone.body.", "c4": "backbone."}[arch]
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked") or k.startswith("roi_heads.mask_head.res5."):
+            continue  # C4 lists the shared res5 under both heads; Detectron2 once
+        if k.startswith(resnet) and "fpn" not in k or k.startswith("roi_heads.box_head.res5.layer4."):
+            tv_name = k[len(resnet):] if k.startswith(resnet) else k[len("roi_heads.box_head.res5."):]
+            (name, value), = torchvision_to_d2_state({tv_name: v}).items()
+            out[("backbone.bottom_up." if arch == "fpn" else "roi_heads." if name.startswith("res5") else "backbone.")
+                + name] = torch.as_tensor(value)
+            continue
+        if k.startswith("roi_heads.box_predictor.cls_score."):
+            out[k] = torch.cat([v[1:], v[:1]])  # background last
+            continue
+        if k.startswith("roi_heads.box_predictor.bbox_pred."):
+            out[k] = v[4:]  # no background box
+            continue
+        for rx, prefix in rules:
+            m = re.match(rx, k)
+            if m:
+                out[prefix(m) + k[m.end():]] = v[1:] if "mask_fcn_logits" in k else v
+                break
+        else:
+            raise AssertionError(f"no rule for {k}")
+    return out
+
+
+@pytest.mark.parametrize("arch", ["c4", "fpn"])
+def test_a_detectron2_detector_loads_completely(tmp_path, shapes, arch):
+    """A Detectron2 model_final.pth (Detectron2 names, background last, no background box or
+    mask) fills every tensor of the model; evaluation refuses one that does not fit."""
+    cfg, _ = make_cfg(tmp_path, shapes, arch, opts=["MODEL.MASK_ON", "True"])
+    torch.manual_seed(0)
+    source = build_model(cfg)
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            p.normal_()
+            if name.endswith(("bbox_pred.weight", "bbox_pred.bias")):
+                p[:4] = 0  # torchvision's background box, which Detectron2 does not have
+            if "mask_fcn_logits" in name:
+                p[:1] = 0
+    torch.save({"model": _in_detectron2_names(source, arch), "iteration": 9}, tmp_path / "model_final.pth")
+    model = build_model(cfg)
+    report = load_weights(model, str(tmp_path / "model_final.pth"), detector=True)
+    assert not report["ignored"]
+    expected = source.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+    other, _ = make_cfg(tmp_path, shapes, arch, opts=["MODEL.MASK_ON", "True", "MODEL.ROI_HEADS.NUM_CLASSES", "2"])
+    with pytest.raises(WeightsError, match="does not fit the model the config builds"):
+        load_weights(build_model(other), str(tmp_path / "model_final.pth"), detector=True)
+
+
+def test_detections_clipped_to_a_sliver_are_kept_as_detectron2_keeps_them(tmp_path, shapes):
+    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
+    heads = build_model(cfg).roi_heads
+    proposals = [torch.tensor([[10.0, 10.0, 30.0, 30.0], [70.0, 10.0, 90.0, 30.0]])]  # the second lies past x = 64
+    logits = torch.tensor([[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0]])
+    boxes, scores, labels = heads.postprocess_detections(logits, torch.zeros(2, 16), proposals, [(64, 64)])
+    assert labels[0].tolist() == [1, 2] and boxes[0][1].tolist() == [64.0, 10.0, 64.0, 30.0]
 
 
 @pytest.mark.parametrize("arch", ["c4", "fpn"])

@@ -34,6 +34,7 @@ PRESET_DIR = os.path.join(REPO, "configs", "demo")
 BASE_PRESET = os.path.join(PRESET_DIR, "Base-Demo.yaml")
 INITS = ("random", "moco", "seed")
 LEARNING_RATES = ("distill_base_lr", "seed_student_lr", "moco_student_lr", "det_lr")
+PRECISIONS = ("fp32", "bf16", "auto")  # of the pretraining on CPU (TRAIN.PRECISION; fp16 needs CUDA)
 
 
 def preset_names() -> list[str]:
@@ -66,6 +67,8 @@ def load_preset(preset: str) -> dict:
     if int(cfg.threads) < 1 or int(cfg.processes) < 0:
         raise ValueError(f"demo preset {path}: threads = {cfg.threads}, processes = {cfg.processes}; threads must "
                          "be >= 1 and processes >= 0 (0: one per core, 1: every stage in this process)")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"demo preset {path}: precision = {cfg.precision}; choose one of {', '.join(PRECISIONS)}")
     return json.loads(json.dumps(cfg))  # plain dicts and lists
 
 
@@ -194,7 +197,8 @@ def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weig
               "DATA.AUGMENTATION": p["augmentation"], "SOLVER.BATCH_SIZE": p["distill_batch"],
               "QUEUE.SIZE": p["queue_size"], "SOLVER.BASE_LR": float(p["distill_base_lr"]),
               "LOSS.MOCO_MOMENTUM": float(p["moco_momentum"]), "SOLVER.WARMUP_EPOCHS": 1.0,
-              "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False}
+              "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False,
+              "TRAIN.PRECISION": p["precision"]}
     teacher = ("teacher_moco", {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p["teacher_arch"],
                                 "SOLVER.EPOCHS": p["teacher_epochs"]})
     student_common = {**common, "MODEL.STUDENT.ARCH": p["student_arch"], "SOLVER.EPOCHS": p["student_epochs"]}

@@ -119,7 +119,7 @@ def _run_process(ctx: DistContext, cfg: CfgNode, args, device: torch.device) -> 
             if resume_from:
                 model.load_state_dict(checkpoint["model"])
             elif cfg.MODEL.WEIGHTS:
-                load_weights(model, cfg.MODEL.WEIGHTS)
+                load_weights(model, cfg.MODEL.WEIGHTS, detector=True)
             else:
                 logger.warning("--eval-only without MODEL.WEIGHTS evaluates a randomly initialised model")
             model.to(device)

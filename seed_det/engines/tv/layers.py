@@ -8,7 +8,8 @@
 - D2RPN: the RPN box loss with MODEL.RPN.SMOOTH_L1_BETA and Detectron2's normaliser
   (anchors sampled per image x images) instead of a fixed beta of 1/9.
 - D2RoIHeads: the box-head loss with MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA (Detectron2's default 0 is
-  L1) instead of a fixed beta of 1/9.
+  L1) instead of a fixed beta of 1/9, and Detectron2's inference filter, which keeps boxes that
+  clipping made thinner than 0.01 px (torchvision drops them).
 - init_like_detectron2: the predictor initialisations Detectron2 uses.
 - SyncBatchNorm2d: SyncBN / naiveSyncBN on any backend (torch's SyncBatchNorm needs a GPU, so
   it cannot run under gloo on CPU).
@@ -27,7 +28,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
-from torchvision.ops import roi_align
+from torchvision.ops import boxes as box_ops, roi_align
 
 
 class RoIPooler(nn.Module):
@@ -118,7 +119,8 @@ class D2RPN(RegionProposalNetwork):
 class D2RoIHeads(RoIHeads):
     """torchvision's RoIHeads whose training losses are Detectron2's: class cross-entropy and the
     box loss of each foreground proposal's own class, both averaged over the sampled proposals,
-    the box loss with `smooth_l1_beta`; the mask loss is torchvision's. Inference is unchanged."""
+    the box loss with `smooth_l1_beta`; the mask loss is torchvision's. Detections are filtered as
+    Detectron2 filters them."""
 
     smooth_l1_beta: float = 0.0
 
@@ -137,6 +139,28 @@ class D2RoIHeads(RoIHeads):
                                                 [t["labels"] for t in targets],
                                                 [m[i] for m, i in zip(matched_idxs, foreground)])
         return [], losses
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        """Detectron2's fast_rcnn_inference: proposals with finite boxes and scores, one candidate
+        per foreground class above SCORE_THRESH_TEST, clipped to the image, class-wise NMS, the
+        best DETECTIONS_PER_IMAGE. Labels are 1..K (0 is background)."""
+        counts = [len(p) for p in proposals]
+        per_image = zip(self.box_coder.decode(box_regression, proposals).split(counts),
+                        F.softmax(class_logits, -1).split(counts), image_shapes)
+        found = ([], [], [])
+        for boxes, scores, shape in per_image:
+            finite = torch.isfinite(boxes).flatten(1).all(dim=1) & torch.isfinite(scores).all(dim=1)
+            boxes, scores = boxes[finite], scores[finite]
+            num_classes = scores.shape[1] - 1
+            boxes = box_ops.clip_boxes_to_image(boxes[:, 1:].reshape(-1, 4), shape)  # background dropped
+            labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
+            scores = scores[:, 1:].reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            for kept, values in zip(found, (boxes, scores, labels)):
+                kept.append(values[keep])
+        return found
 
     def _box_losses(self, class_logits: Tensor, box_regression: Tensor, labels: Tensor, targets: Tensor) -> Dict:
         fg = torch.where(labels > 0)[0]

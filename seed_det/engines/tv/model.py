@@ -11,6 +11,7 @@ import logging
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
+import numpy as np
 from fvcore.common.config import CfgNode
 from torch import nn
 from torchvision.models import resnet
@@ -179,7 +180,9 @@ def _d2_rpn(cfg: CfgNode, rpn) -> D2RPN:
     new = D2RPN(rpn.anchor_generator, rpn.head, r.IOU_THRESHOLDS[-1], r.IOU_THRESHOLDS[0], r.BATCH_SIZE_PER_IMAGE,
                 r.POSITIVE_FRACTION, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n), r.NMS_THRESH)
     new.smooth_l1_beta = float(r.SMOOTH_L1_BETA)
-    new.min_size = max(float(cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE), 1e-3)
+    # Detectron2 keeps proposals wider and taller than MIN_SIZE; torchvision keeps those at least
+    # min_size wide: the next float32 above MIN_SIZE makes the two the same.
+    new.min_size = float(np.nextafter(np.float32(cfg.MODEL.PROPOSAL_GENERATOR.MIN_SIZE), np.float32(np.inf)))
     return new
 
 
@@ -291,6 +294,13 @@ def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
     found = OrderedDict((s, getattr(model.backbone, s)) for s in _STAGES[:-1])
     found["layer4"] = model.roi_heads.box_head.res5.layer4
     return found
+
+
+def backbone_prefixes(model: nn.Module) -> Dict[str, str]:
+    """torchvision ResNet prefix -> where `backbone_modules` finds it in the model's state dict
+    ('layer2' -> 'backbone.body.layer2' with FPN, 'layer4' -> 'roi_heads.box_head.res5.layer4' with C4)."""
+    where = {id(m): name for name, m in model.named_modules()}
+    return {stage: where[id(module)] for stage, module in backbone_modules(model).items()}
 
 
 def set_input_sizes(model: nn.Module, cfg: CfgNode, train: bool) -> None:

@@ -35,20 +35,26 @@ def build_optimizer(cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
 
 
-def lr_factor(cfg: CfgNode, it: int) -> float:
-    """Multiplier of each group's base lr at iteration `it` (0-based)."""
+def _schedule(cfg: CfgNode, it: int) -> float:
+    """The multiplier of the schedule itself (steps or cosine), before warmup."""
     s = cfg.SOLVER
     if s.LR_SCHEDULER_NAME == "WarmupCosineLR":
-        factor = 0.5 * (1.0 + math.cos(math.pi * it / s.MAX_ITER))
-    else:
-        factor = s.GAMMA ** bisect.bisect_right(sorted(s.STEPS), it)
-    if it < s.WARMUP_ITERS:
-        if s.WARMUP_METHOD == "constant":
-            factor *= s.WARMUP_FACTOR
-        else:
-            alpha = it / s.WARMUP_ITERS
-            factor *= s.WARMUP_FACTOR * (1 - alpha) + alpha
-    return factor
+        return 0.5 * (1.0 + math.cos(math.pi * it / s.MAX_ITER))
+    return s.GAMMA ** bisect.bisect_right(sorted(s.STEPS), it)
+
+
+def lr_factor(cfg: CfgNode, it: int) -> float:
+    """Multiplier of each group's base lr at iteration `it` (0-based). As in Detectron2, warmup
+    replaces the schedule: a ramp from WARMUP_FACTOR x its start to its value where warmup ends
+    (lower than 1 if a step falls inside warmup), or WARMUP_FACTOR x its start when constant."""
+    s = cfg.SOLVER
+    warmup = min(s.WARMUP_ITERS, s.MAX_ITER)
+    if it >= warmup:
+        return _schedule(cfg, it)
+    start = s.WARMUP_FACTOR * _schedule(cfg, 0)
+    if s.WARMUP_METHOD == "constant":
+        return start
+    return start + (_schedule(cfg, warmup) - start) * it / warmup
 
 
 def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

@@ -14,7 +14,8 @@ from torch import nn
 from seed_core.errors import SeedError
 from seed_core.resnet_spec import torchvision_depth
 from seed_det.convert import extract_backbone_state, load_user_checkpoint, read_d2_pkl
-from seed_det.engines.tv.model import backbone_modules
+from seed_det.engines.tv.d2_detector import d2_detector_state, is_d2_detector
+from seed_det.engines.tv.model import backbone_modules, backbone_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -64,21 +65,27 @@ def d2_to_torchvision_state(model: Mapping[str, np.ndarray]) -> Dict[str, torch.
 
 
 def read_weights(path: str):
-    """Return ("detection", state of this engine's model) or ("backbone", torchvision ResNet state)."""
+    """Return ("detection", state of this engine's model), ("d2_detector", a Detectron2 detector's
+    state) or ("backbone", torchvision ResNet state)."""
     if not os.path.isfile(path):
         raise WeightsError(f"MODEL.WEIGHTS {path} does not exist: convert the student first "
                            "(tools/convert_to_d2.py) or pass the right path")
     if path.endswith(".pkl"):
-        state = d2_to_torchvision_state(read_d2_pkl(path)["model"])
+        model = read_d2_pkl(path)["model"]
+        if is_d2_detector(model):
+            return "d2_detector", model
+        state = d2_to_torchvision_state(model)
         if not state:
             raise WeightsError(f"{path} holds no Detectron2 ResNet tensors (stem.*, res2..res5.*)")
         return "backbone", state
     obj = load_user_checkpoint(path)
     if isinstance(obj, Mapping) and obj.get("engine") == ENGINE_TAG:
         return "detection", obj["model"]
+    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and is_d2_detector(obj["model"]):
+        return "d2_detector", obj["model"]  # a Detectron2 training checkpoint (model_final.pth)
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and any(
             re.search(r"(^|\.)stem\.conv1\.", k) for k in obj["model"]):
-        return "backbone", d2_to_torchvision_state(obj["model"])  # a Detectron2 training checkpoint
+        return "backbone", d2_to_torchvision_state(obj["model"])
     state, _ = extract_backbone_state(obj, path)
     return "backbone", state
 
@@ -122,10 +129,40 @@ def copy_backbone_weights(model: nn.Module, state: Mapping[str, torch.Tensor], s
     return {"loaded": sorted(required), "ignored": ignored}
 
 
-def load_weights(model: nn.Module, path: str) -> Dict[str, List[str]]:
-    """Load MODEL.WEIGHTS: a backbone (.pkl / student_backbone.pth / ResNet .pth) or this engine's
-    own detection checkpoint (then every model key must match)."""
+def load_d2_detector(model: nn.Module, state: Mapping, path: str, complete: bool) -> Dict[str, List[str]]:
+    """Load a Detectron2 detector. `complete`: every tensor must fit (evaluation); otherwise, as
+    Detectron2 does when fine-tuning, what fits is loaded and the rest named (e.g. a predictor
+    for another class count), but the backbone must be whole."""
+    mapped, problems = d2_detector_state(state, model)
+    if problems and complete:
+        raise WeightsError(f"{path} is a Detectron2 detector that does not fit the model the config builds "
+                           f"({len(problems)} problems, e.g. {problems[:3]}); use the config it was trained with")
+    backbone = set(_backbone_keys(model))
+    if not backbone <= set(mapped):
+        missing = sorted(backbone - set(mapped))
+        raise WeightsError(f"{path}: the backbone of this Detectron2 detector does not fit the config "
+                           f"({len(missing)} tensors, e.g. {missing[:3]}).{_depth_hint(d2_to_torchvision_state(state))}")
+    model.load_state_dict(mapped, strict=False)  # only the model's own names; the rest is in `problems`
+    if problems:
+        logger.warning("%s: %d tensors did not fit and keep their initialisation: %s", path, len(problems),
+                       "; ".join(problems[:5]))
+    logger.info("loaded %d tensors of the Detectron2 detector %s", len(mapped), path)
+    return {"loaded": sorted(mapped), "ignored": problems}
+
+
+def _backbone_keys(model: nn.Module) -> List[str]:
+    modules, prefixes = backbone_modules(model), backbone_prefixes(model)
+    return [f"{prefixes[stage]}.{k}" for stage, module in modules.items()
+            for k in module.state_dict() if not k.endswith("num_batches_tracked")]
+
+
+def load_weights(model: nn.Module, path: str, detector: bool = False) -> Dict[str, List[str]]:
+    """Load MODEL.WEIGHTS: a backbone (.pkl / student_backbone.pth / ResNet .pth), a Detectron2
+    detector or this engine's own detection checkpoint. `detector` (evaluation): the file must be
+    a detector that fills the whole model."""
     kind, state = read_weights(path)
+    if kind == "d2_detector":
+        return load_d2_detector(model, state, path, complete=detector)
     if kind == "detection":
         result = model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
@@ -134,4 +171,7 @@ def load_weights(model: nn.Module, path: str) -> Dict[str, List[str]]:
                                "use the config it was trained with")
         logger.info("loaded the full detection model from %s", path)
         return {"loaded": sorted(state), "ignored": []}
+    if detector:
+        raise WeightsError(f"{path} holds a backbone only: evaluating it would score random detection heads. "
+                           "Fine-tune it first, then evaluate OUTPUT_DIR/model_final.pth.")
     return copy_backbone_weights(model, state, path)
