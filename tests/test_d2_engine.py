@@ -471,7 +471,7 @@ def test_same_weights_and_batch_give_detectron2s_losses_and_gradients(config):
     from detectron2.structures import Boxes, Instances
     from detectron2.utils.events import EventStorage
 
-    from seed_det.engines.tv.d2_detector import d2_detector_state
+    from seed_det.engines.tv.d2_names import d2_detector_state
     from seed_det.engines.tv.model import build_model as build_tv_model, set_input_sizes
     from seed_det.engines.tv.weights import load_d2_detector
 

@@ -20,7 +20,8 @@ from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.checks import check_supported
 from seed_det.engines.tv.model import backbone_modules, build_model
 from seed_det.engines.tv.solver import lr_factor
-from seed_det.engines.tv.weights import WeightsError, d2_to_torchvision_name, load_weights
+from seed_det.engines.tv.d2_names import d2_to_torchvision_name
+from seed_det.engines.tv.weights import WeightsError, load_weights
 
 
 BASE = """

@@ -1,5 +1,6 @@
-"""Backbone weights for the torchvision engine: Detectron2 names -> torchvision names, and a
-strict, verified load into the detection model (every backbone tensor must come from the file)."""
+"""MODEL.WEIGHTS for the torchvision engine: a backbone (converted .pkl, student_backbone.pth,
+ResNet .pth), a trained Detectron2 detector or this engine's own checkpoint, read and loaded with
+checks (every backbone tensor must come from the file). The renaming is in d2_names."""
 from __future__ import annotations
 
 import logging
@@ -7,61 +8,24 @@ import os
 import re
 from typing import Dict, List, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from seed_core.errors import SeedError
 from seed_core.resnet_spec import torchvision_depth
 from seed_det.convert import extract_backbone_state, load_user_checkpoint, read_d2_pkl
-from seed_det.engines.tv.d2_detector import d2_detector_state, is_d2_detector
+from seed_det.engines.tv.d2_names import d2_detector_state, d2_to_torchvision_state, is_d2_detector
 from seed_det.engines.tv.model import backbone_modules, backbone_prefixes
 
 logger = logging.getLogger(__name__)
 
 ENGINE_TAG = "seed_det.torchvision"  # marks checkpoints written by this engine
 
-# Detectron2 -> torchvision, the inverse of seed_det.convert's mapping. Order matters: the
-# norm patterns must be tried before the conv patterns they extend.
-_D2_PATTERNS = [
-    (re.compile(r"^stem\.conv1\.norm\.(\w+)$"), r"bn1.\1"),
-    (re.compile(r"^stem\.conv1\.weight$"), "conv1.weight"),
-    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.norm\.(\w+)$"), r"layer{L}.\2.downsample.1.\3"),
-    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.weight$"), r"layer{L}.\2.downsample.0.weight"),
-    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.norm\.(\w+)$"), r"layer{L}.\2.bn\3.\4"),
-    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.weight$"), r"layer{L}.\2.conv\3.weight"),
-]
-# Where a Detectron2 detection checkpoint keeps the ResNet (C4 res5 lives in the ROI head).
-_D2_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
 class WeightsError(SeedError):
     """MODEL.WEIGHTS cannot be loaded into the model the config builds."""
-
-
-def d2_to_torchvision_name(name: str):
-    """'res3.1.conv2.norm.running_mean' -> 'layer2.1.bn2.running_mean'; None if not a ResNet name."""
-    for prefix in _D2_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    for rx, template in _D2_PATTERNS:
-        m = rx.match(name)
-        if m:
-            target = template.replace("{L}", str(int(m.group(1)) - 1)) if "{L}" in template else template
-            return m.expand(target)
-    return None
-
-
-def d2_to_torchvision_state(model: Mapping[str, np.ndarray]) -> Dict[str, torch.Tensor]:
-    """Rename the ResNet tensors of a Detectron2 state; anything else (heads, FPN) is left out."""
-    out = {}
-    for k, v in model.items():
-        name = d2_to_torchvision_name(k)
-        if name is not None:
-            out[name] = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-    return out
 
 
 def read_weights(path: str):
