@@ -122,3 +122,28 @@ def test_a_fine_tunings_key_follows_the_detection_configs_content_not_its_name(t
     assert same == _config_digest("digits_r18_fpn.yaml")   # the merged config, whatever file holds it
     cfg.write_text(f"_BASE_: {base}\nMODEL:\n  RPN:\n    POST_NMS_TOPK_TRAIN: 100\n")
     assert _config_digest(str(cfg)) != same                 # an edited file is another fine-tuning
+
+
+def test_a_diverged_fine_tuning_is_recorded_counted_and_left_out_of_the_mean(tmp_path, monkeypatch):
+    import tools.apps.demo_pipeline as dp
+    from seed_core.errors import NonFiniteLossError
+    from tools.apps.report import results_markdown
+
+    calls = []
+
+    def detect(stage, weights, data, p, seed, engine, extra=None):
+        calls.append(seed)
+        if seed == 1:
+            raise NonFiniteLossError("the detection loss is not finite at iteration 54")
+        return {"metrics": {"AP": 10.0 + seed, "AP50": 20.0 + seed}}
+
+    monkeypatch.setattr(dp, "_detect", detect)
+    pre = dp.Pretrained(load_preset("tiny"), data={}, weights={"random": ""}, knn={}, curves={})
+    runs = [dp.finetune(str(tmp_path), pre, "random", seed, engine="torchvision") for seed in (0, 1, 2)]
+    assert "iteration 54" in runs[1]["diverged"] and "AP" not in runs[1]
+    assert dp.finetune(str(tmp_path), pre, "random", 1, engine="torchvision") == runs[1]  # a recorded outcome
+    assert calls == [0, 1, 2]
+    summary = dp.summarise(runs)
+    assert summary["diverged"] == 1 and summary["AP50"] == 21.0 and summary["AP50_std"] == pytest.approx(2 ** 0.5)
+    assert "random init (1 of 3 runs diverged) | 11.0 ± 1.4 | 21.0 ± 1.4 |" in results_markdown({"random init": summary})
+    assert dp.summarise([runs[1]]) == {"runs": [runs[1]], "diverged": 1}

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from seed_core.config import CfgNode, load_cfg
+from seed_core.errors import NonFiniteLossError
 from seed_det.engines import engine_identity, main as train_net
 from tools.apps.run_cache import CachedRun, distill
 from tools.apps.side_by_side import Step, default_processes, run_steps
@@ -261,7 +262,9 @@ def fine_tuning_step(out_root: str, pre: Pretrained, init: str, seed: int, engin
 def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str = "auto",
              det_config: str | None = None, split: str | None = None, extra: dict | None = None,
              tag: str = "") -> dict:
-    """One cached fine-tuning run from `init`'s weights; returns its metrics."""
+    """One cached fine-tuning run from `init`'s weights; returns its metrics, or {"diverged": why}
+    for a run whose loss became non-finite: an outcome of the recipe, recorded like a score (the
+    same settings diverge again), so one such seed neither stops a benchmark nor goes unreported."""
     p = dict(pre.preset, **({"det_config": det_config} if det_config else {}),
              **({"det_train_split": split} if split else {}))
     det_params = {k: p[k] for k in p if k.startswith("det_")}
@@ -272,7 +275,14 @@ def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str =
                                   "weights_sha256": _file_digest(weights) if weights else "",
                                   "det_config_sha256": _config_digest(p["det_config"]),
                                   **({"extra": extra} if extra else {})})
-    return det.run(lambda: _detect(det, weights, pre.data, p, seed, engine, extra), fresh=True)["metrics"]
+    def attempt() -> dict:
+        try:
+            return _detect(det, weights, pre.data, p, seed, engine, extra)
+        except NonFiniteLossError as e:
+            logger.warning("%s diverged: %s", name, e)
+            return {"metrics": {"diverged": str(e)}}
+
+    return det.run(attempt, fresh=True)["metrics"]
 
 
 def _config_digest(det_config: str) -> str:
@@ -326,11 +336,13 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
 
 
 def summarise(runs: list[dict]) -> dict:
-    """{"runs": [...], "AP": mean, "AP_std": std, ...} for every numeric metric the runs share."""
+    """{"runs": [...], "AP": mean, "AP_std": std, ...} for every numeric metric the finished runs
+    share, and "diverged": how many runs stopped on a non-finite loss (left out of the means)."""
     from .experiments import mean_std
-    out = {"runs": runs}
-    for key in sorted(set.intersection(*(set(r) for r in runs))):
-        vals = [r[key] for r in runs]
+    finished = [r for r in runs if "diverged" not in r]
+    out = {"runs": runs, "diverged": len(runs) - len(finished)}
+    for key in sorted(set.intersection(*(set(r) for r in finished))) if finished else []:
+        vals = [r[key] for r in finished]
         if all(v == v for v in vals):  # NaN (no object of that size) stays out
             out[key], out[key + "_std"] = mean_std(vals)
     return out

@@ -13,13 +13,18 @@ def _cell(m: dict, key: str) -> str:
     return f"{m[key]:.1f} ± {m[key + '_std']:.1f}" if key + "_std" in m else f"{m[key]:.1f}"
 
 
+def diverged_note(m: dict) -> str:
+    """' (1 of 6 runs diverged)' where some runs stopped on a non-finite loss (means are over the rest)."""
+    return f" ({m['diverged']} of {len(m['runs'])} runs diverged)" if m.get("diverged") else ""
+
+
 def results_markdown(results: dict[str, dict], metrics=METRICS) -> str:
     """One row per initialisation, one column per metric (percent; mean ± std where `<key>_std` is given)."""
     if any("mask_AP" in m for m in results.values()):
         metrics = tuple(metrics) + ("mask_AP",)
     lines = ["| initialisation | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(m, k) for k in metrics) + " |")
+        lines.append(f"| {name}{diverged_note(m)} | " + " | ".join(_cell(m, k) for k in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .demo_pipeline import det_stage_name, fine_tuning_step, load_preset, run_pipeline, summarise
+from .report import diverged_note
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def run_claim(s: Settings) -> dict:
         runs = [done[det_stage_name(source, seed, _tag(engine, det, split))] for seed in s.seeds]
         same = {"same_as": source} if source != init else {}
         rows.append({"engine": engine, "detector": det, "split": split, "init": init, **same, **summarise(runs)})
-        logger.info("%s %s %s %s: AP50 %.1f ± %.1f", engine, det, split, init, rows[-1]["AP50"], rows[-1]["AP50_std"])
+        logger.info("%s %s %s %s: AP50 %.1f ± %.1f%s", engine, det, split, init, rows[-1].get("AP50", float("nan")),
+                    rows[-1].get("AP50_std", float("nan")), diverged_note(rows[-1]))
     d = asdict(s)
     return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "preset": p,
             "knn": pre.knn, "counts": pre.data["counts"], "rows": rows, "wall_seconds": round(time.time() - start, 1)}
@@ -110,6 +112,7 @@ def claim_table(result: dict) -> str:
                     r = _row(result, engine, det, split, init)
                     cells = [f"{r[m]:.1f} ± {r[m + '_std']:.1f}" if r and m in r else "—" for m in ms]
                     label = INIT_LABELS[init] + (f" = {INIT_LABELS[r['same_as']]}" if r and r.get("same_as") else "")
+                    label += diverged_note(r) if r else ""
                     lines.append(f"| {SPLIT_LABELS[split]} | {label} | " + " | ".join(cells) + " |")
             lines.append("")
             lines += ["| labels | SEED − random AP50 | MoCo − random AP50 | SEED − MoCo AP | SEED − MoCo AP50 | SEED − MoCo AP75 |",
@@ -128,6 +131,9 @@ def claim_table(result: dict) -> str:
                  f"teacher {p['teacher_arch']} MoCo-v2 {p['teacher_epochs']} epochs, students {p['student_arch']} "
                  f"{p['student_epochs']} epochs. k-NN top-1 on held-out digit crops: "
                  + ", ".join(f"{k} {v:.1f}" for k, v in result["knn"].items()) + ".")
+    if any(r.get("diverged") for r in result["rows"]):
+        lines.append("\nA run that diverged (its loss became non-finite) is counted beside its initialisation and "
+                     "left out of that cell's mean and std.")
     return "\n".join(lines) + "\n"
 
 
@@ -166,7 +172,7 @@ def claim_chart(result: dict, path: Path) -> None:
     for i, init in enumerate(inits):
         rows = [_row(result, *g, init) for g in groups]
         xs = [j + (i - (len(inits) - 1) / 2) * width for j in range(len(groups))]
-        ax.bar(xs, [r["AP50"] for r in rows], width, yerr=[r["AP50_std"] for r in rows], capsize=3,
+        ax.bar(xs, [r.get("AP50", 0.0) for r in rows], width, yerr=[r.get("AP50_std", 0.0) for r in rows], capsize=3,
                label=INIT_LABELS[init])
     ax.set_xticks(range(len(groups)), [f"{DETECTORS[d][1].split()[-1]}\n{SPLIT_LABELS[sp]}" +
                                         (f"\n{e}" if len(s["engines"]) > 1 else "") for e, d, sp in groups],

@@ -20,7 +20,7 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
-from seed_core.errors import SeedError, TrainingError
+from seed_core.errors import NonFiniteLossError, SeedError
 from seed_det.convert import read_d2_pkl
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
@@ -121,7 +121,7 @@ def _worker(cfg, args: argparse.Namespace) -> dict | None:
         try:
             trainer.train()
         except FloatingPointError as err:  # Detectron2's non-finite loss check; its message names the iteration
-            raise TrainingError(f"the detection loss is not finite: {err}. Lower SOLVER.BASE_LR or lengthen "
+            raise NonFiniteLossError(f"the detection loss is not finite: {err}. Lower SOLVER.BASE_LR or lengthen "
                                 "SOLVER.WARMUP_ITERS.") from err
         results = getattr(trainer, "_last_eval_results", None)
     if not comm.is_main_process():
