@@ -267,6 +267,19 @@ def test_depth_mismatch_refused_before_training(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing started
 
 
+def test_a_diverging_run_raises_the_projects_non_finite_loss_error(tmp_path):
+    # The benchmarks record a diverged seed as an outcome; they recognise it by this error, on either engine.
+    from seed_core.errors import NonFiniteLossError
+
+    voc = make_tiny_voc(tmp_path / "VOCtiny", n=2)
+    data = ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
+            "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
+            "OUTPUT_DIR", str(tmp_path / "out"), "MODEL.WEIGHTS", _converted(tmp_path),
+            "SOLVER.BASE_LR", "1e12", "SOLVER.WARMUP_ITERS", "0", "SOLVER.MAX_ITER", "20"]
+    with pytest.raises(NonFiniteLossError, match="not finite.*Lower SOLVER.BASE_LR"):
+        main(_args("voc_r18_seed.yaml", TINY + data))
+
+
 def test_unconverted_pth_refused_by_detectron2_engine(tmp_path):
     voc = make_tiny_voc(tmp_path / "VOCtiny", n=2)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
