@@ -45,11 +45,12 @@ def read_weights(path: str):
     obj = load_user_checkpoint(path)
     if isinstance(obj, Mapping) and obj.get("engine") == ENGINE_TAG:
         return "detection", obj["model"]
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and is_d2_detector(obj["model"]):
-        return "d2_detector", obj["model"]  # a Detectron2 training checkpoint (model_final.pth)
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and any(
-            re.search(r"(^|\.)stem\.conv1\.", k) for k in obj["model"]):
-        return "backbone", d2_to_torchvision_state(obj["model"])
+    # a Detectron2 training checkpoint (model_final.pth): a whole detector, or a backbone in its names
+    d2_model = obj.get("model") if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else None
+    if d2_model is not None and is_d2_detector(d2_model):
+        return "d2_detector", d2_model
+    if d2_model is not None and any(re.search(r"(^|\.)stem\.conv1\.", k) for k in d2_model):
+        return "backbone", d2_to_torchvision_state(d2_model)
     state, _ = extract_backbone_state(obj, path)
     return "backbone", state
 
