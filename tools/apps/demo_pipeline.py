@@ -261,12 +261,12 @@ def fine_tuning_step(out_root: str, pre: Pretrained, init: str, seed: int, engin
 
 def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str = "auto",
              det_config: str | None = None, split: str | None = None, extra: dict | None = None,
-             tag: str = "") -> dict:
+             tag: str = "", det_iters: int | None = None) -> dict:
     """One cached fine-tuning run from `init`'s weights; returns its metrics, or {"diverged": why}
     for a run whose loss became non-finite: an outcome of the recipe, recorded like a score (the
     same settings diverge again), so one such seed neither stops a benchmark nor goes unreported."""
     p = dict(pre.preset, **({"det_config": det_config} if det_config else {}),
-             **({"det_train_split": split} if split else {}))
+             **({"det_train_split": split} if split else {}), **({"det_iters": det_iters} if det_iters else {}))
     det_params = {k: p[k] for k in p if k.startswith("det_")}
     name = det_stage_name(init, seed, tag)
     weights = pre.weights[init]

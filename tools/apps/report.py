@@ -7,7 +7,8 @@ import os
 METRICS = ("AP", "AP50", "AP75")
 
 
-def _cell(m: dict, key: str) -> str:
+def metric_cell(m: dict, key: str) -> str:
+    """'mean ± std' of a summarised metric (percent), its mean alone without a spread, '—' if absent."""
     if key not in m:
         return "—"
     return f"{m[key]:.1f} ± {m[key + '_std']:.1f}" if key + "_std" in m else f"{m[key]:.1f}"
@@ -24,7 +25,7 @@ def results_markdown(results: dict[str, dict], metrics=METRICS) -> str:
         metrics = tuple(metrics) + ("mask_AP",)
     lines = ["| initialisation | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, m in results.items():
-        lines.append(f"| {name}{diverged_note(m)} | " + " | ".join(_cell(m, k) for k in metrics) + " |")
+        lines.append(f"| {name}{diverged_note(m)} | " + " | ".join(metric_cell(m, k) for k in metrics) + " |")
     return "\n".join(lines) + "\n"
 
 
