@@ -22,6 +22,9 @@ class Detector(NamedTuple):
     label: str
     schedule: int = 1      # iterations: this many times the preset's det_iters
 
+    def iterations(self, preset: dict) -> int:
+        return self.schedule * preset["det_iters"]
+
 
 DETECTORS = {
     "fpn": Detector("digits_r18_fpn.yaml", "Faster R-CNN R18-FPN"),
@@ -76,7 +79,7 @@ def run_claim(s: Settings) -> dict:
     def fine_tunings(pre):
         return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split),
                                  det_config=DETECTORS[det].config, split=split, extra=_extra(pre, init),
-                                 det_iters=DETECTORS[det].schedule * pre.preset["det_iters"])
+                                 det_iters=DETECTORS[det].iterations(pre.preset))
                 for engine, det, split, init in cells if runs_as(pre, init) == init for seed in s.seeds]
 
     pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
@@ -135,7 +138,7 @@ def claim_table(result: dict) -> str:
             lines.append("")
     lines += _engine_comparison(result)
     p, c = result["preset"], result["counts"]
-    longer = "".join(f" ({DETECTORS[d].label}: {DETECTORS[d].schedule * p['det_iters']})"
+    longer = "".join(f" ({DETECTORS[d].label}: {DETECTORS[d].iterations(p)})"
                      for d in s["detectors"] if DETECTORS[d].schedule != 1)
     lines.append(f"mean ± sample std over fine-tuning seeds {s['seeds']}; {c['train']} labelled training scenes "
                  f"(10 %: {c['train_small']}), {c['test']} test scenes, {p['det_iters']} iterations{longer} at batch "
