@@ -47,3 +47,23 @@ def test_the_report_compares_engines_cell_by_cell_against_the_seed_spread():
     assert "| Faster R-CNN R18-FPN | all labels | random init | +2.1 (spread 1.6) |" in lines
     assert "| Faster R-CNN R18-FPN | all labels | SEED R18 | -1.4 (spread 3.3) |" in lines
     assert _engine_comparison({**result, "settings": {**result["settings"], "engines": ["torchvision"]}}) == []
+
+
+def test_the_footnote_states_each_detectors_schedule_as_its_rows_recorded_it():
+    def row(det, init, **kw):
+        return {"engine": "torchvision", "detector": det, "split": "train", "init": init, "AP": 1.0, "AP_std": 0.1,
+                "AP50": 2.0, "AP50_std": 0.2, "AP75": 0.5, "AP75_std": 0.1, "mask_AP": 0.7, "mask_AP_std": 0.1, **kw}
+    preset = {"det_iters": 300, "det_batch": 4, "det_lr": 0.02, "teacher_arch": "resnet18", "teacher_epochs": 1,
+              "student_arch": "resnet18", "student_epochs": 1}
+    result = {"settings": {"engines": ["torchvision"], "detectors": ["fpn", "fpn_mask"], "splits": ["train"],
+                           "inits": ["random"], "seeds": [0]},
+              "preset": preset, "counts": {"train": 10, "train_small": 1, "test": 5, "pretrain": 50}, "knn": {},
+              "rows": [row("fpn", "random", iterations=300), row("fpn_mask", "random", iterations=1200)]}
+    table = claim_table(result)
+    assert "300 iterations (Mask R-CNN R18-FPN: 1200)" in table
+    # only the mask detector's table has a mask AP column
+    assert table.split("### Mask R-CNN")[1].count("mask_AP") == 1 and "mask_AP" not in table.split("### Mask")[0]
+    # a result written before rows carried their schedule ran every detector at det_iters
+    for r in result["rows"]:
+        del r["iterations"]
+    assert "300 iterations at batch" in claim_table(result)

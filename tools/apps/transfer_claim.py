@@ -21,6 +21,7 @@ class Detector(NamedTuple):
     config: str            # detection config in configs/demo/
     label: str
     schedule: int = 1      # iterations: this many times the preset's det_iters
+    masks: bool = False    # trains instance masks: its table has mask AP
 
     def iterations(self, preset: dict) -> int:
         return self.schedule * preset["det_iters"]
@@ -31,7 +32,7 @@ DETECTORS = {
     "c4": Detector("digits_r18_c4.yaml", "Faster R-CNN R18-C4"),
     # The mask head learns the digits' strokes long after the boxes: at 300 iterations its loss is
     # 0.58 (predicting 45 % ink everywhere scores 0.69) and no pixel reaches 0.5, so mask AP is 0.0.
-    "fpn_mask": Detector("digits_r18_fpn_mask.yaml", "Mask R-CNN R18-FPN", schedule=4),
+    "fpn_mask": Detector("digits_r18_fpn_mask.yaml", "Mask R-CNN R18-FPN", schedule=4, masks=True),
 }
 INIT_LABELS = {"random": "random init", "moco": "MoCo-v2 R18", "seed": "SEED R18", "teacher": "teacher (reference)"}
 SPLIT_LABELS = {"train": "all labels", "train_small": "10 % labels"}
@@ -88,7 +89,8 @@ def run_claim(s: Settings) -> dict:
         source = runs_as(pre, init)
         runs = [done[det_stage_name(source, seed, _tag(engine, det, split))] for seed in s.seeds]
         same = {"same_as": source} if source != init else {}
-        rows.append({"engine": engine, "detector": det, "split": split, "init": init, **same, **summarise(runs)})
+        rows.append({"engine": engine, "detector": det, "split": split, "init": init,
+                     "iterations": DETECTORS[det].iterations(p), **same, **summarise(runs)})
         logger.info("%s %s %s %s: AP50 %.1f ± %.1f%s", engine, det, split, init, rows[-1].get("AP50", float("nan")),
                     rows[-1].get("AP50_std", float("nan")), diverged_note(rows[-1]))
     d = asdict(s)
@@ -117,7 +119,7 @@ def claim_table(result: dict) -> str:
     lines = []
     for engine in s["engines"]:
         for det in s["detectors"]:
-            ms = metrics + (["mask_AP"] if det.endswith("mask") else [])
+            ms = metrics + (["mask_AP"] if DETECTORS[det].masks else [])
             lines += [f"### {DETECTORS[det].label} ({engine} engine)", "",
                       "| labels | initialisation | " + " | ".join(ms) + " |", "|---|---|" + "---:|" * len(ms)]
             for split in s["splits"]:
@@ -138,8 +140,7 @@ def claim_table(result: dict) -> str:
             lines.append("")
     lines += _engine_comparison(result)
     p, c = result["preset"], result["counts"]
-    longer = "".join(f" ({DETECTORS[d].label}: {DETECTORS[d].iterations(p)})"
-                     for d in s["detectors"] if DETECTORS[d].schedule != 1)
+    longer = "".join(f" ({DETECTORS[d].label}: {n})" for d, n in _iterations(result).items() if n != p["det_iters"])
     lines.append(f"mean ± sample std over fine-tuning seeds {s['seeds']}; {c['train']} labelled training scenes "
                  f"(10 %: {c['train_small']}), {c['test']} test scenes, {p['det_iters']} iterations{longer} at batch "
                  f"{p['det_batch']}, lr {p['det_lr']}. Pretraining on {c['pretrain']} unlabelled digit crops: "
@@ -150,6 +151,15 @@ def claim_table(result: dict) -> str:
         lines.append("\nA run that diverged (its loss became non-finite) is counted beside its initialisation and "
                      "left out of that cell's mean and std.")
     return "\n".join(lines) + "\n"
+
+
+def _iterations(result: dict) -> dict:
+    """Each detector's schedule as its rows recorded it (a result written before rows carried it
+    ran every detector at the preset's det_iters), so an old result reads true after a schedule change."""
+    found = {}
+    for r in result["rows"]:
+        found.setdefault(r["detector"], set()).add(r.get("iterations", result["preset"]["det_iters"]))
+    return {d: "/".join(str(n) for n in sorted(ns)) if len(ns) > 1 else next(iter(ns)) for d, ns in found.items()}
 
 
 def _engine_comparison(result: dict) -> list[str]:
