@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Faster R-CNN R18-FPN training-step and inference time on CPU with the heads the demo had before
-(Detectron2's default widths: 256-channel FPN, 1024-wide 2fc box head; 128 RoIs per image, a
-quarter of Detectron2's 512) against the demo's light heads
-(configs/demo/digits_r18_fpn.yaml: 128 channels, 256 wide, 64 RoIs), same images and boxes,
-torchvision engine, alternating in one run.
+"""Training-step and inference time on CPU of a digit-scene detector's heads as Detectron2 sizes
+them against the light heads of its config in configs/demo/, same images and boxes, torchvision
+engine, alternating in one run:
+- fpn (digits_r18_fpn.yaml): Detectron2's widths (256-channel FPN, 1024-wide 2fc box head, 128 RoIs
+  per image, a quarter of Detectron2's 512) against 128 channels, 256 wide, 32 RoIs;
+- c4 (digits_r18_c4.yaml): res5 on 14x14 RoIAlign features (Detectron2's C4) against the config's
+  8x8; the RoI count is the config's.
 
-    python benchmarks/det_head_step.py [--size 96] [--batch 4] [--steps 5]
+    python benchmarks/det_head_step.py [--detector fpn|c4] [--size 96] [--batch 4] [--steps 5]
 """
 import argparse
 import os
@@ -15,16 +17,20 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-WIDE_HEADS = ["MODEL.FPN.OUT_CHANNELS", "256", "MODEL.ROI_BOX_HEAD.FC_DIM", "1024",
-                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"]
+# detector: (its config, Detectron2's sizes as overrides of it)
+DETECTORS = {
+    "fpn": ("digits_r18_fpn.yaml", ["MODEL.FPN.OUT_CHANNELS", "256", "MODEL.ROI_BOX_HEAD.FC_DIM", "1024",
+                                    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "128"]),
+    "c4": ("digits_r18_c4.yaml", ["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "14"]),
+}
 
 
-def _model(size: int, extra: list):
+def _model(config: str, size: int, extra: list):
     from seed_det.config import load_det_config
     from seed_det.engines.tv.model import build_model
     opts = ["INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size), "INPUT.MIN_SIZE_TEST", str(size),
             "INPUT.MAX_SIZE_TEST", str(size), "DATASETS.TRAIN", "('bench',)", "DATASETS.TEST", "('bench',)"]
-    cfg = load_det_config(os.path.join(REPO, "configs", "demo", "digits_r18_fpn.yaml"), opts + extra)
+    cfg = load_det_config(os.path.join(REPO, "configs", "demo", config), opts + extra)
     return cfg, build_model(cfg)
 
 
@@ -36,6 +42,7 @@ def main(argv=None) -> int:
     from seed_det.engines.tv.model import set_input_sizes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--detector", choices=sorted(DETECTORS), default="fpn")
     p.add_argument("--size", type=int, default=96)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model and round (3 rounds)")
@@ -47,7 +54,9 @@ def main(argv=None) -> int:
     images = [torch.rand(3, s, s) * 255 for _ in range(args.batch)]
     boxes = torch.tensor([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.8, 0.9], [0.2, 0.6, 0.45, 0.95]]) * s
     targets = [{"boxes": boxes, "labels": torch.tensor([1, 2, 3])} for _ in images]
-    models = {"Detectron2-wide heads, 128 RoIs": _model(s, WIDE_HEADS), "demo light heads": _model(s, [])}
+    config, d2_sizes = DETECTORS[args.detector]
+    models = {"Detectron2's sizes: " + " ".join(d2_sizes[::2]).replace("MODEL.", ""): _model(config, s, d2_sizes),
+              f"{config} as it is": _model(config, s, [])}
     times = {k: {"train": [], "eval": []} for k in models}
     for _ in range(3):   # alternate, so both see the same machine load
         for name, (cfg, model) in models.items():
@@ -79,7 +88,7 @@ def main(argv=None) -> int:
     for name, m in med.items():
         print(f"| {name} | {m['train']:.2f} | {m['eval']:.3f} |")
     a, b = med.values()
-    print(f"light / wide: train {b['train'] / a['train']:.2f}, eval {b['eval'] / a['eval']:.2f}")
+    print(f"config / Detectron2's sizes: train {b['train'] / a['train']:.2f}, eval {b['eval'] / a['eval']:.2f}")
     return 0
 
 
