@@ -183,6 +183,11 @@ def _engine_comparison(result: dict) -> list[str]:
     return lines + [""]
 
 
+def _tick_label(det: str) -> str:
+    """"Faster R-CNN" or "Mask R-CNN" above the backbone: two lines under a group of bars."""
+    return DETECTORS[det].label.replace(" R18-", "\nR18-")
+
+
 def claim_chart(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -199,11 +204,11 @@ def claim_chart(result: dict, path: Path) -> None:
         xs = [j + (i - (len(inits) - 1) / 2) * width for j in range(len(groups))]
         ax.bar(xs, [r.get("AP50", 0.0) for r in rows], width, yerr=[r.get("AP50_std", 0.0) for r in rows], capsize=3,
                label=INIT_LABELS[init])
-    ax.set_xticks(range(len(groups)), [f"{DETECTORS[d].label.split()[-1]}\n{SPLIT_LABELS[sp]}" +
+    ax.set_xticks(range(len(groups)), [f"{_tick_label(d)}\n{SPLIT_LABELS[sp]}" +
                                         (f"\n{e}" if len(s["engines"]) > 1 else "") for e, d, sp in groups],
                   fontsize=8)
     ax.set_ylabel("box AP50 (%)")
-    ax.set_title("Digit scenes: fine-tuned from each initialisation (mean ± std over seeds)")
+    ax.set_title("Digit scenes, fine-tuned from each initialisation\n(mean ± std over seeds)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
