@@ -1,7 +1,8 @@
 """The one run cache of the applications: a step whose result is kept in `<dir>/run.json` together
 with the parameters that produced it. Running it again with the same parameters reuses the result;
 different parameters, or a step that never finished, run again (a distillation resumes from its
-checkpoint: the trainer accepts that only if the config is unchanged).
+checkpoint: the trainer accepts that only if the config is unchanged). A step that cannot resume
+starts in an empty folder: a finished run it replaces is moved to `previous-<time>/`, not deleted.
 
 Used by the demo pipeline (one folder per stage) and the benchmarks (one folder per training run,
 named by a hash of every setting that changes its result).
@@ -20,6 +21,7 @@ from typing import Callable
 from seed_core.checkpoint_io import atomic_write_text
 from seed_core.config import CfgNode, flatten_cfg, load_cfg
 from seed_core.constants import CHECKPOINT_FILE
+from seed_core.run_dir import move_aside
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +64,26 @@ class CachedRun:
         self.announce(f"[{self.name}] running ...")
         start = time.time()
         if fresh and os.path.isdir(self.dir):
-            shutil.rmtree(self.dir)
+            self._clear()
         os.makedirs(self.dir, exist_ok=True)
         result = dict(fn())
         result["seconds"] = round(time.time() - start, 1)
         atomic_write_text(json.dumps({"params": self.params, "result": result}, indent=2) + "\n", self.marker)
         self.announce(f"[{self.name}] finished in {result['seconds']:.0f} s")
         return result
+
+
+    def _clear(self) -> None:
+        """Before a fresh attempt: a finished run made with other parameters is moved to
+        `previous-<time>/` (never deleted); leftovers of an attempt that never finished are removed."""
+        names = [n for n in os.listdir(self.dir) if not n.startswith("previous-")]
+        if not os.path.exists(self.marker):
+            for name in names:
+                path = os.path.join(self.dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            return
+        target = move_aside(self.dir, names)
+        logger.warning("[%s] its settings changed: the earlier run was moved to %s", self.name, target)
 
 
 def run_key(cfg: CfgNode, identities: dict[str, str]) -> str:
