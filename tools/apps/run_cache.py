@@ -72,7 +72,6 @@ class CachedRun:
         self.announce(f"[{self.name}] finished in {result['seconds']:.0f} s")
         return result
 
-
     def _clear(self) -> None:
         """Before a fresh attempt: a finished run made with other parameters is moved to
         `previous-<time>/` (never deleted); leftovers of an attempt that never finished are removed."""
