@@ -28,7 +28,7 @@ def test_tiny_claim_fine_tunes_every_init_and_writes_its_report(tmp_path):
     before = set(os.listdir(tmp_path / "work"))
     result = run_claim(Settings(**{**s.__dict__, "inits": ("random", "moco", "seed", "teacher")}))
     assert {d for d in os.listdir(tmp_path / "work") if d.startswith("det")} - before == \
-        {"det_torchvision_fpn_train_moco_s0"}
+        {"det_torchvision_fpn_train_2it_moco_s0"}  # the tiny preset: 2 iterations
     rows = {r["init"]: r for r in result["rows"]}
     assert rows["teacher"]["same_as"] == "moco" and rows["teacher"]["runs"] == rows["moco"]["runs"]
     assert "teacher (reference) = MoCo-v2 R18" in claim_table(result)

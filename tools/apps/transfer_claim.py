@@ -65,8 +65,9 @@ def _extra(pre, init: str) -> dict:
     return {"MODEL.RESNETS.DEPTH": DEPTHS[arch]} if DEPTHS[arch] != 18 else {}
 
 
-def _tag(engine: str, det: str, split: str) -> str:
-    return f"_{engine}_{det}_{split}"
+def _tag(engine: str, det: str, split: str, iterations: int) -> str:
+    """Names the schedule too: a run at another schedule is another stage, and both stay cached."""
+    return f"_{engine}_{det}_{split}_{iterations}it"
 
 
 def run_claim(s: Settings) -> dict:
@@ -81,19 +82,24 @@ def run_claim(s: Settings) -> dict:
         return "moco" if init == "teacher" and pre.moco_is_teacher and "moco" in s.inits else init
 
     def fine_tunings(pre):
-        return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split),
-                                 det_config=DETECTORS[det].config, split=split, extra=_extra(pre, init),
-                                 det_iters=DETECTORS[det].iterations(pre.preset))
-                for engine, det, split, init in cells if runs_as(pre, init) == init for seed in s.seeds]
+        steps = []
+        for engine, det, split, init in cells:
+            if runs_as(pre, init) != init:
+                continue
+            iterations = DETECTORS[det].iterations(pre.preset)
+            steps += [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split, iterations),
+                                       det_config=DETECTORS[det].config, split=split, extra=_extra(pre, init),
+                                       det_iters=iterations) for seed in s.seeds]
+        return steps
 
     pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
     rows = []
     for engine, det, split, init in cells:
-        source = runs_as(pre, init)
-        runs = [done[det_stage_name(source, seed, _tag(engine, det, split))] for seed in s.seeds]
+        source, iterations = runs_as(pre, init), DETECTORS[det].iterations(p)
+        runs = [done[det_stage_name(source, seed, _tag(engine, det, split, iterations))] for seed in s.seeds]
         same = {"same_as": source} if source != init else {}
         rows.append({"engine": engine, "detector": det, "split": split, "init": init,
-                     "iterations": DETECTORS[det].iterations(p), **same, **summarise(runs)})
+                     "iterations": iterations, **same, **summarise(runs)})
         logger.info("%s %s %s %s: AP50 %.1f ± %.1f%s", engine, det, split, init, rows[-1].get("AP50", float("nan")),
                     rows[-1].get("AP50_std", float("nan")), diverged_note(rows[-1]))
     d = asdict(s)
