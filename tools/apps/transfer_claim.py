@@ -30,8 +30,8 @@ class Detector(NamedTuple):
 DETECTORS = {
     "fpn": Detector("digits_r18_fpn.yaml", "Faster R-CNN R18-FPN"),
     # R18-C4 learns the digits later than FPN: at 300 iterations with 10 % of the labels every
-    # initialisation is at 5-7 AP50 (3 seeds); at 1,200 random init reached 8.9 and 7.9 (seeds 0, 1),
-    # MoCo-v2 17.9 and SEED 14.1 (seed 0).
+    # initialisation is at 5-7 AP50 (3 seeds); at 1,200 random init 8.4, MoCo-v2 16.5, SEED 12.7
+    # (seeds 0, 1; benchmarks/results/transfer_claim_c4_4x_schedule).
     "c4": Detector("digits_r18_c4.yaml", "Faster R-CNN R18-C4", schedule=4),
     # The mask head learns the digits' strokes long after the boxes: at 300 iterations its loss is
     # 0.58 (predicting 45 % ink everywhere scores 0.69) and no pixel reaches 0.5, so mask AP is 0.0.
