@@ -65,9 +65,9 @@ def _extra(pre, init: str) -> dict:
     return {"MODEL.RESNETS.DEPTH": DEPTHS[arch]} if DEPTHS[arch] != 18 else {}
 
 
-def _tag(engine: str, det: str, split: str, iterations: int) -> str:
+def _tag(engine: str, det: str, split: str, preset: dict) -> str:
     """Names the schedule too: a run at another schedule is another stage, and both stay cached."""
-    return f"_{engine}_{det}_{split}_{iterations}it"
+    return f"_{engine}_{det}_{split}_{DETECTORS[det].iterations(preset)}it"
 
 
 def run_claim(s: Settings) -> dict:
@@ -82,24 +82,19 @@ def run_claim(s: Settings) -> dict:
         return "moco" if init == "teacher" and pre.moco_is_teacher and "moco" in s.inits else init
 
     def fine_tunings(pre):
-        steps = []
-        for engine, det, split, init in cells:
-            if runs_as(pre, init) != init:
-                continue
-            iterations = DETECTORS[det].iterations(pre.preset)
-            steps += [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split, iterations),
-                                       det_config=DETECTORS[det].config, split=split, extra=_extra(pre, init),
-                                       det_iters=iterations) for seed in s.seeds]
-        return steps
+        return [fine_tuning_step(s.work_dir, pre, init, seed, engine, tag=_tag(engine, det, split, pre.preset),
+                                 det_config=DETECTORS[det].config, split=split, extra=_extra(pre, init),
+                                 det_iters=DETECTORS[det].iterations(pre.preset))
+                for engine, det, split, init in cells if runs_as(pre, init) == init for seed in s.seeds]
 
     pre, done = run_pipeline(s.work_dir, p, s.workers, fine_tunings, with_teacher_weights="teacher" in s.inits)
     rows = []
     for engine, det, split, init in cells:
-        source, iterations = runs_as(pre, init), DETECTORS[det].iterations(p)
-        runs = [done[det_stage_name(source, seed, _tag(engine, det, split, iterations))] for seed in s.seeds]
+        source = runs_as(pre, init)
+        runs = [done[det_stage_name(source, seed, _tag(engine, det, split, p))] for seed in s.seeds]
         same = {"same_as": source} if source != init else {}
         rows.append({"engine": engine, "detector": det, "split": split, "init": init,
-                     "iterations": iterations, **same, **summarise(runs)})
+                     "iterations": DETECTORS[det].iterations(p), **same, **summarise(runs)})
         logger.info("%s %s %s %s: AP50 %.1f ± %.1f%s", engine, det, split, init, rows[-1].get("AP50", float("nan")),
                     rows[-1].get("AP50_std", float("nan")), diverged_note(rows[-1]))
     d = asdict(s)
