@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import yaml
 
 from tools.apps.transfer_claim import Settings, claim_table, run_claim, write_report
 
@@ -34,6 +35,13 @@ def test_tiny_claim_fine_tunes_every_init_and_writes_its_report(tmp_path):
     assert "teacher (reference) = MoCo-v2 R18" in claim_table(result)
     write_report(result, tmp_path / "results")
 
+    # R18-C4 sees the scenes upscaled 2x (train and test), in a stage of its own that says so.
+    result = run_claim(Settings(**{**s.__dict__, "detectors": ("c4",), "inits": ("random",)}))
+    stage = tmp_path / "work" / "det_torchvision_c4_train_2it_128px_random_s0"  # the tiny canvas: 64 px
+    cfg = yaml.safe_load(open(stage / "config.yaml"))["INPUT"]
+    assert (cfg["MIN_SIZE_TRAIN"], cfg["MAX_SIZE_TRAIN"], cfg["MIN_SIZE_TEST"], cfg["MAX_SIZE_TEST"]) == ([128], 128, 128, 128)
+    assert result["rows"][0]["input_size"] == 128 and "upscaled to 128 px" in claim_table(result)
+
 
 def test_the_report_compares_engines_cell_by_cell_against_the_seed_spread():
     def row(engine, init, ap50, std):
@@ -54,16 +62,20 @@ def test_the_footnote_states_each_detectors_schedule_as_its_rows_recorded_it():
         return {"engine": "torchvision", "detector": det, "split": "train", "init": init, "AP": 1.0, "AP_std": 0.1,
                 "AP50": 2.0, "AP50_std": 0.2, "AP75": 0.5, "AP75_std": 0.1, "mask_AP": 0.7, "mask_AP_std": 0.1, **kw}
     preset = {"det_iters": 300, "det_batch": 4, "det_lr": 0.02, "teacher_arch": "resnet18", "teacher_epochs": 1,
-              "student_arch": "resnet18", "student_epochs": 1}
+              "student_arch": "resnet18", "student_epochs": 1, "scenes": {"canvas": 96}}
     result = {"settings": {"engines": ["torchvision"], "detectors": ["fpn", "fpn_mask"], "splits": ["train"],
                            "inits": ["random"], "seeds": [0]},
               "preset": preset, "counts": {"train": 10, "train_small": 1, "test": 5, "pretrain": 50}, "knn": {},
-              "rows": [row("fpn", "random", iterations=300), row("fpn_mask", "random", iterations=1200)]}
+              "rows": [row("fpn", "random", iterations=300, input_size=96),
+                       row("fpn_mask", "random", iterations=1200, input_size=96),
+                       row("c4", "random", iterations=300, input_size=192)]}
+    result["settings"]["detectors"].append("c4")
     table = claim_table(result)
     assert "300 iterations (Mask R-CNN R18-FPN: 1200)" in table
+    assert "test scenes of 96 px (Faster R-CNN R18-C4: upscaled to 192 px)," in table
     # only the mask detector's table has a mask AP column
     assert table.split("### Mask R-CNN")[1].count("mask_AP") == 1 and "mask_AP" not in table.split("### Mask")[0]
     # a result written before rows carried their schedule ran every detector at det_iters
     for r in result["rows"]:
-        del r["iterations"]
-    assert "300 iterations at batch" in claim_table(result)
+        del r["iterations"], r["input_size"]
+    assert "test scenes of 96 px, 300 iterations at batch" in claim_table(result)

@@ -127,7 +127,7 @@ def _processes(p: dict) -> int:
 
 def _detect(stage: CachedRun, weights: str, data: dict, p: dict, seed: int, engine: str,
             extra: dict | None = None) -> dict:
-    size = p["scenes"]["canvas"]
+    size = p["scenes"]["canvas"] * p.get("det_input_scale", 1)
     split = p["det_train_split"]
     opts = {
         "MODEL.WEIGHTS": weights,
@@ -261,12 +261,14 @@ def fine_tuning_step(out_root: str, pre: Pretrained, init: str, seed: int, engin
 
 def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str = "auto",
              det_config: str | None = None, split: str | None = None, extra: dict | None = None,
-             tag: str = "", det_iters: int | None = None) -> dict:
+             tag: str = "", det_iters: int | None = None, input_scale: int = 1) -> dict:
     """One cached fine-tuning run from `init`'s weights; returns its metrics, or {"diverged": why}
     for a run whose loss became non-finite: an outcome of the recipe, recorded like a score (the
     same settings diverge again), so one such seed neither stops a benchmark nor goes unreported."""
     p = dict(pre.preset, **({"det_config": det_config} if det_config else {}),
-             **({"det_train_split": split} if split else {}), **({"det_iters": det_iters} if det_iters else {}))
+             **({"det_train_split": split} if split else {}), **({"det_iters": det_iters} if det_iters else {}),
+             # only when upscaled: the demo's cached fine-tunings keep their identity
+             **({"det_input_scale": input_scale} if input_scale != 1 else {}))
     det_params = {k: p[k] for k in p if k.startswith("det_")}
     name = det_stage_name(init, seed, tag)
     weights = pre.weights[init]
