@@ -55,6 +55,9 @@ def test_the_report_compares_engines_cell_by_cell_against_the_seed_spread():
     assert "| Faster R-CNN R18-FPN | all labels | random init | +2.1 (spread 1.6) |" in lines
     assert "| Faster R-CNN R18-FPN | all labels | SEED R18 | -1.4 (spread 3.3) |" in lines
     assert _engine_comparison({**result, "settings": {**result["settings"], "engines": ["torchvision"]}}) == []
+    # a cell of one seed has no spread: the difference says so instead of "spread 0.0"
+    del result["rows"][1]["AP50_std"], result["rows"][0]["AP50_std"]
+    assert "| Faster R-CNN R18-FPN | all labels | random init | +2.1 (one seed: no spread) |" in _engine_comparison(result)
 
 
 def test_the_footnote_states_each_detectors_schedule_as_its_rows_recorded_it():

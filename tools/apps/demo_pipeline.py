@@ -319,7 +319,9 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
     labels = {"random": "random init", "moco": f"MoCo-v2 {p['student_arch']}",
               "seed": f"SEED {p['student_arch']} (teacher {p['teacher_arch']})"}
     table = results_markdown({labels[k]: v for k, v in results.items()})
-    notes = (f"\nmean ± std over fine-tuning seeds {p['det_seeds']}; test: {pre.data['counts']['test']} scenes, "
+    seeds = (f"mean ± std over fine-tuning seeds {p['det_seeds']}" if len(p["det_seeds"]) > 1
+             else f"one fine-tuning seed {p['det_seeds']}, no spread")
+    notes = (f"\n{seeds}; test: {pre.data['counts']['test']} scenes, "
              f"train: {pre.data['counts'][p['det_train_split']]} labelled scenes ({p['det_train_split']}).\n"
              "k-NN top-1 on held-out digit crops (bank: pretraining crops): "
              + ", ".join(f"{k} {v:.1f}" for k, v in pre.knn.items()) + "\n")
@@ -346,5 +348,8 @@ def summarise(runs: list[dict]) -> dict:
     for key in sorted(set.intersection(*(set(r) for r in finished))) if finished else []:
         vals = [r[key] for r in finished]
         if all(v == v for v in vals):  # NaN (no object of that size) stays out
-            out[key], out[key + "_std"] = mean_std(vals)
+            if len(vals) > 1:
+                out[key], out[key + "_std"] = mean_std(vals)
+            else:  # one run has no spread to report: no "± 0.0"
+                out[key] = vals[0]
     return out

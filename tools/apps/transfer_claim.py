@@ -122,11 +122,13 @@ def _row(result: dict, engine, det, split, init) -> dict | None:
 
 
 def _gap(a: dict, b: dict, key: str) -> str:
-    """Difference of means, with the larger of the two seed spreads to judge it by."""
+    """Difference of means, with the larger of the two seed spreads to judge it by (a cell of one
+    seed has none)."""
     if not a or not b or key not in a or key not in b:
         return "—"
-    spread = max(a[key + "_std"], b[key + "_std"])
-    return f"{a[key] - b[key]:+.1f} (spread {spread:.1f})"
+    spreads = [x[key + "_std"] for x in (a, b) if key + "_std" in x]
+    judge = f"spread {max(spreads):.1f}" if spreads else "one seed: no spread"
+    return f"{a[key] - b[key]:+.1f} ({judge})"
 
 
 def claim_table(result: dict) -> str:
@@ -161,7 +163,9 @@ def claim_table(result: dict) -> str:
                      if n != p["det_iters"])
     larger = "".join(f" ({DETECTORS[d].label}: upscaled to {n} px)"
                      for d, n in _recorded(result, "input_size", canvas).items() if n != canvas)
-    lines.append(f"mean ± sample std over fine-tuning seeds {s['seeds']}; {c['train']} labelled training scenes "
+    seeds = (f"mean ± sample std over fine-tuning seeds {s['seeds']}" if len(s["seeds"]) > 1
+             else f"one fine-tuning seed {s['seeds']}, no spread")
+    lines.append(f"{seeds}; {c['train']} labelled training scenes "
                  f"(10 %: {c['train_small']}), {c['test']} test scenes of {canvas} px{larger}, "
                  f"{p['det_iters']} iterations{longer} at batch {p['det_batch']}, lr {p['det_lr']}. Pretraining on {c['pretrain']} unlabelled digit crops: "
                  f"teacher {p['teacher_arch']} MoCo-v2 {p['teacher_epochs']} epochs, students {p['student_arch']} "
