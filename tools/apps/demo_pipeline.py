@@ -315,13 +315,11 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
         for seed in p["det_seeds"]])
     results = {init: summarise([done[det_stage_name(init, seed)] for seed in p["det_seeds"]]) for init in INITS}
 
-    from .report import loss_curves_png, metrics_bar_png, results_markdown
+    from .report import loss_curves_png, metrics_bar_png, results_markdown, seeds_note
     labels = {"random": "random init", "moco": f"MoCo-v2 {p['student_arch']}",
               "seed": f"SEED {p['student_arch']} (teacher {p['teacher_arch']})"}
     table = results_markdown({labels[k]: v for k, v in results.items()})
-    seeds = (f"mean ± std over fine-tuning seeds {p['det_seeds']}" if len(p["det_seeds"]) > 1
-             else f"one fine-tuning seed {p['det_seeds']}, no spread")
-    notes = (f"\n{seeds}; test: {pre.data['counts']['test']} scenes, "
+    notes = (f"\n{seeds_note(p['det_seeds'])}; test: {pre.data['counts']['test']} scenes, "
              f"train: {pre.data['counts'][p['det_train_split']]} labelled scenes ({p['det_train_split']}).\n"
              "k-NN top-1 on held-out digit crops (bank: pretraining crops): "
              + ", ".join(f"{k} {v:.1f}" for k, v in pre.knn.items()) + "\n")

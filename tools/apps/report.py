@@ -14,6 +14,13 @@ def metric_cell(m: dict, key: str) -> str:
     return f"{m[key]:.1f} ± {m[key + '_std']:.1f}" if key + "_std" in m else f"{m[key]:.1f}"
 
 
+def seeds_note(seeds) -> str:
+    """What a table's "±" means: the sample std over these fine-tuning seeds, or none for one seed."""
+    seeds = list(seeds)
+    return (f"mean ± sample std over fine-tuning seeds {seeds}" if len(seeds) > 1
+            else f"one fine-tuning seed {seeds}, no spread")
+
+
 def diverged_note(m: dict) -> str:
     """' (1 of 6 runs diverged)' where some runs stopped on a non-finite loss (means are over the rest)."""
     return f" ({m['diverged']} of {len(m['runs'])} runs diverged)" if m.get("diverged") else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .demo_pipeline import det_stage_name, fine_tuning_step, load_preset, run_pipeline, summarise
-from .report import diverged_note, metric_cell
+from .report import diverged_note, metric_cell, seeds_note
 
 logger = logging.getLogger(__name__)
 
@@ -163,11 +163,9 @@ def claim_table(result: dict) -> str:
                      if n != p["det_iters"])
     larger = "".join(f" ({DETECTORS[d].label}: upscaled to {n} px)"
                      for d, n in _recorded(result, "input_size", canvas).items() if n != canvas)
-    seeds = (f"mean ± sample std over fine-tuning seeds {s['seeds']}" if len(s["seeds"]) > 1
-             else f"one fine-tuning seed {s['seeds']}, no spread")
-    lines.append(f"{seeds}; {c['train']} labelled training scenes "
-                 f"(10 %: {c['train_small']}), {c['test']} test scenes of {canvas} px{larger}, "
-                 f"{p['det_iters']} iterations{longer} at batch {p['det_batch']}, lr {p['det_lr']}. Pretraining on {c['pretrain']} unlabelled digit crops: "
+    lines.append(f"{seeds_note(s['seeds'])}; {c['train']} labelled training scenes (10 %: {c['train_small']}), "
+                 f"{c['test']} test scenes of {canvas} px{larger}, {p['det_iters']} iterations{longer} at batch "
+                 f"{p['det_batch']}, lr {p['det_lr']}. Pretraining on {c['pretrain']} unlabelled digit crops: "
                  f"teacher {p['teacher_arch']} MoCo-v2 {p['teacher_epochs']} epochs, students {p['student_arch']} "
                  f"{p['student_epochs']} epochs. k-NN top-1 on held-out digit crops: "
                  + ", ".join(f"{k} {v:.1f}" for k, v in result["knn"].items()) + ".")
