@@ -169,6 +169,27 @@ def _knn_step(out_root: str, p: dict, data: dict, backbones: dict) -> dict:
     return {k: v for k, v in res.items() if k != "seconds"}
 
 
+def pretraining_opts(p: dict, data: dict, workers: int) -> dict:
+    """The distillation settings every pretraining stage of preset `p` shares (data, batch, queue,
+    schedule, precision); a stage adds its loss, architecture, epochs and learning rate."""
+    return {"DATA.ROOT": data["pretrain"], "DATA.IMAGE_SIZE": p["scenes"]["crop_size"], "DATA.NUM_WORKERS": workers,
+            "DATA.AUGMENTATION": p["augmentation"], "SOLVER.BATCH_SIZE": p["distill_batch"],
+            "QUEUE.SIZE": p["queue_size"], "SOLVER.BASE_LR": float(p["distill_base_lr"]),
+            "LOSS.MOCO_MOMENTUM": float(p["moco_momentum"]), "SOLVER.WARMUP_EPOCHS": 1.0,
+            "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False,
+            "TRAIN.PRECISION": p["precision"]}
+
+
+def write_scenes(out_root: str, p: dict) -> dict:
+    """The preset's digit scenes and pretraining crops, written once (cached stage `data`)."""
+    from tools.apps.digit_scenes import SceneSpec, write_digit_scenes
+    spec = SceneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["scenes"].items()})
+    spec.check()
+    os.makedirs(out_root, exist_ok=True)
+    data_stage = _stage(out_root, "data", p["scenes"])
+    return data_stage.run(lambda: write_digit_scenes(os.path.join(data_stage.dir, "scenes"), spec))
+
+
 @dataclass
 class Pretrained:
     """What the pretraining stages leave: the data, the converted backbones and how good they are."""
@@ -185,21 +206,10 @@ def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weig
     """Writes the scenes (cheap; everything needs them) and returns the steps that train, convert and
     k-NN-check the backbones (the "knn" step last), with the Pretrained whose `knn` that step fills
     in. `run_pipeline` runs them (with no fine-tunings: pretraining alone); a fine-tuning goes after its backbone's step (BACKBONE_STEP)."""
-    from tools.apps.digit_scenes import SceneSpec, write_digit_scenes
-
-    spec = SceneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["scenes"].items()})
-    spec.check()
-    os.makedirs(out_root, exist_ok=True)
     torch.set_num_threads(p["threads"])
-    data_stage = _stage(out_root, "data", p["scenes"])
-    data = data_stage.run(lambda: write_digit_scenes(os.path.join(data_stage.dir, "scenes"), spec))
+    data = write_scenes(out_root, p)
 
-    common = {"DATA.ROOT": data["pretrain"], "DATA.IMAGE_SIZE": spec.crop_size, "DATA.NUM_WORKERS": workers,
-              "DATA.AUGMENTATION": p["augmentation"], "SOLVER.BATCH_SIZE": p["distill_batch"],
-              "QUEUE.SIZE": p["queue_size"], "SOLVER.BASE_LR": float(p["distill_base_lr"]),
-              "LOSS.MOCO_MOMENTUM": float(p["moco_momentum"]), "SOLVER.WARMUP_EPOCHS": 1.0,
-              "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False,
-              "TRAIN.PRECISION": p["precision"]}
+    common = pretraining_opts(p, data, workers)
     teacher = ("teacher_moco", {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": p["teacher_arch"],
                                 "SOLVER.EPOCHS": p["teacher_epochs"]})
     student_common = {**common, "MODEL.STUDENT.ARCH": p["student_arch"], "SOLVER.EPOCHS": p["student_epochs"]}

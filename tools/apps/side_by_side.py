@@ -49,13 +49,19 @@ def _check_order(steps: List[Step]) -> None:
 
 
 def run_steps(steps: List[Step], processes: int, log_dir: str, threads: int = 1,
-              announce: Callable[[str], None] = lambda msg: None) -> Dict[str, Any]:
+              announce: Callable[[str], None] = lambda msg: None,
+              on_done: Callable[[str, Any], None] = lambda name, result: None) -> Dict[str, Any]:
     """{step name: its return value}. With processes > 1 each step's output goes to
     `<log_dir>/<name>.log`; failed steps (and the steps that needed them) are reported with their
-    logs after every step that could run has finished."""
+    logs after every step that could run has finished. `on_done(name, result)` is called in this
+    process as each step finishes (a long benchmark writes its report as it grows)."""
     _check_order(steps)
     if processes <= 1 or len(steps) <= 1:
-        return {s.name: s.fn(*s.args, **s.kwargs) for s in steps}
+        results: Dict[str, Any] = {}
+        for s in steps:
+            results[s.name] = s.fn(*s.args, **s.kwargs)
+            on_done(s.name, results[s.name])
+        return results
     os.makedirs(log_dir, exist_ok=True)
     results: Dict[str, Any] = {}
     failed: Dict[str, str] = {}
@@ -85,6 +91,7 @@ def run_steps(steps: List[Step], processes: int, log_dir: str, threads: int = 1,
                 try:
                     results[name] = fut.result()
                     announce(f"[{name}] done ({len(results)}/{len(steps)})")
+                    on_done(name, results[name])
                 except Exception as e:  # noqa: BLE001 - reported below with its log
                     failed[name] = f"{type(e).__name__}: {e} (log: {logs[name]})"
             start_ready()
