@@ -22,7 +22,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from seed_core.errors import SeedError  # noqa: E402
-from tools.apps.teacher_ladder import RESULTS_NAME, Settings, render_report, run_ladder, write_report  # noqa: E402
+from tools.apps.teacher_ladder import (RESULTS_NAME, Settings, render_report, run_ladder, tiny_settings,  # noqa: E402
+                                       write_report)  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -71,14 +72,6 @@ def main(argv=None) -> int:
     print("wrote " + ", ".join(paths.values()))
     print(f"total {time.time() - start:.0f} s")
     return 0
-
-
-def tiny_settings(work_dir: str) -> Settings:
-    """Every kind of stage once, on the tiny preset: a ResNet-34 teacher, SEED and L2 students."""
-    return Settings(preset="tiny", work_dir=work_dir, arms=("random:resnet18", "mocov2:resnet18",
-                                                            "seed:resnet18:resnet34", "l2:resnet18:resnet34"),
-                    teacher_epochs=1, teacher_batch=16, detectors=("fpn",), splits=("train_small",), seeds=(0, 1),
-                    decisive_seeds=(), workers=0, processes=1)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,55 @@ def test_steps_that_need_a_failed_step_are_reported_not_run(tmp_path):
 def test_a_step_listed_before_what_it_needs_is_refused():
     with pytest.raises(ValueError, match="'b' runs after \\['a'\\]"):
         run_steps([Step("b", square, (1,), after=("a",)), Step("a", square, (2,))], processes=1, log_dir="unused")
+
+
+SCHEDULER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tools.apps.side_by_side import Step, run_steps
+from test_side_by_side import sleep_and_write
+if __name__ == "__main__":
+    run_steps([Step("a", sleep_and_write, ({out!r},)), Step("b", sleep_and_write, ({out!r},))], 2, {logs!r})
+"""
+
+
+def sleep_and_write(out):
+    with open(out, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    import time
+    time.sleep(120)
+
+
+def test_workers_stop_when_their_scheduler_is_killed(tmp_path):
+    """A killed benchmark must not leave workers training on into folders the next run resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    out = tmp_path / "pids"
+    script = tmp_path / "scheduler.py"
+    script.write_text(SCHEDULER.format(root=ROOT, out=str(out), logs=str(tmp_path / "logs")))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"))
+    parent = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or len(out.read_text().split()) < 2):
+        time.sleep(0.2)
+    workers = [int(p) for p in out.read_text().split()]
+    assert len(workers) == 2
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 30
+    alive = workers
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in workers if _alive(p)]
+    assert not alive, f"workers {alive} outlived their scheduler"
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -28,6 +30,17 @@ class Step:
 
 class StepFailed(RuntimeError):
     pass
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker whose scheduler is gone must not train on into the same folders as the next run:
+    on Linux the kernel sends it SIGTERM when its parent dies (a distillation then checkpoints and
+    stops); a parent that died before this line ran is caught by the pid check."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _in_worker(step: Step, log_path: str, threads: int):
@@ -67,7 +80,8 @@ def run_steps(steps: List[Step], processes: int, log_dir: str, threads: int = 1,
     failed: Dict[str, str] = {}
     logs = {s.name: os.path.join(log_dir, f"{s.name}.log") for s in steps}
     waiting = list(steps)
-    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         running: Dict[Any, str] = {}
 
         def start_ready():

@@ -92,6 +92,15 @@ class Settings:
         return [Arm.parse(a) if isinstance(a, str) else Arm(*a) for a in self.arms]
 
 
+def tiny_settings(work_dir: str) -> Settings:
+    """Every kind of stage once, in seconds, on the tiny preset: a ResNet-34 teacher, SEED and L2
+    students, two paired fine-tuning seeds (the pipeline check `make test` runs)."""
+    return Settings(preset="tiny", work_dir=work_dir, arms=("random:resnet18", "mocov2:resnet18",
+                                                            "seed:resnet18:resnet34", "l2:resnet18:resnet34"),
+                    teacher_epochs=1, teacher_batch=16, detectors=("fpn",), splits=("train_small",), seeds=(0, 1),
+                    decisive_seeds=(), workers=0, processes=1)
+
+
 # --------------------------------------------------------------------------------------------- checks
 
 def model_size(arch: str) -> int:

@@ -1,0 +1,118 @@
+"""benchmarks/teacher_ladder.py: bad ladders are refused before any stage runs, the paired statistics
+are right, results files grow, the report is made from the json alone, and the tiny ladder runs."""
+import json
+import math
+import os
+
+import pytest
+from conftest import load_script
+
+from tools.apps.ladder_report import ladder_table, paired_difference
+from tools.apps.teacher_ladder import (Arm, Settings, check_settings, plan_cells, render_report, run_ladder,
+                                       tiny_settings, write_report)
+
+
+@pytest.mark.parametrize("arms, says", [
+    (("mocov2:resnet18", "seed:resnet34:resnet18"), "smaller than its student"),
+    (("mocov2:resnet18", "seed:resnet18:resnet9000"), "unknown"),
+    (("mocov2:resnet18", "dino:resnet18"), "not one of random, mocov2, seed, l2"),
+    (("mocov2:resnet18", "seed:resnet18"), "needs a teacher"),
+    (("mocov2:resnet18:resnet50",), "has no teacher"),
+    (("mocov2:resnet18", "seed:mobilenetv3_small_050:resnet50"), "cannot be fine-tuned"),
+    (("seed:resnet18:resnet50",), "needs the arm mocov2:resnet18"),
+    (("mocov2:resnet18", "seed"), "INIT:STUDENT"),
+])
+def test_a_bad_ladder_is_refused_before_any_stage_runs(tmp_path, arms, says):
+    s = Settings(work_dir=str(tmp_path / "work"), arms=arms)
+    with pytest.raises(ValueError, match=says):
+        run_ladder(s)
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_cli_answers_a_bad_ladder_with_one_line(tmp_path, capsys):
+    assert load_script("benchmarks/teacher_ladder.py").main(["--work-dir", str(tmp_path), "--arms", "mocov2:resnet18", "seed:resnet34:resnet18"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: arm seed:resnet34:resnet18: the teacher resnet18")
+
+
+def test_the_decisive_cells_get_their_seeds_on_every_engine_and_detectron2_the_first_seed_elsewhere():
+    s = Settings(engines=("torchvision", "detectron2"), seeds=(0, 1, 2, 3, 4), decisive_seeds=tuple(range(10)))
+    cells = plan_cells(s, check_settings(s))
+    seed50, moco = Arm("seed", "resnet18", "resnet50"), Arm("mocov2", "resnet18")
+    for engine in ("torchvision", "detectron2"):
+        for det in ("fpn", "c4"):
+            assert cells[(engine, det, "train_small", seed50)] == tuple(range(10))
+            assert cells[(engine, det, "train_small", moco)] == tuple(range(10))
+    assert cells[("torchvision", "c4", "train", seed50)] == (0, 1, 2, 3, 4)
+    assert cells[("detectron2", "c4", "train", seed50)] == (0,)
+    assert cells[("detectron2", "fpn", "train_small", Arm("seed", "resnet18", "resnet34"))] == (0,)
+    # a ResNet-34 student only where it is asked for: R34-FPN at 10 % labels
+    r34 = [c for c in cells if c.arm.student == "resnet34"]
+    assert r34 and {(c.detector, c.split) for c in r34} == {("fpn", "train_small")}
+
+
+def test_paired_difference_is_the_t_interval_of_the_per_seed_differences():
+    a = {0: 50.0, 1: 52.0, 2: 47.0, 3: 55.0, 9: 1.0}
+    b = {0: 48.0, 1: 49.0, 2: 47.5, 3: 51.0, 7: 0.0}   # seeds 9 and 7 have no partner
+    d = paired_difference(a, b)
+    diffs = [2.0, 3.0, -0.5, 4.0]
+    mean = sum(diffs) / 4
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 3)
+    half = 3.182446305284263 * sd / 2   # t(0.975, 3) * sd / sqrt(4)
+    assert d["n"] == 4 and d["mean"] == pytest.approx(mean)
+    assert (d["low"], d["high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert "low" not in paired_difference({0: 1.0}, {0: 2.0})
+    assert paired_difference({0: 1.0}, {1: 2.0}) is None
+
+
+def _run(init, teacher, seed, ap50, labels="10%", detector="fpn", student="resnet18", engine="torchvision"):
+    return {"detector": detector, "labels": labels, "init": init, "teacher_arch": teacher, "student_arch": student,
+            "seed": seed, "engine": engine, "ap": ap50 / 2, "ap50": ap50, "ap75": ap50 / 3}
+
+
+def test_results_grow_across_invocations_and_the_report_is_made_from_the_json(tmp_path):
+    first = {"runs": [_run("mocov2", None, s, 40.0 + s) for s in range(3)] +
+                     [_run("seed", "resnet50", s, 45.0 + s) for s in range(3)],
+             "backbones": [{"arch": "resnet18", "method": "mocov2", "teacher_arch": None, "epochs": 16, "knn": 89.6}]}
+    write_report(first, tmp_path)
+    again = {"runs": [_run("seed", "resnet50", 0, 60.0), _run("seed", "resnet50", 0, 30.0, engine="detectron2")],
+             "backbones": [{"arch": "resnet50", "method": "mocov2", "teacher_arch": None, "epochs": 48, "knn": 93.0}]}
+    paths = write_report(again, tmp_path)
+    merged = json.load(open(paths["json"]))
+    assert len(merged["runs"]) == 7 and len(merged["backbones"]) == 2
+    assert [r["ap50"] for r in merged["runs"] if r["init"] == "seed" and r["seed"] == 0
+            and r["engine"] == "torchvision"] == [60.0]   # measured again: replaced
+    md = open(paths["md"]).read()
+    # SEED − MoCo-v2 over seeds 0-2: +20, +5, +5 -> mean +10.0, its interval spans zero (not bold)
+    assert "| SEED R18 ← R50 | 3 | " in md and "+10.0 [" in md and "**+10.0" not in md
+    assert "| MoCo-v2 R50 | teacher" in md or "| MoCo-v2 R50 |" in md
+    os.remove(paths["md"])
+    os.remove(paths["png"])
+    render_report(paths["json"])
+    assert open(paths["md"]).read() == md and os.path.getsize(paths["png"]) > 0
+    assert ladder_table(merged) == md
+
+
+@pytest.mark.slow
+def test_tiny_ladder_runs_every_kind_of_stage_and_resumes_from_its_cache(tmp_path):
+    s = tiny_settings(str(tmp_path / "work"))
+    seen = []
+    result = run_ladder(s, on_progress=lambda r: seen.append(len(r["runs"])))
+    runs = result["runs"]
+    assert {(r["init"], r["teacher_arch"]) for r in runs} == {("random", None), ("mocov2", None),
+                                                               ("seed", "resnet34"), ("l2", "resnet34")}
+    assert sorted(r["seed"] for r in runs if r["init"] == "seed") == [0, 1]
+    assert all(set(r) >= {"detector", "labels", "init", "teacher_arch", "student_arch", "seed", "engine", "ap",
+                          "ap50", "ap75"} for r in runs)
+    assert seen[-1] == len(runs) == 8 and seen == sorted(seen)  # the report grew run by run
+    bbs = {(b["method"], b["arch"], b["teacher_arch"]) for b in result["backbones"]}
+    assert bbs == {("random", "resnet18", None), ("mocov2", "resnet18", None), ("mocov2", "resnet34", None),
+                   ("seed", "resnet18", "resnet34"), ("l2", "resnet18", "resnet34")}
+    paths = write_report(result, tmp_path / "results")
+    assert "SEED R18 ← R34" in open(paths["md"]).read()
+    # again: every stage is reused, nothing runs twice
+    stamp = {d: os.path.getmtime(tmp_path / "work" / d / "run.json") for d in os.listdir(tmp_path / "work")
+             if os.path.isfile(tmp_path / "work" / d / "run.json")}
+    again = run_ladder(s)
+    assert sorted(map(str, again["runs"])) == sorted(map(str, runs))
+    assert all(os.path.getmtime(tmp_path / "work" / d / "run.json") == t for d, t in stamp.items())
