@@ -59,6 +59,19 @@ def _all_crowd(data):
         a["iscrowd"] = 1
 
 
+def _same_file_twice(data):
+    data["images"][1]["file_name"] = "0.png"
+
+
+def _repeat(where, key):
+    def edit(data):
+        if where == "categories":
+            data["categories"].append({"id": 2, "name": "thing"} if key == "name" else {"id": 1, "name": "other"})
+        else:
+            data[where][1][key] = data[where][0][key]
+    return edit
+
+
 @pytest.mark.parametrize("edit,message", [
     (_set("width", 20, index=1), r"1\.png \(image id 2\) is 16x16 .* says 20x16"),
     (_duplicate_id, r"image id 1 is used twice \(0\.png and 1\.png\)"),
@@ -68,6 +81,11 @@ def _all_crowd(data):
     (_set("bbox", [20, 20, 4, 4], where="annotations"),
      r"annotation 10 of image id 1 \(0\.png\): box \[20, 20, 24, 24\] lies entirely outside the 16x16 image"),
     (_all_crowd, r"training set 'tiny' .* has no box left to train on after dropping crowd annotations"),
+    # repeats: never counted twice in a metric, never a phantom class
+    (_same_file_twice, r"image file 0\.png is listed twice \(image ids 1 and 2\)"),
+    (_repeat("annotations", "id"), r"annotation id 10 is used twice"),
+    (_repeat("categories", "name"), r"category name 'thing' is used twice"),
+    (_repeat("categories", "id"), r"category id 1 is used twice"),
 ])
 def test_coco_json_is_validated_when_read(tmp_path, edit, message):
     assert len(validate_dataset(_coco(tmp_path / "ok"), for_training=True).records) == 2
@@ -116,6 +134,27 @@ def test_voc_xml_is_validated_when_read(tmp_path, edit, message):
     assert validate_dataset(_voc(tmp_path / "ok"), for_training=True).num_annotations == 1
     with pytest.raises(DatasetError, match=message):
         validate_dataset(_voc(tmp_path, edit), for_training=True)
+
+
+@pytest.mark.parametrize("split, classes, message", [
+    ("a\nb\na\n", None, r"train\.txt lists image 'a' twice \(entries 1 and 3\)"),
+    ("a\n", "dog\ncat\ndog\n", r"classes\.txt: class 'dog' is listed twice \(entries 1 and 3\)"),
+    ("a\n", "dog\n\ncat\n", r"classes\.txt: entry 2 is blank"),
+])
+def test_voc_lists_with_repeats_are_refused(tmp_path, split, classes, message):
+    spec = _voc(tmp_path)
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text(split)
+    if split.count("b"):
+        import shutil
+        shutil.copy(tmp_path / "Annotations" / "a.xml", tmp_path / "Annotations" / "b.xml")
+        shutil.copy(tmp_path / "JPEGImages" / "a.jpg", tmp_path / "JPEGImages" / "b.jpg")
+    if classes:
+        (tmp_path / "classes.txt").write_text(classes)
+    with pytest.raises(DatasetError, match=message):
+        validate_dataset(spec, for_training=True)
+    (tmp_path / "classes.txt").write_text("dog\ncat\n\n")  # a trailing blank line is only the file's end
+    (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("a\n")
+    assert validate_dataset(spec, for_training=True).class_names == ["dog", "cat"]
 
 
 def _args(opts, eval_only=False, resume=False):

@@ -5,7 +5,7 @@ import json
 import logging
 import os
 
-from .records import Dataset, DatasetError, DatasetSpec, check_box
+from .records import Dataset, DatasetError, DatasetSpec, check_box, first_repeat
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,28 @@ def _check_images(images, path: str) -> dict:
             raise DatasetError(f"COCO json {path}: image id {img['id']} is used twice ({by_id[img['id']]['file_name']} "
                                f"and {name}); image ids must be unique (duplicates change AP)")
         by_id[img["id"]] = img
+    repeat = first_repeat([img["file_name"] for img in images])
+    if repeat:
+        raise DatasetError(f"COCO json {path}: image file {repeat[0]} is listed twice (image ids "
+                           f"{images[repeat[1]]['id']} and {images[repeat[2]]['id']}); list each image once "
+                           "(a repeated image is counted twice in AP)")
     return by_id
+
+
+def _check_categories(cats, path: str) -> None:
+    """Category ids and names each once: a repeat would make a phantom class."""
+    for key in ("id", "name"):
+        repeat = first_repeat([c.get(key) for c in cats])
+        if repeat:
+            raise DatasetError(f"COCO json {path}: category {key} {repeat[0]!r} is used twice in 'categories'; "
+                               f"each category once")
+
+
+def _check_annotation_ids(anns, path: str) -> None:
+    repeat = first_repeat([a["id"] for a in anns if "id" in a])
+    if repeat:
+        raise DatasetError(f"COCO json {path}: annotation id {repeat[0]} is used twice; annotation ids must be "
+                           "unique (COCO evaluation matches by id)")
 
 
 def load_coco_json(spec: DatasetSpec) -> Dataset:
@@ -48,6 +69,8 @@ def load_coco_json(spec: DatasetSpec) -> Dataset:
     cats = sorted(data["categories"], key=lambda c: c["id"])
     if not cats:
         raise DatasetError(f"COCO json {path} has no categories")
+    _check_categories(cats, path)
+    _check_annotation_ids(data["annotations"], path)
     # Contiguous ids follow sorted json ids, as in Detectron2, so class indices agree across engines.
     json_to_contiguous = {c["id"]: i for i, c in enumerate(cats)}
     images = _check_images(data["images"], path)

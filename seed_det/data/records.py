@@ -89,3 +89,14 @@ def training_records(dataset: Dataset, filter_empty: bool = True) -> List[Dict]:
                            f"({len(dataset.records)} images, {dataset.num_annotations} annotations); "
                            "check the annotation file")
     return kept
+
+
+def first_repeat(values: Sequence) -> tuple | None:
+    """(value, first position, second position) of the first value listed twice, or None: a repeated
+    image is counted twice in a metric and a repeated class name makes a phantom class."""
+    seen: Dict = {}
+    for i, v in enumerate(values):
+        if v in seen:
+            return v, seen[v], i
+        seen[v] = i
+    return None

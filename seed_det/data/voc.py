@@ -6,7 +6,7 @@ import os
 from typing import List
 from xml.etree import ElementTree as ET
 
-from .records import Dataset, DatasetError, DatasetSpec, check_box
+from .records import Dataset, DatasetError, DatasetSpec, check_box, first_repeat
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +22,34 @@ def _image_ids(spec: DatasetSpec) -> List[str]:
         raise DatasetError(f"VOC split file {path} does not exist: '{spec.name}' needs "
                            f"{spec.dirname}/ImageSets/Main/{spec.split}.txt")
     with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+        ids = [line.strip() for line in f if line.strip()]
+    repeat = first_repeat(ids)
+    if repeat:
+        raise DatasetError(f"VOC split file {path} lists image {repeat[0]!r} twice (entries {repeat[1] + 1} and "
+                           f"{repeat[2] + 1}); remove the repeat: a repeated image would be counted twice in "
+                           "training and in AP")
+    return ids
 
 
 def _class_names(spec: DatasetSpec) -> List[str]:
     """Explicit names win; then a classes.txt beside the layout (one name a line); then the 20
     PASCAL VOC classes, Detectron2's default for a VOC-layout dataset."""
     if spec.class_names:
-        return list(spec.class_names)
+        return check_class_names(list(spec.class_names), f"the class names of dataset '{spec.name}'")
     return layout_class_names(spec.dirname)
+
+
+def check_class_names(names: List[str], where: str) -> List[str]:
+    """Names as given, refused if one is blank or listed twice (a phantom class in every metric)."""
+    blank = [i + 1 for i, n in enumerate(names) if not str(n).strip()]
+    if blank:
+        raise DatasetError(f"{where}: entry {blank[0]} is blank; list one class name per line, no empty lines "
+                           "between names")
+    repeat = first_repeat(names)
+    if repeat:
+        raise DatasetError(f"{where}: class {repeat[0]!r} is listed twice (entries {repeat[1] + 1} and "
+                           f"{repeat[2] + 1}); each class once")
+    return names
 
 
 def layout_class_names(dirname: str) -> List[str]:
@@ -38,7 +57,10 @@ def layout_class_names(dirname: str) -> List[str]:
     listed = os.path.join(dirname, "classes.txt")
     if os.path.isfile(listed):
         with open(listed) as f:
-            return [line.strip() for line in f if line.strip()]
+            names = [line.strip() for line in f]
+        while names and not names[-1]:  # a trailing newline is not a class
+            names.pop()
+        return check_class_names(names, listed)
     return list(VOC_CLASSES)
 
 
