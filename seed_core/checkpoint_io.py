@@ -50,9 +50,35 @@ def key_mismatch_report(expected: dict, state: dict, ignore_prefixes=(), max_sho
     return report
 
 
+def require_finite(obj: Any, source: str, prefix: str = "") -> None:
+    """Refuse a checkpoint with a NaN or inf in any floating-point tensor or array (weights, BatchNorm
+    statistics, optimizer state), naming the first one: it is damaged or from a diverged run, and
+    training or evaluating from it would only spread the NaN."""
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            require_finite(v, source, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            require_finite(v, source, f"{prefix}[{i}]")
+    elif isinstance(obj, torch.Tensor) or type(obj).__module__ == "numpy":
+        t = torch.as_tensor(obj) if not isinstance(obj, torch.Tensor) else obj
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{source}: tensor {prefix or '(top level)'} holds {bad} non-finite value(s) (NaN "
+                                  f"or inf) of {t.numel()}; the checkpoint is damaged or comes from a diverged run: "
+                                  "use an earlier checkpoint")
+
+
 def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
     """Load a user-supplied checkpoint without executing code: `weights_only=True` accepts only
-    tensors and plain containers; anything else is refused with an explanation."""
+    tensors and plain containers; anything else is refused with an explanation, and so is a
+    non-finite value in any tensor (`require_finite`)."""
+    obj = _load_weights_only(path, map_location)
+    require_finite(obj, path)
+    return obj
+
+
+def _load_weights_only(path: str, map_location) -> Any:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     if os.path.getsize(path) == 0:

@@ -25,7 +25,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from seed_core.checkpoint_io import atomic_write, load_untrusted, unwrap_state_dict
+from seed_core.checkpoint_io import atomic_write, load_untrusted, require_finite, unwrap_state_dict
 from seed_core.constants import META_FILE
 from seed_core.errors import CheckpointError
 from seed_core.resnet_spec import ResNetSpec, depth_of, stage_block_counts
@@ -92,6 +92,7 @@ def read_d2_pkl(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} is not a Detectron2 checkpoint (top level is {type(data).__name__}).")
     if "model" not in data:  # Caffe2/Detectron1 zoo files are a bare name -> array dict
         data = {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+    require_finite(data["model"], path)
     return data
 
 
