@@ -1,9 +1,9 @@
-"""Independent demo steps side by side in worker processes (tools/apps/side_by_side.py)."""
+"""Independent demo steps side by side in worker processes (tools/pipeline/side_by_side.py)."""
 import os
 
 import pytest
 
-from tools.apps.side_by_side import Step, StepFailed, run_steps
+from tools.pipeline.side_by_side import Step, StepFailed, run_steps
 
 
 def square(x):

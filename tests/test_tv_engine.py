@@ -14,7 +14,7 @@ from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d
                               torchvision_to_d2_state, write_d2_pkl)
 from seed_det.data import DatasetError
 from seed_det.engines import RunOptions
-from tools.apps.shapes import write_shapes_dataset
+from seed_det.data.synthetic.shapes import write_shapes_dataset
 from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.checks import check_supported
