@@ -46,7 +46,8 @@ def test_console_scripts_are_the_tools_mains():
     import tomllib
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
-    assert {"seed-distill", "seed-convert", "seed-train-net", "seed-demo", "seed-eval-knn", "seed-eval-linear"} <= set(scripts)
+    assert {"seed-distill", "seed-convert", "seed-train-net", "seed-demo", "seed-eval-knn",
+            "seed-eval-linear"} <= set(scripts)
     targets = set()
     for target in scripts.values():
         module, func = target.split(":")

@@ -90,7 +90,7 @@ def metrics_from_results(results: Mapping, test_names) -> dict:
 
 
 def _setup(cfg, options: RunOptions):
-    default_setup(cfg, options)  # reads .config_file and .eval_only, as of Detectron2's own args
+    default_setup(cfg, options)  # reads .config_file and .eval_only, as it would of Detectron2's parsed args
     register_in_detectron2(cfg)
 
 

@@ -95,7 +95,8 @@ def _evaluate_all(cfg, model, test_sets, device) -> Dict[str, float]:
     return metrics
 
 
-def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions, device: torch.device) -> Optional[Dict[str, float]]:
+def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions,
+                 device: torch.device) -> Optional[Dict[str, float]]:
     """One process of the run (the only one, or one of several): train, evaluate, record."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with _RunLog(cfg.OUTPUT_DIR, ctx.is_main):
