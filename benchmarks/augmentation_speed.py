@@ -9,13 +9,10 @@ At 32 px a distillation step of ResNet-18 on one core takes ~25 ms per image: an
 that costs several ms per view decides how many workers a run needs.
 """
 import argparse
-import os
 import sys
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _ms_per_view(transform, images) -> float:

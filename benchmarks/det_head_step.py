@@ -15,7 +15,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 # detector: (its config, Detectron2's sizes as overrides of it)
 DETECTORS = {

@@ -31,21 +31,18 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.config import get_default_cfg  # noqa: E402
-from seed_core.encoders import build_student  # noqa: E402
-from seed_core.objectives import DistillationObjective  # noqa: E402
-from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision  # noqa: E402
-from seed_core.queue import EmbeddingQueue  # noqa: E402
-from seed_core.teacher_precision import resolve_teacher_precision  # noqa: E402
-from seed_core.teachers import FrozenTeacher  # noqa: E402
+from seed_core.config import get_default_cfg
+from seed_core.encoders import build_student
+from seed_core.objectives import DistillationObjective
+from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision
+from seed_core.queue import EmbeddingQueue
+from seed_core.teacher_precision import resolve_teacher_precision
+from seed_core.teachers import FrozenTeacher
 
 LOSS = get_default_cfg().LOSS  # the paper's temperatures, tau_S and tau_T
 TEACHER_PRECISION = get_default_cfg().TRAIN.TEACHER_PRECISION  # the trainer's default
@@ -239,7 +236,7 @@ def real_images(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
     from PIL import Image
     from sklearn.datasets import load_digits, load_sample_images
     from seed_core.augmentations import build_transform
-    from tools.apps.digits import digit_to_image
+    from seed_det.data.synthetic.digits import digit_to_image
     torch.manual_seed(seed)  # the augmentations draw from torch's global generator
     if kind == "digits":
         pixels = load_digits().images

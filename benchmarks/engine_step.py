@@ -18,7 +18,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def _prepare(work: str, size: int) -> tuple[str, str]:
@@ -26,7 +25,7 @@ def _prepare(work: str, size: int) -> tuple[str, str]:
     import torch
     import torchvision
     from seed_det.convert import convert_to_d2
-    from tools.apps.shapes import write_shapes_dataset
+    from seed_det.data.synthetic.shapes import write_shapes_dataset
     data = write_shapes_dataset(os.path.join(work, "shapes"), num_train=64, num_val=8, size=size, seed=0)["root"]
     net = torchvision.models.resnet18()
     pth = os.path.join(work, "r18.pth")

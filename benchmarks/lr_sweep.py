@@ -25,11 +25,9 @@ from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.config import ConfigError  # noqa: E402
-from tools.apps.lr_sweep import run_sweep, sweep_table  # noqa: E402
-from tools.apps.paper_claim import TINY, Settings, choose_folders  # noqa: E402
+from seed_core.config import ConfigError
+from tools.benchmarking.lr_sweep import run_sweep, sweep_table
+from tools.benchmarking.paper_claim import TINY, Settings, choose_folders
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

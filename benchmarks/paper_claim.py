@@ -23,11 +23,9 @@ from dataclasses import replace
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.config import ConfigError  # noqa: E402
-from tools.apps.paper_claim import (ABLATIONS, TINY, Settings, ablation_chart, ablation_table,  # noqa: E402
-                                   choose_folders, main_chart, main_table, run_ablation, run_main, write_report)
+from seed_core.config import ConfigError
+from tools.benchmarking.paper_claim import (ABLATIONS, TINY, Settings, ablation_chart, ablation_table,
+                                            choose_folders, main_chart, main_table, run_ablation, run_main, write_report)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

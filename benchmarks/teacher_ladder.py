@@ -19,11 +19,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.errors import SeedError  # noqa: E402
-from tools.apps.teacher_ladder import (RESULTS_NAME, Settings, render_report, run_ladder, tiny_settings,  # noqa: E402
-                                       write_report)  # noqa: E402
+from seed_core.errors import SeedError
+from tools.benchmarking.teacher_ladder import (RESULTS_NAME, Settings, render_report, run_ladder, tiny_settings,
+                                               write_report)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

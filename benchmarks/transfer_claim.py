@@ -14,11 +14,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.errors import SeedError  # noqa: E402
-from seed_det.engines import detectron2_available  # noqa: E402
-from tools.apps.transfer_claim import DETECTORS, INIT_LABELS, Settings, claim_table, run_claim, write_report  # noqa: E402
+from seed_core.errors import SeedError
+from seed_det.engines import detectron2_available
+from tools.benchmarking.transfer_claim import DETECTORS, INIT_LABELS, Settings, claim_table, run_claim, write_report
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

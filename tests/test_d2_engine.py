@@ -3,7 +3,6 @@
 Needs Detectron2 (not on PyPI, absent in CI): every test here is skipped without it.
 Tiny data: 64-96 px images, 2 iterations, CPU.
 """
-import argparse
 import glob
 import json
 import os
@@ -28,7 +27,7 @@ from seed_det.config import BASIC_BLOCK_ROI_HEAD  # noqa: E402
 from seed_det.convert import convert_to_d2, read_d2_pkl  # noqa: E402
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded  # noqa: E402
 from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
-from seed_det.engines import main  # noqa: E402
+from seed_det.engines import RunOptions, main  # noqa: E402
 from seed_det.results import read_results  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,9 +199,9 @@ TINY = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()
 
 
 def _args(config, opts, eval_only=False):
-    return argparse.Namespace(config_file=os.path.join(ROOT, "configs", config), engine="detectron2",
-                              num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto", resume=False,
-                              eval_only=eval_only, opts=list(opts))
+    return RunOptions(config_file=os.path.join(ROOT, "configs", config), engine="detectron2",
+                      num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto", resume=False,
+                      eval_only=eval_only, opts=list(opts))
 
 
 def _finite_metrics(metrics, keys):

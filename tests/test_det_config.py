@@ -2,7 +2,7 @@
 
 Runs without Detectron2; the Detectron2-equivalence tests skip when it is absent.
 """
-import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -234,7 +234,7 @@ def _args(tmp_path, config="voc_r18_seed.yaml", weights="resnet18.pkl", eval_onl
             "DATASETS.TRAIN", "('tiny',)", "DATASETS.TEST", "('tiny',)", "MODEL.DEVICE", "cpu",
             "OUTPUT_DIR", str(tmp_path / "out" / "run")]
     weights = str(tmp_path / weights) if weights else ""
-    return argparse.Namespace(config_file=os.path.join(ROOT, "configs", config), engine="torchvision",
+    return engines.RunOptions(config_file=os.path.join(ROOT, "configs", config), engine="torchvision",
                               num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto", resume=False,
                               eval_only=eval_only, opts=data + ["MODEL.WEIGHTS", weights] + list(extra))
 
@@ -271,7 +271,7 @@ def test_truncated_weights_fail_before_engine(tiny_setup, fake_tv_engine):
 
 def test_missing_dataset_root_names_env_var(tmp_path, monkeypatch, fake_tv_engine):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
-    args = argparse.Namespace(config_file=os.path.join(ROOT, "configs", "voc_r18_random.yaml"),
+    args = engines.RunOptions(config_file=os.path.join(ROOT, "configs", "voc_r18_random.yaml"),
                               engine="torchvision", eval_only=False, opts=["MODEL.DEVICE", "cpu"])
     with pytest.raises(SeedError, match=r"voc_2007_trainval.*DETECTRON2_DATASETS.*nowhere"):
         engines.main(args)
@@ -288,11 +288,10 @@ def test_cuda_device_without_cuda(tiny_setup, fake_tv_engine, monkeypatch):
     """Detectron2 cannot run a cuda config without CUDA: say so before building anything."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(engines, "detectron2_available", lambda: True)
-    args = _args(tiny_setup, extra=["MODEL.DEVICE", "cuda"])
-    args.engine = "detectron2"
+    args = dataclasses.replace(_args(tiny_setup, extra=["MODEL.DEVICE", "cuda"]), engine="detectron2")
     with pytest.raises(SeedError, match="MODEL.DEVICE cpu"):
         engines.main(args)
-    args.engine = "torchvision"  # the portable engine falls back to CPU by itself
+    args = dataclasses.replace(args, engine="torchvision")  # the portable engine falls back to CPU by itself
     assert engines.main(args)["AP"] == 12.5
 
 

@@ -1,7 +1,6 @@
 """Bad detection inputs are refused before any work, naming the file and the object: COCO json and
 VOC annotations, training sets left empty, --eval-only weights, the solver batch, the results file,
 the converter's output, and a non-finite loss in the torchvision engine."""
-import argparse
 import json
 import os
 import subprocess
@@ -18,7 +17,7 @@ from seed_core.errors import CheckpointError, ConfigError, DatasetError, SeedErr
 from seed_det.convert import convert_to_d2
 from seed_det.data import DatasetSpec
 from seed_det.data.catalog import validate_dataset
-from seed_det.engines import main
+from seed_det.engines import RunOptions, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 16
@@ -158,9 +157,8 @@ def test_voc_lists_with_repeats_are_refused(tmp_path, split, classes, message):
 
 
 def _args(opts, eval_only=False, resume=False):
-    return argparse.Namespace(config_file=os.path.join(ROOT, "configs", "voc_r18_random.yaml"),
-                              engine="torchvision", num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto",
-                              resume=resume, eval_only=eval_only, opts=list(opts))
+    return RunOptions(os.path.join(ROOT, "configs", "voc_r18_random.yaml"), engine="torchvision", opts=opts,
+                      resume=resume, eval_only=eval_only)
 
 
 @pytest.fixture

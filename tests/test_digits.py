@@ -8,7 +8,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from torchvision.datasets import ImageFolder
 
-from tools.apps.digits import stratified_split, write_digits_imagefolder
+from seed_det.data.synthetic.digits import stratified_split, write_digits_imagefolder
 
 from conftest import load_script
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from tools.apps.digits import write_digits_imagefolder
+from seed_det.data.synthetic.digits import write_digits_imagefolder
 from seed_core.evaluation import train_linear_probe
 from seed_core.evaluation.linear import standardize
 from seed_core.results import read_rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from seed_det.data import DatasetSpec
-from tools.apps.shapes import write_shapes_dataset
+from seed_det.data.synthetic.shapes import write_shapes_dataset
 from seed_det.data.coco_json import load_coco_json
 from seed_det.data.voc import load_voc
 from seed_det.data.torch_dataset import segmentation_to_mask

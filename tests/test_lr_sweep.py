@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import load_script
-from tools.apps.lr_sweep import at_lr_edge, pick_best, read_point, sweep_grid, sweep_table
+from tools.benchmarking.lr_sweep import at_lr_edge, pick_best, read_point, sweep_grid, sweep_table
 
 
 @pytest.fixture

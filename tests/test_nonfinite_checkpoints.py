@@ -54,18 +54,15 @@ def test_a_detectron2_pkl_with_nan_is_refused_by_name(tmp_path):
 
 def test_the_detection_tools_refuse_nan_weights_before_any_step(tmp_path):
     """MODEL.WEIGHTS with a NaN fails in the preflight of either engine, not at iteration 1."""
-    import argparse
     import os
-    from seed_det.engines import main
+    from seed_det.engines import RunOptions, main
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = tmp_path / "student_backbone.pth"
     torch.save(_resnet18_state("layer2.0.bn1.weight"), path)
-    args = argparse.Namespace(config_file=os.path.join(root, "configs", "voc_r18_random.yaml"), engine="torchvision",
-                              num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto", resume=False,
-                              eval_only=False, opts=["MODEL.WEIGHTS", str(path), "MODEL.DEVICE", "cpu",
-                                                     "OUTPUT_DIR", str(tmp_path / "out")])
+    options = RunOptions(os.path.join(root, "configs", "voc_r18_random.yaml"), engine="torchvision",
+                         opts=("MODEL.WEIGHTS", str(path), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out")))
     with pytest.raises(CheckpointError, match=r"layer2\.0\.bn1\.weight holds 1 non-finite"):
-        main(args)
+        main(options)
 
 
 def test_integer_and_finite_tensors_pass():

@@ -66,7 +66,7 @@ def test_tiny_mode_never_writes_over_the_committed_results(tmp_path):
 
 
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
-    from tools.apps.run_cache import MARKER as RUN_SUMMARY
+    from tools.pipeline.run_cache import MARKER as RUN_SUMMARY
     argv = ["--tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
             "--archs", "resnet18", "--teacher-arch", "resnet18"]
     cli = _load_cli()
@@ -80,7 +80,7 @@ def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
 
 def test_run_key_ignores_paths_and_logging_but_not_settings():
     from seed_core.config import load_cfg
-    from tools.apps.run_cache import run_key
+    from tools.pipeline.run_cache import run_key
     ids = {"DATA.ROOT": "digits"}
     a = load_cfg(None, ["DATA.ROOT", "/a", "OUTPUT_DIR", "/x", "TRAIN.PROGRESS", "False"])
     b = load_cfg(None, ["DATA.ROOT", "/b", "OUTPUT_DIR", "/y", "DATA.NUM_WORKERS", "0"])
@@ -93,7 +93,7 @@ def test_run_key_ignores_paths_and_logging_but_not_settings():
 
 
 def test_mean_std():
-    from tools.apps.experiments import mean_std
+    from tools.pipeline.scoring import mean_std
     assert mean_std([5.0]) == (5.0, 0.0)
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and abs(std - 1.0) < 1e-12
@@ -107,7 +107,7 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, restore_
 
 
 def test_the_recipe_is_the_config_file_and_flags_override_its_keys():
-    from tools.apps.paper_claim import RECIPE, recipe_value
+    from tools.benchmarking.paper_claim import RECIPE, recipe_value
     cli = _load_cli()
     s = cli.settings_from_args(cli.parse_args(["--lr", "0.06"]))
     assert s.recipe == RECIPE and s.overrides == {"SOLVER.BASE_LR": 0.06}

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from conftest import load_script
-from tools.apps.demo_pipeline import BASE_PRESET, INITS, load_preset, plan_pretraining, preset_names, run_demo
-from tools.apps.report import read_loss_curve
+from tools.pipeline.demo import BASE_PRESET, INITS, load_preset, plan_pretraining, preset_names, run_demo
+from tools.pipeline.report import read_loss_curve
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def test_the_demo_refuses_a_bad_preset_before_any_stage(tmp_path, capsys):
 
 
 def test_a_fine_tunings_key_follows_the_detection_configs_content_not_its_name(tmp_path):
-    from tools.apps.demo_pipeline import PRESET_DIR, _config_digest
+    from tools.pipeline.demo import PRESET_DIR, _config_digest
     base = os.path.join(PRESET_DIR, "digits_r18_fpn.yaml")
     cfg = tmp_path / "det.yaml"
     cfg.write_text(f"_BASE_: {base}\n")
@@ -125,9 +125,9 @@ def test_a_fine_tunings_key_follows_the_detection_configs_content_not_its_name(t
 
 
 def test_a_diverged_fine_tuning_is_recorded_counted_and_left_out_of_the_mean(tmp_path, monkeypatch):
-    import tools.apps.demo_pipeline as dp
+    import tools.pipeline.demo as dp
     from seed_core.errors import NonFiniteLossError
-    from tools.apps.report import results_markdown
+    from tools.pipeline.report import results_markdown
 
     calls = []
 

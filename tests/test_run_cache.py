@@ -3,7 +3,7 @@ resume never deletes a finished run made with other parameters."""
 import json
 import os
 
-from tools.apps.run_cache import MARKER, CachedRun
+from tools.pipeline.run_cache import MARKER, CachedRun
 
 
 def _write(folder, name, text):

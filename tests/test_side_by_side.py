@@ -1,9 +1,9 @@
-"""Independent demo steps side by side in worker processes (tools/apps/side_by_side.py)."""
+"""Independent demo steps side by side in worker processes (tools/pipeline/side_by_side.py)."""
 import os
 
 import pytest
 
-from tools.apps.side_by_side import Step, StepFailed, run_steps
+from tools.pipeline.side_by_side import Step, StepFailed, run_steps
 
 
 def square(x):
@@ -77,7 +77,7 @@ def test_a_step_listed_before_what_it_needs_is_refused():
 SCHEDULER = """
 import sys, time
 sys.path.insert(0, {root!r})
-from tools.apps.side_by_side import Step, run_steps
+from tools.pipeline.side_by_side import Step, run_steps
 from test_side_by_side import sleep_and_write
 if __name__ == "__main__":
     run_steps([Step("a", sleep_and_write, ({out!r},)), Step("b", sleep_and_write, ({out!r},))], 2, {logs!r})

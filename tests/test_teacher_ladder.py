@@ -7,8 +7,8 @@ import os
 import pytest
 from conftest import load_script
 
-from tools.apps.ladder_report import ladder_table, paired_difference
-from tools.apps.teacher_ladder import (Arm, Settings, check_settings, plan_cells, render_report, run_ladder,
+from tools.benchmarking.ladder_report import ladder_table, paired_difference
+from tools.benchmarking.teacher_ladder import (Arm, Settings, check_settings, plan_cells, render_report, run_ladder,
                                        tiny_settings, write_report)
 
 

@@ -6,7 +6,7 @@ import os
 import pytest
 import yaml
 
-from tools.apps.transfer_claim import Settings, claim_table, run_claim, write_report
+from tools.benchmarking.transfer_claim import Settings, claim_table, run_claim, write_report
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def test_the_report_compares_engines_cell_by_cell_against_the_seed_spread():
                            "inits": ["random", "seed"]},
               "rows": [row("torchvision", "random", 7.0, 1.6), row("detectron2", "random", 9.1, 1.0),
                        row("torchvision", "seed", 13.1, 2.8), row("detectron2", "seed", 11.7, 3.3)]}
-    from tools.apps.transfer_claim import _engine_comparison
+    from tools.benchmarking.transfer_claim import _engine_comparison
     lines = _engine_comparison(result)
     assert "| Faster R-CNN R18-FPN | all labels | random init | +2.1 (spread 1.6) |" in lines
     assert "| Faster R-CNN R18-FPN | all labels | SEED R18 | -1.4 (spread 3.3) |" in lines

@@ -1,7 +1,6 @@
 """The torchvision engine in several processes (gloo on the CPU): tools/train_net.py --num-gpus 2
 trains and evaluates, sharded evaluation is exact, the sampler splits every global batch, a killed
 process ends the job with a clear error, and a global batch that does not split is refused."""
-import argparse
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ import pytest
 from conftest import ROOT
 from seed_core.errors import ConfigError
 from seed_det.data.torch_dataset import InfiniteBatchSampler
+from seed_det.engines import RunOptions
 from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.evaluate import shard
 from test_tv_engine import make_cfg, shapes  # noqa: F401  (the tiny shapes data set fixture)
@@ -55,7 +55,7 @@ def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes, a
     # the same weights evaluated by one process give the same AP as the two processes' shards
     os.makedirs(tmp_path / "single")
     cfg, _ = make_cfg(tmp_path / "single", shapes, arch, opts=_norm_opts(arch) + ["MODEL.WEIGHTS", str(out / "model_final.pth")])
-    single = run(cfg, argparse.Namespace(config_file=path, eval_only=True, resume=False, opts=[]))
+    single = run(cfg, RunOptions(config_file=path, eval_only=True, resume=False, opts=[]))
     assert set(single) == set(record["metrics"])
     for k, v in single.items():
         assert record["metrics"][k] == pytest.approx(v, abs=1e-9), k
@@ -105,8 +105,8 @@ def test_under_torchrun_a_killed_peer_is_named(tmp_path, shapes):
 
 def test_a_global_batch_that_does_not_split_is_refused(tmp_path, shapes):
     cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["SOLVER.IMS_PER_BATCH", "3"])
-    args = argparse.Namespace(config_file=path, eval_only=False, resume=False, opts=[], num_gpus=2, num_machines=1,
-                              machine_rank=0, dist_url="auto")
+    args = RunOptions(config_file=path, eval_only=False, resume=False, opts=[], num_gpus=2, num_machines=1,
+                      machine_rank=0, dist_url="auto")
     with pytest.raises(ConfigError, match=r"SOLVER\.IMS_PER_BATCH = 3 .* 2 processes"):
         run(cfg, args)
     assert not (tmp_path / "out").exists()  # refused before any process or file

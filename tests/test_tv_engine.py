@@ -1,6 +1,5 @@
 """The torchvision engine: trains and evaluates on tiny shapes data (C4/FPN, with/without masks),
 loads converted checkpoints with every backbone key, and refuses bad input by name."""
-import argparse
 import json
 import math
 import os
@@ -14,7 +13,8 @@ from seed_det.config import ConfigError, load_det_config
 from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d2, read_d2_pkl,
                               torchvision_to_d2_state, write_d2_pkl)
 from seed_det.data import DatasetError
-from tools.apps.shapes import write_shapes_dataset
+from seed_det.engines import RunOptions
+from seed_det.data.synthetic.shapes import write_shapes_dataset
 from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.checks import check_supported
@@ -78,8 +78,7 @@ def make_cfg(tmp_path, shapes, arch="c4", kind="voc", opts=()):
 
 
 def _args(config_file, **kw):
-    return argparse.Namespace(config_file=config_file, resume=kw.get("resume", False),
-                              eval_only=kw.get("eval_only", False), opts=[])
+    return RunOptions(config_file=config_file, resume=kw.get("resume", False), eval_only=kw.get("eval_only", False))
 
 
 @pytest.mark.parametrize("arch,mask", [("c4", False), ("c4", True), ("fpn", False), ("fpn", True)])
@@ -408,18 +407,16 @@ def test_box_head_loss_follows_smooth_l1_beta(tmp_path, shapes, beta):
     assert losses["loss_box_reg"].item() == pytest.approx(expected[1].item())
 
 
-def test_engine_identity_changes_with_the_engines_own_code_only(tmp_path, monkeypatch):
-    import shutil
+def test_engine_identity_is_engine_library_and_package_versions(monkeypatch):
+    """A cached fine-tuning is keyed on versions a reader can check with `pip show`, not on source files."""
+    import importlib.metadata
 
     import seed_det.engines as engines
 
-    package = tmp_path / "seed_det"
-    shutil.copytree(os.path.dirname(engines.__file__) + "/..", package)
-    monkeypatch.setattr(engines, "_PACKAGE_DIR", package)
     before = engines.engine_identity("torchvision")
-    assert before["engine"] == "torchvision" and before["library"] == torchvision.__version__.split("+")[0]
-    (package / "engines" / "d2" / "roi_heads.py").write_text("# another engine's change\n")
-    assert engines.engine_identity("torchvision") == before
-    with open(package / "engines" / "tv" / "model.py", "a") as f:
-        f.write("# a change to this engine\n")
-    assert engines.engine_identity("torchvision")["code_sha256"] != before["code_sha256"]
+    assert before == {"engine": "torchvision", "library": torchvision.__version__.split("+")[0],
+                      "seed-transfer": importlib.metadata.version("seed-transfer")}
+    if not engines.detectron2_available():
+        assert engines.engine_identity("auto") == before  # auto: the engine that runs
+    monkeypatch.setattr(engines, "package_version", lambda: "99.0")  # a new release is a new identity
+    assert engines.engine_identity("torchvision") == {**before, "seed-transfer": "99.0"}

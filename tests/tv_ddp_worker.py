@@ -45,4 +45,4 @@ def sync_bn_half_batches(ctx, x, out_dir):
 
 if __name__ == "__main__":
     from conftest import load_script
-    sys.exit(load_script(os.path.join("tools", "train_net.py")).cli())
+    sys.exit(load_script(os.path.join("tools", "train_net.py")).main())

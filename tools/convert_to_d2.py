@@ -4,36 +4,33 @@
     python tools/convert_to_d2.py runs/seed_r18/student_backbone.pth pretrained/seed_r18.pkl
 
 Accepts student_backbone.pth (+ meta.json), a full distillation checkpoint, MoCo checkpoints and
-torchvision ResNet state dicts. ResNet-18/34/50/101/152 only.
+torchvision ResNet state dicts. ResNet-18/34/50/101/152 only. Installed as `seed-convert`.
 """
-import argparse
 import json
 import logging
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.errors import SeedError  # noqa: E402
-from seed_det.convert import convert_to_d2  # noqa: E402
+from seed_det.convert import convert_to_d2
+from tools import cli
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    return cli.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("input", help="PyTorch checkpoint (.pth/.pth.tar)")
     p.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
-    return p.parse_args(argv)
-
-
-if __name__ == "__main__":
-    args = parse_args()
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
-        summary = convert_to_d2(args.input, args.output, overwrite=args.overwrite)
-    except SeedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    summary = convert_to_d2(args.input, args.output, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     print(f"Fine-tune with: python tools/train_net.py --config configs/voc_r{summary['depth']}_seed.yaml "
           f"MODEL.WEIGHTS {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

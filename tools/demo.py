@@ -3,34 +3,36 @@
 MoCo-v2 ResNet-18 baseline -> Detectron2 checkpoints -> Faster R-CNN from each (and from random
 init) -> AP table, bar chart and loss curves. Cached: run it again to reuse finished stages.
 
-    python tools/demo.py [--out demo_output] [--preset default|tiny] [--engine auto|detectron2|torchvision]
+    python tools/demo.py [--output-dir demo_output] [--preset default|tiny] [--engine auto|detectron2|torchvision]
+
+Installed as `seed-demo`.
 """
-import argparse
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.apps.cli import setup_logging  # noqa: E402
-from tools.apps.demo_pipeline import load_preset, run_demo  # noqa: E402
+from seed_det.engines import ENGINES
+from tools import cli
+from tools.pipeline.demo import load_preset, run_demo
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_output", help="output folder (stages are cached here)")
+    return cli.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    p = cli.ArgumentParser(__doc__)
+    cli.add_output_dir(p, "output folder (stages are cached here)", default="demo_output", aliases=("--out",))
     p.add_argument("--preset", default="default", help="configs/demo/NAME.yaml (default, tiny) or a preset YAML file")
-    p.add_argument("--engine", default="auto", choices=["auto", "detectron2", "torchvision"])
+    p.add_argument("--engine", default="auto", choices=ENGINES)
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     args = p.parse_args(argv)
-    setup_logging("WARNING")
+    cli.setup_logging("WARNING")
     try:
         load_preset(args.preset)  # a bad preset is refused before any stage runs
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.error(str(e))
     t0 = time.time()
-    run_demo(args.out, args.preset, args.engine, args.workers)
+    run_demo(args.output_dir, args.preset, args.engine, args.workers)
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min")
     return 0
 

@@ -3,13 +3,12 @@
 
     python tools/eval_linear.py --backbone output/distill/r18_from_mocov2_r50 --train DATA/train --val DATA/val
     python tools/eval_linear.py --arch resnet18 --random-init --train DATA/train --val DATA/val
+
+Installed as `seed-eval-linear`.
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tools.apps.eval_cli import cli_main  # noqa: E402
+from tools.backbone_eval import cli_main
 
 
 def main(argv=None) -> int:

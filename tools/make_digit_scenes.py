@@ -3,19 +3,22 @@
 classes.txt), the unlabelled pretraining crops (ImageFolder) and a k-NN query folder.
 
     python tools/make_digit_scenes.py OUT --num-train 96 --num-test 96 --canvas 128 --seed 0
+
+Installed as `seed-make-digit-scenes`.
 """
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tools.apps.digit_scenes import SceneSpec, write_digit_scenes  # noqa: E402
+from seed_det.data.synthetic.digit_scenes import SceneSpec, write_digit_scenes
+from tools import cli
 
 
 def main(argv=None) -> int:
+    return cli.run(lambda: _main(argv), errors=(ValueError,))
+
+
+def _main(argv) -> int:
     d = SceneSpec()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("out", help="output folder (created; must be new or empty)")
     p.add_argument("--num-train", type=int, default=d.num_train, help="labelled training scenes")
     p.add_argument("--num-test", type=int, default=d.num_test, help="held-out test scenes")
@@ -36,10 +39,7 @@ def main(argv=None) -> int:
                      canvas=args.canvas, min_digit=args.min_digit, max_digit=args.max_digit,
                      min_digits=args.digits[0], max_digits=args.digits[1], distractors=args.distractors,
                      strokes=args.strokes, crop_size=args.crop_size, sources=tuple(args.sources), seed=args.seed)
-    try:
-        result = write_digit_scenes(args.out, spec)
-    except ValueError as e:
-        p.error(str(e))
+    result = write_digit_scenes(args.out, spec)
     print(f"digit scenes written to {args.out}: {result['counts']}")
     for key in ("image_root", "train_json", "train_small_json", "test_json", "pretrain", "knn_query"):
         print(f"  {key}: {result[key]}")

@@ -3,19 +3,22 @@
 
     python tools/make_digits_dataset.py datasets/digits --size 32
     -> datasets/digits/train/<digit>/*.png and datasets/digits/val/<digit>/*.png
+
+Installed as `seed-make-digits-dataset`.
 """
-import argparse
 import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tools.apps.digits import write_digits_imagefolder  # noqa: E402
+from seed_det.data.synthetic.digits import write_digits_imagefolder
+from tools import cli
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return cli.run(lambda: _main(argv), errors=(ValueError, FileExistsError))
+
+
+def _main(argv) -> int:
+    parser = cli.ArgumentParser(__doc__)
     parser.add_argument("root", help="output directory (created)")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
@@ -23,10 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-per-class", type=int, default=None, help="keep only this many images per class")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        counts = write_digits_imagefolder(args.root, args.size, args.seed, args.val_fraction, args.max_per_class)
-    except (ValueError, FileExistsError) as e:
-        parser.exit(2, f"error: {e}\n")
+    counts = write_digits_imagefolder(args.root, args.size, args.seed, args.val_fraction, args.max_per_class)
     state = "wrote" if counts["written"] else "already complete:"
     print(f"{state} {args.root}: {counts['train']} train and {counts['val']} val images in 10 classes")
     return 0

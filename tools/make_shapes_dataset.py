@@ -2,18 +2,21 @@
 """Write the generated shapes dataset (COCO json + VOC layout).
 
     python tools/make_shapes_dataset.py OUT --num-train 64 --num-val 16 --size 128 --seed 0
+
+Installed as `seed-make-shapes-dataset`.
 """
-import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from seed_det.data.synthetic.shapes import CLASSES, write_shapes_dataset
+from tools import cli
 
-from tools.apps.shapes import CLASSES, write_shapes_dataset  # noqa: E402
+
+def main(argv=None) -> int:
+    return cli.run(lambda: _main(argv), errors=(ValueError,))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv) -> int:
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("out", help="output folder (created)")
     p.add_argument("--num-train", type=int, default=64)
     p.add_argument("--num-val", type=int, default=16)
@@ -22,14 +25,12 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=128, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    try:
-        paths = write_shapes_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.num_test)
-    except ValueError as e:
-        p.error(str(e))
+    paths = write_shapes_dataset(args.out, args.num_train, args.num_val, args.size, args.seed, args.num_test)
     print(f"shapes dataset ({', '.join(CLASSES)}) written to {args.out}")
     for key, path in paths.items():
         print(f"  {key}: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,17 +3,16 @@
 
     python tools/results_table.py output                            # every results_<kind>.csv in output/
     python tools/results_table.py output/results_detection.csv      # one file
+
+Installed as `seed-results-table`.
 """
-import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from seed_core.errors import SeedError  # noqa: E402
-from seed_core.evaluation.results import render_accuracy_markdown  # noqa: E402
-from seed_core.results import find_results, read_rows  # noqa: E402
-from seed_det.results import render_markdown  # noqa: E402
+from seed_core.evaluation.results import render_accuracy_markdown
+from seed_core.results import find_results, read_rows
+from seed_det.results import render_markdown
+from tools import cli
 
 
 def tables(paths) -> str:
@@ -26,12 +25,16 @@ def tables(paths) -> str:
     return "\n".join(parts)
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    return cli.run(lambda: _main(argv))
+
+
+def _main(argv) -> int:
+    p = cli.ArgumentParser(__doc__)
     p.add_argument("paths", nargs="+", help="output root(s) holding results_<kind>.csv, or results files")
-    args = p.parse_args()
-    try:
-        print(tables(args.paths), end="")
-    except SeedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    print(tables(p.parse_args(argv).paths), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

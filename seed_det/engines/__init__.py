@@ -2,25 +2,27 @@
 is installed, else the portable torchvision engine (`engines/tv/`).
 
 Both read the same YAML, take the same converted `.pkl`, and end the same way: metrics.json and one
-results row from the main process. `main` parses the config once, runs the engine-independent
-`preflight`, then calls the chosen engine's `run(cfg, args)`.
+results row from the main process. `main` parses the config once (`run_config` takes one already
+built), runs the engine-independent `preflight`, then calls the chosen engine's `run(cfg, options)`
+with the launch options (`RunOptions`).
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
-from pathlib import Path
+
+from fvcore.common.config import CfgNode
 
 from seed_core.errors import SeedError
 from seed_det.config import load_det_config
+from seed_det.engines.options import RunOptions
 from seed_det.engines.preflight import check_for_detectron2, preflight
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ENGINES", "EngineUnavailable", "detectron2_available", "resolve_engine", "engine_identity", "main"]
+__all__ = ["ENGINES", "EngineUnavailable", "RunOptions", "detectron2_available", "resolve_engine", "engine_identity",
+           "main", "run_config"]
 
 ENGINES = ("auto", "detectron2", "torchvision")
 
@@ -48,33 +50,44 @@ def resolve_engine(name: str) -> str:
     return name
 
 
-_PACKAGE_DIR = Path(__file__).resolve().parent.parent  # seed_det/
-_ENGINE_CODE = {"detectron2": "d2", "torchvision": "tv"}  # engine -> its subpackage of seed_det/engines
+PACKAGE = "seed-transfer"  # the distribution seed_det ships in
+
+
+def package_version() -> str:
+    """The installed seed-transfer version (`pip show seed-transfer`); seed_det's own when it runs
+    from a checkout that was not installed."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        from seed_det import __version__
+        return __version__
 
 
 def engine_identity(name: str) -> dict:
     """What a fine-tuning's result depends on beyond its config, weights and data: the engine that
-    `name` resolves to, its library's version and a digest of the seed_det sources it runs (every
-    module but the other engine's). Cached runs keyed on it are redone after a change to either."""
+    `name` resolves to, that engine's library version and the seed-transfer version running it.
+    Cached runs keyed on it are redone after an upgrade of either; a change to the engines that
+    changes results comes with a new seed-transfer version."""
     engine = resolve_engine(name)
-    others = [_PACKAGE_DIR / "engines" / d for e, d in _ENGINE_CODE.items() if e != engine]
-    digest = hashlib.sha256()
-    for path in sorted(_PACKAGE_DIR.rglob("*.py")):
-        if not any(other in path.parents for other in others):
-            digest.update(path.relative_to(_PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
-    return {"engine": engine, "library": importlib.metadata.version(engine),
-            "code_sha256": digest.hexdigest()[:16]}
+    return {"engine": engine, "library": importlib.metadata.version(engine), PACKAGE: package_version()}
 
 
-def main(args: argparse.Namespace) -> dict | None:
-    """Run tools/train_net.py's arguments on the chosen engine; returns the metrics (main process)."""
-    engine = resolve_engine(getattr(args, "engine", "auto"))
-    cfg = load_det_config(args.config_file, args.opts)
-    preflight(cfg, eval_only=args.eval_only, resume=getattr(args, "resume", False))
+def main(options: RunOptions) -> dict | None:
+    """Read `options.config_file` with its `options.opts` overrides and run it on the chosen engine;
+    returns the metrics (main process)."""
+    resolve_engine(options.engine)  # an engine that cannot run is reported before the config is read
+    return run_config(load_det_config(options.config_file, options.opts), options)
+
+
+def run_config(cfg: CfgNode, options: RunOptions) -> dict | None:
+    """Run a detection config already built (`seed_det.config.load_det_config`) on the engine
+    `options.engine`; `options.opts` is not read. Returns the metrics (main process)."""
+    engine = resolve_engine(options.engine)
+    preflight(cfg, eval_only=options.eval_only, resume=options.resume)
     logger.info("engine: %s", engine)
     if engine == "detectron2":
-        check_for_detectron2(cfg, args.eval_only)
+        check_for_detectron2(cfg, options.eval_only)
         from seed_det.engines.d2.engine import run  # Detectron2 imports stay behind this line
     else:
         from seed_det.engines.tv.engine import run  # lazy: pulls in the detection models
-    return run(cfg, args)
+    return run(cfg, options)

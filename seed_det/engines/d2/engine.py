@@ -6,7 +6,6 @@ is absent). The main process writes metrics.json and appends the results row.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import logging
@@ -26,6 +25,7 @@ from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
 from seed_det.engines.d2.mapper import DecodingMapper
+from seed_det.engines.options import RunOptions
 from seed_det.results import record_run
 
 logger = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ def metrics_from_results(results: Mapping, test_names) -> dict:
     return metrics
 
 
-def _setup(cfg, args: argparse.Namespace):
-    default_setup(cfg, args)
+def _setup(cfg, options: RunOptions):
+    default_setup(cfg, options)  # reads .config_file and .eval_only, as it would of Detectron2's parsed args
     register_in_detectron2(cfg)
 
 
@@ -105,16 +105,16 @@ def _check_pretrained_loaded(cfg, model) -> None:
                            "MODEL.ROI_HEADS.NAME against the checkpoint.")
 
 
-def _worker(cfg, args: argparse.Namespace) -> dict | None:
+def _worker(cfg, options: RunOptions) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
-    _setup(cfg, args)
-    if args.eval_only:
+    _setup(cfg, options)
+    if options.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=options.resume)
         results = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
+        trainer.resume_or_load(resume=options.resume)
         if trainer.start_iter == 0:  # fresh start from MODEL.WEIGHTS, not a resumed run
             _check_pretrained_loaded(cfg, trainer.model.module if hasattr(trainer.model, "module")
                                      else trainer.model)
@@ -127,19 +127,19 @@ def _worker(cfg, args: argparse.Namespace) -> dict | None:
     if not comm.is_main_process():
         return None
     metrics = metrics_from_results(results, list(cfg.DATASETS.TEST))
-    record_run(cfg.OUTPUT_DIR, args.config_file, cfg.MODEL.WEIGHTS, metrics,
-               csv_path=cfg.RESULTS_CSV or None, engine="detectron2", eval_only=args.eval_only,
+    record_run(cfg.OUTPUT_DIR, options.config_file, cfg.MODEL.WEIGHTS, metrics,
+               csv_path=cfg.RESULTS_CSV or None, engine="detectron2", eval_only=options.eval_only,
                dataset="+".join(cfg.DATASETS.TEST))
     return metrics
 
 
-def run(cfg, args: argparse.Namespace) -> dict | None:
-    """Train (unless args.eval_only) and evaluate the config `cfg` (parsed and checked once by
-    seed_det.engines.main) on 1..N processes; returns the metrics in the main process."""
+def run(cfg, options: RunOptions) -> dict | None:
+    """Train (unless options.eval_only) and evaluate the config `cfg` (parsed and checked once by
+    seed_det.engines.run_config) on 1..N processes; returns the metrics in the main process."""
     cfg = to_d2_config(cfg)
-    world = args.num_gpus * args.num_machines
+    world = options.num_gpus * options.num_machines
     if world <= 1:
-        return _worker(cfg, args)  # Detectron2's launch() drops the return value of a single process
-    launch(_worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(cfg, args), timeout=datetime.timedelta(seconds=cfg.DIST_TIMEOUT))
+        return _worker(cfg, options)  # Detectron2's launch() drops the return value of a single process
+    launch(_worker, options.num_gpus, num_machines=options.num_machines, machine_rank=options.machine_rank,
+           dist_url=options.dist_url, args=(cfg, options), timeout=datetime.timedelta(seconds=cfg.DIST_TIMEOUT))
     return None

@@ -1,10 +1,9 @@
 """The portable detection engine: the same YAML configs, converted checkpoints and results format
 as the Detectron2 engine, on Faster / Mask R-CNN from torchvision.models.detection.
 
-`run(cfg, args)` is what `tools/train_net.py --engine torchvision` calls. args needs
-`.config_file`; `.resume`, `.eval_only`, `.num_gpus`, `.num_machines`, `.machine_rank` and
-`.dist_url` (Detectron2's launch flags, same meaning; on CPU --num-gpus N starts N processes) are
-optional. Under torchrun the processes torchrun started form the run.
+`run(cfg, options)` is what `tools/train_net.py --engine torchvision` calls, with the launch options
+of seed_det.engines.RunOptions (Detectron2's launch flags, same meaning; on CPU --num-gpus N starts N
+processes). Under torchrun the processes torchrun started form the run.
 """
 from __future__ import annotations
 
@@ -21,6 +20,7 @@ from seed_core.distributed import (DistContext, broadcast_from_main, launch, lau
                                    requested_world_size)
 from seed_det.data.catalog import register_from_config
 from seed_det.data.torch_dataset import DetectionDataset
+from seed_det.engines.options import RunOptions
 from seed_det.engines.tv.checkpoint import last_checkpoint, load_checkpoint
 from seed_det.engines.tv.checks import check_run, check_supported
 from seed_det.engines.tv.datasets import load_checked, merge
@@ -95,14 +95,15 @@ def _evaluate_all(cfg, model, test_sets, device) -> Dict[str, float]:
     return metrics
 
 
-def _run_process(ctx: DistContext, cfg: CfgNode, args, device: torch.device) -> Optional[Dict[str, float]]:
+def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions,
+                 device: torch.device) -> Optional[Dict[str, float]]:
     """One process of the run (the only one, or one of several): train, evaluate, record."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with _RunLog(cfg.OUTPUT_DIR, ctx.is_main):
         if ctx.is_main:
             with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
                 f.write(cfg.dump())
-        logger.info("torchvision engine, config %s, output %s, %d process(es)", getattr(args, "config_file", ""),
+        logger.info("torchvision engine, config %s, output %s, %d process(es)", options.config_file,
                     cfg.OUTPUT_DIR, ctx.world_size)
         register_from_config(cfg)
         test_sets = load_checked(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
@@ -112,10 +113,10 @@ def _run_process(ctx: DistContext, cfg: CfgNode, args, device: torch.device) -> 
         # The main process finds and reads the checkpoint and hands it to the others, so other
         # machines need not see OUTPUT_DIR.
         resume_from = broadcast_from_main(last_checkpoint(cfg.OUTPUT_DIR)
-                                          if getattr(args, "resume", False) and ctx.is_main else None)
+                                          if options.resume and ctx.is_main else None)
         checkpoint = broadcast_from_main(load_checkpoint(resume_from) if resume_from and ctx.is_main else None)
 
-        if getattr(args, "eval_only", False):
+        if options.eval_only:
             if resume_from:
                 model.load_state_dict(checkpoint["model"])
             elif cfg.MODEL.WEIGHTS:
@@ -147,27 +148,26 @@ def _run_process(ctx: DistContext, cfg: CfgNode, args, device: torch.device) -> 
         metrics = _evaluate_all(cfg, model, test_sets, device)
         if not ctx.is_main:
             return None
-        record_run(cfg.OUTPUT_DIR, getattr(args, "config_file", ""), cfg.MODEL.WEIGHTS, metrics,
-                   csv_path=cfg.RESULTS_CSV or None, engine=ENGINE, eval_only=getattr(args, "eval_only", False),
+        record_run(cfg.OUTPUT_DIR, options.config_file, cfg.MODEL.WEIGHTS, metrics,
+                   csv_path=cfg.RESULTS_CSV or None, engine=ENGINE, eval_only=options.eval_only,
                    dataset="+".join(cfg.DATASETS.TEST))
         return metrics
 
 
-def run(cfg: CfgNode, args) -> Optional[Dict[str, float]]:
-    """Train (unless args.eval_only) and evaluate in 1..N processes (args.num_gpus per machine x
-    args.num_machines, or those torchrun started); writes logs, checkpoints and metrics under
+def run(cfg: CfgNode, options: RunOptions) -> Optional[Dict[str, float]]:
+    """Train (unless options.eval_only) and evaluate in 1..N processes (options.num_gpus per machine x
+    options.num_machines, or those torchrun started); writes logs, checkpoints and metrics under
     OUTPUT_DIR from the main process and returns its metrics (None on the other processes)."""
     cfg = cfg.clone()
     check_supported(cfg)  # before touching data or weights: a config error should come first
-    nprocs, machines = getattr(args, "num_gpus", 1), getattr(args, "num_machines", 1)
-    machine_rank = getattr(args, "machine_rank", 0)
+    nprocs, machines, machine_rank = options.num_gpus, options.num_machines, options.machine_rank
     world_size = requested_world_size(nprocs, machines)
     device = _device(cfg)
-    check_run(cfg, world_size, device.type, training=not getattr(args, "eval_only", False))
-    metrics = launch(_run_process, (cfg, args, device), nprocs, machines, machine_rank,
-                     getattr(args, "dist_url", "auto"), cfg.DIST_TIMEOUT, device.type)
+    check_run(cfg, world_size, device.type, training=not options.eval_only)
+    metrics = launch(_run_process, (cfg, options, device), nprocs, machines, machine_rank,
+                     options.dist_url, cfg.DIST_TIMEOUT, device.type)
     if world_size > 1 and not launched_by_torchrun() and machine_rank == 0:
         # The spawned main process recorded the run; hand its metrics to the caller.
-        with open(metrics_file(cfg.OUTPUT_DIR, getattr(args, "eval_only", False))) as f:
+        with open(metrics_file(cfg.OUTPUT_DIR, options.eval_only)) as f:
             metrics = json.load(f)["metrics"]
     return metrics

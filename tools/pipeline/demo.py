@@ -4,15 +4,14 @@
                                                            -> MoCo-v2 ResNet-18 student -> Detectron2 .pkl
   random init / MoCo-v2 / SEED  -> Faster R-CNN fine-tuned with each of several seeds -> mean ± std table
 
-The stages are steps of one schedule (tools.apps.side_by_side): each starts, two at a time on a
+The stages are steps of one schedule (tools.pipeline.side_by_side): each starts, two at a time on a
 2-core machine, as soon as what it needs is done. Settings are a preset YAML
 (configs/demo/<name>.yaml, `_BASE_: Base-Demo.yaml`). Each stage writes
-`<stage>/run.json` when it is done (tools.apps.run_cache); a rerun skips finished stages whose
+`<stage>/run.json` when it is done (tools.pipeline.run_cache); a rerun skips finished stages whose
 parameters are unchanged and resumes an interrupted distillation from its checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -24,9 +23,10 @@ import torch
 
 from seed_core.config import CfgNode, load_cfg
 from seed_core.errors import NonFiniteLossError
-from seed_det.engines import engine_identity, main as train_net
-from tools.apps.run_cache import CachedRun, distill
-from tools.apps.side_by_side import Step, default_processes, run_steps
+from seed_det.config import load_det_config
+from seed_det.engines import RunOptions, engine_identity, run_config
+from tools.pipeline.run_cache import CachedRun, distill
+from tools.pipeline.side_by_side import Step, default_processes, run_steps
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,14 @@ def _stage(root: str, name: str, params: dict) -> CachedRun:
     return CachedRun(os.path.join(root, name), params, announce=_announce)
 
 
+def _settings(values: dict) -> list:
+    """{"SECTION.KEY": value} as the config's `KEY value` pairs, the values kept typed (never
+    stringified): the config schema merges them and refuses unknown keys and wrong types."""
+    return [x for key_value in values.items() for x in key_value]
+
+
 def _distill(stage: CachedRun, opts: dict, restart: bool) -> dict:
-    flat = [repr(v) if isinstance(v, float) else str(v) for kv in opts.items() for v in kv]
-    return distill(load_cfg(None, flat + ["OUTPUT_DIR", stage.dir]), restart=restart)
+    return distill(load_cfg(None, _settings({**opts, "OUTPUT_DIR": stage.dir})), restart=restart)
 
 
 def _distill_stage(out_root: str, name: str, opts: dict, identity: dict | None = None) -> dict:
@@ -129,7 +134,7 @@ def _detect(stage: CachedRun, weights: str, data: dict, p: dict, seed: int, engi
             extra: dict | None = None) -> dict:
     size = p["scenes"]["canvas"] * p.get("det_input_scale", 1)
     split = p["det_train_split"]
-    opts = {
+    settings = {
         "MODEL.WEIGHTS": weights,
         "DATASETS.COCO_JSON": [[f"scenes_{split}", data[f"{split}_json"], data["image_root"]],
                                ["scenes_test", data["test_json"], data["image_root"]]],
@@ -142,18 +147,15 @@ def _detect(stage: CachedRun, weights: str, data: dict, p: dict, seed: int, engi
         "OUTPUT_DIR": stage.dir, "RESULTS_CSV": os.path.join(os.path.dirname(stage.dir), "results_detection.csv"),
         **(extra or {}),
     }
-    flat = [str(x) if not isinstance(x, (list, tuple)) else repr(x) for kv in opts.items() for x in kv]
-    args = argparse.Namespace(config_file=os.path.join(PRESET_DIR, p["det_config"]), engine=engine, opts=flat,
-                              resume=False, eval_only=False, num_gpus=1, num_machines=1, machine_rank=0,
-                              dist_url="auto")
-    metrics = train_net(args)
+    config_file = os.path.join(PRESET_DIR, p["det_config"])
+    metrics = run_config(load_det_config(config_file, _settings(settings)), RunOptions(config_file, engine=engine))
     return {"metrics": {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}}
 
 
 def _knn(backbone_path: str | None, arch: str, data: dict, image_size: int, cache: str) -> float:
     """k-NN top-1 on digit crops: does this backbone know digit shapes? (bank: pretraining crops)"""
     from seed_core.evaluation import load_backbone
-    from tools.apps.experiments import knn_accuracy
+    from tools.pipeline.scoring import knn_accuracy
     bb = load_backbone(backbone_path) if backbone_path else load_backbone(arch=arch, random_init=True, seed=0)
     return knn_accuracy(bb, data["pretrain"], data["knn_query"], image_size, cache)["top1"]
 
@@ -182,7 +184,7 @@ def pretraining_opts(p: dict, data: dict, workers: int) -> dict:
 
 def write_scenes(out_root: str, p: dict) -> dict:
     """The preset's digit scenes and pretraining crops, written once (cached stage `data`)."""
-    from tools.apps.digit_scenes import SceneSpec, write_digit_scenes
+    from seed_det.data.synthetic.digit_scenes import SceneSpec, write_digit_scenes
     spec = SceneSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in p["scenes"].items()})
     spec.check()
     os.makedirs(out_root, exist_ok=True)
@@ -283,7 +285,7 @@ def finetune(out_root: str, pre: Pretrained, init: str, seed: int, engine: str =
     name = det_stage_name(init, seed, tag)
     weights = pre.weights[init]
     det = _stage(out_root, name, {**det_params, "seed": seed, "weights": weights,
-                                  "engine": engine_identity(engine),  # resolved, with its code version
+                                  "engine": engine_identity(engine),  # resolved, with library and package versions
                                   "weights_sha256": _file_digest(weights) if weights else "",
                                   "det_config_sha256": _config_digest(p["det_config"]),
                                   **({"extra": extra} if extra else {})})
@@ -350,7 +352,7 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
 def summarise(runs: list[dict]) -> dict:
     """{"runs": [...], "AP": mean, "AP_std": std, ...} for every numeric metric the finished runs
     share, and "diverged": how many runs stopped on a non-finite loss (left out of the means)."""
-    from .experiments import mean_std
+    from .scoring import mean_std
     finished = [r for r in runs if "diverged" not in r]
     out = {"runs": runs, "diverged": len(runs) - len(finished)}
     for key in sorted(set.intersection(*(set(r) for r in finished))) if finished else []:

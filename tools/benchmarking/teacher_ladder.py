@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from .demo_pipeline import (Pretrained, _announce, _backbone_step, _converted, _knn, _stage, _trained, det_stage_name,
-                            finetune, load_preset, pretraining_opts, write_scenes)
-from .side_by_side import Step, run_steps
+from tools.pipeline.demo import (Pretrained, _announce, _backbone_step, _converted, _knn, _stage, _trained,
+                                 det_stage_name, finetune, load_preset, pretraining_opts, write_scenes)
+from tools.pipeline.side_by_side import Step, run_steps
 from .transfer_claim import DETECTORS, _tag
 
 logger = logging.getLogger(__name__)
@@ -301,7 +301,7 @@ def run_ladder(s: Settings, on_progress=lambda result: None) -> dict:
 
 
 def _default_processes() -> int:
-    from .side_by_side import default_processes
+    from tools.pipeline.side_by_side import default_processes
     return default_processes()
 
 

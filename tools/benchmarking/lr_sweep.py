@@ -1,4 +1,4 @@
-"""Each student method at its own best settings on the digits harness (tools/apps/paper_claim.py).
+"""Each student method at its own best settings on the digits harness (tools/benchmarking/paper_claim.py).
 
 A sweep point is a YAML config variant (configs/paper_claim/sweep/*.yaml, with `_BASE_`): its keys
 are applied on top of the harness' recipe (configs/paper_claim/digits.yaml) to every run of that point, and its LOSS.NAME says

@@ -18,11 +18,11 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .digits import write_digits_imagefolder
+from seed_det.data.synthetic.digits import write_digits_imagefolder
 from seed_core.config import load_cfg, validate_cfg
 from seed_core.evaluation import load_backbone
-from .experiments import knn_accuracy, mean_std
-from .run_cache import MARKER, DistillRun, cached_distill
+from tools.pipeline.scoring import knn_accuracy, mean_std
+from tools.pipeline.run_cache import MARKER, DistillRun, cached_distill
 
 logger = logging.getLogger(__name__)
 

@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 from datetime import datetime, timezone
 
 import torch
 
+from seed_core.errors import SeedError
 from seed_core.evaluation.backbone_io import LoadedBackbone, load_backbone
 from seed_core.evaluation.features import FeatureSet, default_resize, load_or_compute_features
 from seed_core.evaluation.knn import knn_evaluate
 from seed_core.evaluation.linear import OPTIMIZERS, train_linear_probe
 from seed_core.evaluation.results import record_accuracy
 from seed_core.results import check_results_file, results_path, write_json
+from tools import cli
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,19 +117,17 @@ _TOOLS = {"knn": ("k-NN", add_knn_arguments, run_knn), "linear": ("linear probe"
 
 def cli_main(kind: str, doc: str, argv=None) -> int:
     """Command line of tools/eval_knn.py and tools/eval_linear.py."""
-    import json
-    import logging
-    from seed_core.errors import SeedError
     label, add_arguments, run = _TOOLS[kind]
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
+        parser = cli.ArgumentParser(doc)
+        add_common_arguments(parser)
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         metrics = run(args)
-    except (ValueError, FileNotFoundError, SeedError) as e:  # user input problems: a message, not a traceback
-        parser.exit(2, f"error: {e}\n")
-    print(json.dumps(metrics, indent=2, sort_keys=True))
-    print(f"{label} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}")
-    return 0
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        print(f"{label} top-1 {metrics['top1']:.2f}  top-5 {metrics['top5']:.2f}")
+        return 0
+    # user input problems (a missing folder, mismatched classes): a message, not a traceback
+    return cli.run(body, errors=(ValueError, FileNotFoundError, SeedError))

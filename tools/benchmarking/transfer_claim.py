@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .demo_pipeline import det_stage_name, fine_tuning_step, load_preset, run_pipeline, summarise
-from .report import diverged_note, metric_cell, seeds_note
+from tools.pipeline.demo import det_stage_name, fine_tuning_step, load_preset, run_pipeline, summarise
+from tools.pipeline.report import diverged_note, metric_cell, seeds_note
 
 logger = logging.getLogger(__name__)
 

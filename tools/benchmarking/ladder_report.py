@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .experiments import mean_std
+from tools.pipeline.scoring import mean_std
 
 DETECTOR_LABELS = {"fpn": "Faster R-CNN FPN", "c4": "Faster R-CNN C4"}
 INIT_LABELS = {"random": "random init", "mocov2": "MoCo-v2", "seed": "SEED", "l2": "L2 distillation"}

@@ -1,5 +1,5 @@
 """Scoring for benchmark experiments: k-NN of a backbone on an ImageFolder train/val pair, and
-mean +- std over seeds. Training runs are cached by tools.apps.run_cache."""
+mean +- std over seeds. Training runs are cached by tools.pipeline.run_cache."""
 from __future__ import annotations
 
 import logging
