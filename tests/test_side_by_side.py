@@ -85,14 +85,22 @@ if __name__ == "__main__":
 
 
 def sleep_and_write(out):
+    """Like a distillation: on SIGTERM it finishes cleanly (returns) instead of dying."""
+    import signal
+    import time
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(True))
     with open(out, "a") as f:
         f.write(f"{os.getpid()}\n")
-    import time
-    time.sleep(120)
+    end = time.time() + 120
+    while not stop and time.time() < end:
+        time.sleep(0.1)
+    return "stopped"
 
 
 def test_workers_stop_when_their_scheduler_is_killed(tmp_path):
-    """A killed benchmark must not leave workers training on into folders the next run resumes."""
+    """A killed benchmark must not leave workers training on into folders the next run resumes, nor
+    idle workers that stopped cleanly but wait for work that never comes."""
     import signal
     import subprocess
     import sys

@@ -32,10 +32,15 @@ class StepFailed(RuntimeError):
     pass
 
 
+_PARENT = {"pid": None}
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """A worker whose scheduler is gone must not train on into the same folders as the next run:
     on Linux the kernel sends it SIGTERM when its parent dies (a distillation then checkpoints and
-    stops); a parent that died before this line ran is caught by the pid check."""
+    stops, and `_in_worker` exits instead of waiting for work that will never come); a parent that
+    died before this line ran is caught by the pid check."""
+    _PARENT["pid"] = parent_pid
     if sys.platform.startswith("linux"):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
@@ -46,8 +51,12 @@ def _die_with_parent(parent_pid: int) -> None:
 def _in_worker(step: Step, log_path: str, threads: int):
     import torch
     torch.set_num_threads(threads)
-    with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        return step.fn(*step.args, **step.kwargs)
+    try:
+        with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return step.fn(*step.args, **step.kwargs)
+    finally:
+        if _PARENT["pid"] is not None and os.getppid() != _PARENT["pid"]:
+            os._exit(1)  # the scheduler is gone: nobody will collect this result or send more work
 
 
 def _check_order(steps: List[Step]) -> None:
