@@ -125,6 +125,13 @@ def test_validation_catches_silent_mistakes():
         _cfg("voc_r18_seed.yaml", "MODEL.RESNETS.DEPTH", "20")
     with pytest.raises(ConfigError, match="COCO_JSON entries"):
         _cfg("voc_r18_seed.yaml", "DATASETS.COCO_JSON", "[['only_a_name']]")
+    with pytest.raises(ConfigError, match="INPUT.MASK_FORMAT"):
+        _cfg("voc_r18_seed.yaml", "INPUT.MASK_FORMAT", "rle")
+    with pytest.raises(ConfigError, match="DATALOADER.REPEAT_THRESHOLD .* RepeatFactorTrainingSampler"):
+        _cfg("voc_r18_seed.yaml", "DATALOADER.REPEAT_THRESHOLD", "0.001")
+    assert _cfg("voc_r18_seed.yaml", "INPUT.MASK_FORMAT", "bitmask").INPUT.MASK_FORMAT == "bitmask"
+    assert _cfg("voc_r18_seed.yaml", "DATALOADER.REPEAT_THRESHOLD", "0.001", "DATALOADER.SAMPLER_TRAIN",
+                "RepeatFactorTrainingSampler").DATALOADER.REPEAT_THRESHOLD == 0.001
     # Bottleneck depths keep the stock head.
     assert _cfg("voc_r18_seed.yaml", "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",
                 "MODEL.ROI_HEADS.NAME", "Res5ROIHeads").MODEL.RESNETS.DEPTH == 50

@@ -166,6 +166,10 @@ def test_freeze_at_freezes_stem_and_res2(tmp_path, shapes):
     (["MODEL.BACKBONE.NAME", "build_mobilenetv2_fpn_backbone"], "MODEL.BACKBONE.NAME"),
     (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED"),
     (["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"], "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"),
+    (["VIS_PERIOD", "20"], "VIS_PERIOD"),
+    (["TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 50.0, 0.5]]"], "TEST.EXPECTED_RESULTS"),
+    (["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.001"],
+     "DATALOADER.SAMPLER_TRAIN"),
 ])
 def test_unsupported_config_key_is_named(tmp_path, shapes, opts, key):
     cfg, path = make_cfg(tmp_path, shapes, "c4", opts=opts)
@@ -423,3 +427,22 @@ def test_engine_identity_changes_with_the_engines_own_code_only(tmp_path, monkey
     with open(package / "engines" / "tv" / "model.py", "a") as f:
         f.write("# a change to this engine\n")
     assert engines.engine_identity("torchvision")["code_sha256"] != before["code_sha256"]
+
+
+def test_keys_the_engine_honours_its_own_way(tmp_path, shapes):
+    """CUDNN_BENCHMARK is set for the run; INPUT.MASK_FORMAT polygon with masks is named in the log,
+    since the engine's mask targets are Detectron2's 'bitmask' ones."""
+    from seed_det.engines.tv.checks import mask_format_note
+    cfg, path = make_cfg(tmp_path, shapes, "c4", "coco", ["MODEL.MASK_ON", "True", "CUDNN_BENCHMARK", "True",
+                                                          "SOLVER.MAX_ITER", "0"])
+    assert "bitmask" in mask_format_note(cfg)
+    assert mask_format_note(load_det_config(path, ["INPUT.MASK_FORMAT", "bitmask", "MODEL.MASK_ON", "True"]
+                                            + _datasets(shapes, "coco"))) is None
+    before = torch.backends.cudnn.benchmark
+    try:
+        run(cfg, _args(path))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert "INPUT.MASK_FORMAT polygon" in (tmp_path / "out" / "log.txt").read_text()
+

@@ -22,7 +22,7 @@ from seed_core.distributed import (DistContext, broadcast_from_main, launch, lau
 from seed_det.data.catalog import register_from_config
 from seed_det.data.torch_dataset import DetectionDataset
 from seed_det.engines.tv.checkpoint import last_checkpoint, load_checkpoint
-from seed_det.engines.tv.checks import check_run, check_supported
+from seed_det.engines.tv.checks import check_run, check_supported, mask_format_note
 from seed_det.engines.tv.datasets import load_checked, merge
 from seed_det.engines.tv.evaluate import evaluate_dataset
 from seed_det.engines.tv.model import build_model
@@ -104,6 +104,9 @@ def _run_process(ctx: DistContext, cfg: CfgNode, args, device: torch.device) -> 
                 f.write(cfg.dump())
         logger.info("torchvision engine, config %s, output %s, %d process(es)", getattr(args, "config_file", ""),
                     cfg.OUTPUT_DIR, ctx.world_size)
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)  # as Detectron2's default_setup
+        if mask_format_note(cfg):
+            logger.info(mask_format_note(cfg))
         register_from_config(cfg)
         test_sets = load_checked(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
         device = ctx.device if ctx.distributed else device  # one GPU per process: cuda:<local rank>

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from seed_core.distributed import all_reduce_sum, broadcast_buffers, stop_if_peer_lost, world_info
 from seed_core.errors import NonFiniteLossError
 from seed_core.precision import autocast, make_grad_scaler
-from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate
+from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate, orientation_groups
 
 from .checkpoint import save_checkpoint
 from .model import set_input_sizes
@@ -86,8 +86,9 @@ class Trainer:
     def _loader(self, seed_offset: int = 0, start_batch: int = 0):
         s = self.cfg.SOLVER
         seed = (self.cfg.SEED if self.cfg.SEED >= 0 else 0) + seed_offset
+        groups = orientation_groups(self.data.records) if self.cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
         sampler = InfiniteBatchSampler(len(self.data), s.IMS_PER_BATCH, seed, start_batch=start_batch,
-                                       rank=self.rank, world_size=self.world_size)
+                                       rank=self.rank, world_size=self.world_size, groups=groups)
         return iter(torch.utils.data.DataLoader(self.data, batch_sampler=sampler, collate_fn=collate,
                                                 num_workers=self.cfg.DATALOADER.NUM_WORKERS))
 
