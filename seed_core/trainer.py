@@ -15,18 +15,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
-from .constants import BACKBONE_FILE, CHECKPOINT_FILE, META_FILE
+from .constants import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, META_FILE, METRICS_LOG_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
 from .distributed import DistContext, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
-from .monitoring import METRICS_FILE, BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
+from .monitoring import BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
 from .objectives import DistillationObjective, MoCoObjective
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
-from .run_dir import LOG_FILE, RunLog, ensure_output_dir, existing_run, move_aside
+from .run_dir import RunLog, ensure_output_dir, existing_run, move_aside
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
 from .teacher_precision import resolve_teacher_precision
@@ -37,9 +37,8 @@ logger = logging.getLogger(__name__)
 # Settings that may change between a run and its resume without changing the result.
 RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
                      "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS", "OUTPUT_DIR", "DATA.ROOT"}
-CONFIG_FILE = "config.yaml"
 # A folder holding one of these (not empty) holds a run that must not be overwritten silently.
-RUN_MARKERS = (CHECKPOINT_FILE, METRICS_FILE)
+RUN_MARKERS = (CHECKPOINT_FILE, METRICS_LOG_FILE)
 # What a run writes into OUTPUT_DIR; --restart moves these aside (epoch checkpoints are globbed).
 RUN_OUTPUTS = RUN_MARKERS + (CONFIG_FILE, LOG_FILE, "tb", BACKBONE_FILE, META_FILE)
 

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from typing import Iterable, Mapping
 
+from seed_core.constants import EVAL_METRICS_FILE, METRICS_FILE
 from seed_core.errors import SeedError
 from seed_core.results import append_row, check_results_file, columns, latest_per_key, read_rows, results_path, write_json
 
@@ -40,7 +41,7 @@ def default_csv_path(output_dir: str | os.PathLike) -> str:
 
 def metrics_file(output_dir: str | os.PathLike, eval_only: bool) -> str:
     """metrics.json for a training run; eval_metrics.json for an evaluation, which must not replace it."""
-    return os.path.join(os.fspath(output_dir), "eval_metrics.json" if eval_only else "metrics.json")
+    return os.path.join(os.fspath(output_dir), EVAL_METRICS_FILE if eval_only else METRICS_FILE)
 
 
 def _json_safe(v):

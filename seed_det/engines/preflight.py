@@ -11,6 +11,7 @@ import os
 
 from fvcore.common.config import CfgNode
 
+from seed_core.constants import LAST_CHECKPOINT_FILE
 from seed_core.errors import ConfigError, SeedError
 from seed_core.results import check_results_file
 from seed_det.convert import check_weights_depth, load_user_checkpoint, read_d2_pkl
@@ -46,7 +47,7 @@ def detection_weights(path: str) -> bool:
 def _check_eval_weights(cfg: CfgNode, resume: bool) -> None:
     """--eval-only must evaluate a trained detector, never random heads on a converted backbone."""
     weights = cfg.MODEL.WEIGHTS
-    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT_FILE)):
         return  # the engine evaluates OUTPUT_DIR's last checkpoint
     if not weights:
         raise SeedError("--eval-only needs MODEL.WEIGHTS: the model_final.pth of a fine-tuning run "

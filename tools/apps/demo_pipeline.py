@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from seed_core.config import CfgNode, load_cfg
+from seed_core.constants import METRICS_LOG_FILE
 from seed_core.errors import NonFiniteLossError
 from seed_det.engines import engine_identity, main as train_net
 from tools.apps.run_cache import CachedRun, distill
@@ -232,10 +233,10 @@ def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weig
     if with_teacher_weights:
         weights["teacher"] = _converted(out_root, "teacher")
     curves = {"teacher = student MoCo-v2" if moco is teacher else "teacher (MoCo-v2)":
-              os.path.join(out_root, teacher[0], "metrics.jsonl"),
-              "student SEED": os.path.join(out_root, "student_seed", "metrics.jsonl")}
+              os.path.join(out_root, teacher[0], METRICS_LOG_FILE),
+              "student SEED": os.path.join(out_root, "student_seed", METRICS_LOG_FILE)}
     if moco is not teacher:
-        curves["student MoCo-v2"] = os.path.join(out_root, moco[0], "metrics.jsonl")
+        curves["student MoCo-v2"] = os.path.join(out_root, moco[0], METRICS_LOG_FILE)
     return steps, Pretrained(p, data, weights, {}, curves, moco_is_teacher=moco is teacher)
 
 

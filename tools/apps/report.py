@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from seed_core.constants import METRICS_FILE, METRICS_LOG_FILE, TRAIN_LOG_FILE
+
 METRICS = ("AP", "AP50", "AP75")
 
 
@@ -71,7 +73,7 @@ def read_loss_curve(source: str) -> tuple[list[int], list[float]]:
     """(iterations, losses) from a distillation metrics.jsonl, a torchvision-engine train_log.jsonl
     or a Detectron2 metrics.json (JSON lines with total_loss), given a file or its folder."""
     candidates = [source] if os.path.isfile(source) else [
-        os.path.join(source, n) for n in ("metrics.jsonl", "train_log.jsonl", "metrics.json")]
+        os.path.join(source, n) for n in (METRICS_LOG_FILE, TRAIN_LOG_FILE, METRICS_FILE)]
     for path in candidates:
         if not os.path.isfile(path):
             continue

@@ -20,7 +20,10 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, ve
 from detectron2.utils import comm
 
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
+from seed_core.constants import TRAIN_LOG_FILE
 from seed_core.errors import NonFiniteLossError, SeedError
+from seed_core.run_dir import RunLog
+from seed_det import RUN_LOGGERS
 from seed_det.convert import read_d2_pkl
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
@@ -68,7 +71,7 @@ class Trainer(DefaultTrainer):
         # run's results here (as for the torchvision engine), so the training log is train_log.jsonl.
         from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
         out = self.cfg.OUTPUT_DIR
-        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, "train_log.jsonl")),
+        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, TRAIN_LOG_FILE)),
                 TensorboardXWriter(out)]
 
 
@@ -108,6 +111,12 @@ def _check_pretrained_loaded(cfg, model) -> None:
 def _worker(cfg, args: argparse.Namespace) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
     _setup(cfg, args)
+    # Detectron2 logs to OUTPUT_DIR/log.txt itself; the suite's own records join it there.
+    with RunLog(cfg.OUTPUT_DIR, RUN_LOGGERS, enabled=comm.is_main_process(), quiet=True):
+        return _train_or_test(cfg, args)
+
+
+def _train_or_test(cfg, args: argparse.Namespace) -> dict | None:
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -5,15 +5,13 @@ import logging
 import os
 from typing import Dict, Optional
 
-
 from seed_core.checkpoint_io import atomic_save, atomic_write_text, load_untrusted
+from seed_core.constants import LAST_CHECKPOINT_FILE
 from seed_core.errors import CheckpointError
 
 from .weights import ENGINE_TAG, WeightsError
 
 logger = logging.getLogger(__name__)
-
-LAST = "last_checkpoint"
 
 
 def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler=None, iteration: int = 0,
@@ -27,13 +25,13 @@ def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler
         if part is not None:
             payload[key] = part.state_dict()
     atomic_save(payload, path)
-    atomic_write_text(name, os.path.join(output_dir, LAST))
+    atomic_write_text(name, os.path.join(output_dir, LAST_CHECKPOINT_FILE))
     logger.info("saved checkpoint %s (iteration %d)", path, iteration)
     return path
 
 
 def last_checkpoint(output_dir: str) -> Optional[str]:
-    marker = os.path.join(output_dir, LAST)
+    marker = os.path.join(output_dir, LAST_CHECKPOINT_FILE)
     if not os.path.isfile(marker):
         return None
     with open(marker) as f:

@@ -18,6 +18,7 @@ from fvcore.common.config import CfgNode
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from seed_core.constants import FINAL_MODEL_FILE, TIMING_FILE, TRAIN_LOG_FILE
 from seed_core.distributed import all_reduce_sum, broadcast_buffers, stop_if_peer_lost, world_info
 from seed_core.errors import NonFiniteLossError
 from seed_core.precision import autocast, make_grad_scaler
@@ -112,7 +113,7 @@ class Trainer:
         self.model.train()
         set_input_sizes(self.model, cfg, train=True)
         data = self._loader(start_batch=self.start_iter)
-        log = open(os.path.join(out, "train_log.jsonl"), "a") if self.is_main else None
+        log = open(os.path.join(out, TRAIN_LOG_FILE), "a") if self.is_main else None
         bar = tqdm(range(self.start_iter, s.MAX_ITER), initial=self.start_iter, total=s.MAX_ITER,
                    desc="train", dynamic_ncols=True, mininterval=1.0, disable=not self.is_main)
         logger.info("training iterations %d..%d, batch %d (%d per process x %d processes)%s", self.start_iter,
@@ -149,7 +150,7 @@ class Trainer:
                 log.close()
         self.precise_bn(s.MAX_ITER)
         broadcast_buffers(self.model)  # the saved and evaluated model is the same on every process
-        self._save("model_final.pth", s.MAX_ITER)
+        self._save(FINAL_MODEL_FILE, s.MAX_ITER)
         self._write_timing()
 
     def _step(self, images, targets, it: int):
@@ -196,6 +197,6 @@ class Trainer:
                  "mean_data_s": sum(t[0] for t in times) / len(times),
                  "mean_step_s": sum(t[1] for t in times) / len(times), "device": str(self.device),
                  "threads": torch.get_num_threads()}
-        with open(os.path.join(self.cfg.OUTPUT_DIR, "timing.json"), "w") as f:
+        with open(os.path.join(self.cfg.OUTPUT_DIR, TIMING_FILE), "w") as f:
             json.dump(stats, f, indent=2)
         logger.info("mean time per iteration: %.3fs step + %.3fs data", stats["mean_step_s"], stats["mean_data_s"])
