@@ -24,7 +24,7 @@ from seed_core.constants import TRAIN_LOG_FILE
 from seed_core.errors import NonFiniteLossError, SeedError
 from seed_core.run_dir import RunLog
 from seed_det import RUN_LOGGERS
-from seed_det.convert import read_d2_pkl
+from seed_det.convert import read_weights_file
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
@@ -101,7 +101,10 @@ def _check_pretrained_loaded(cfg, model) -> None:
     """A converted backbone that silently does not load would train a random model: refuse."""
     if not cfg.MODEL.WEIGHTS.endswith(".pkl"):
         return
-    problems = verify_backbone_loaded(model, read_d2_pkl(cfg.MODEL.WEIGHTS)["model"])
+    weights = read_weights_file(cfg.MODEL.WEIGHTS)
+    if weights.kind != "d2_backbone":
+        return  # a whole detector: Detectron2 loads it by its own names
+    problems = verify_backbone_loaded(model, weights.state)
     if problems:
         raise SeedError(f"{cfg.MODEL.WEIGHTS} did not load into the model's backbone/res5 "
                            f"({len(problems)} problems, e.g. {problems[:3]}). Check MODEL.RESNETS.DEPTH and "
