@@ -1,5 +1,6 @@
 """Detection results: `metrics.json` per run, one row per run in the detection results file, and a
-markdown table. The file format (columns, locking, refusing foreign files) is seed_core.results'.
+markdown table. The detection columns are declared here; the file format (run columns, locking, refusing
+foreign files) is seed_core.results'.
 
 Metrics are percentages (0..100) like Detectron2 prints them: "AP", "AP50", "AP75" for boxes and
 optionally "mask_AP", "mask_AP50", "mask_AP75" for masks.
@@ -19,7 +20,8 @@ from typing import Iterable, Mapping
 
 from seed_core.constants import EVAL_METRICS_FILE, METRICS_FILE
 from seed_core.errors import SeedError
-from seed_core.results import append_row, check_results_file, columns, latest_per_key, read_rows, results_path, write_json
+from seed_core.results import (append_row, check_results_file, latest_per_key, read_rows, register_kind, results_path,
+                               write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ __all__ = ["CSV_FIELDS", "record_run", "default_csv_path", "metrics_file", "read
            "render_markdown"]
 
 KIND = "detection"
-CSV_FIELDS = columns(KIND)
+CSV_FIELDS = register_kind(KIND, ("config", "AP", "AP50", "AP75", "mask_AP"))
 METRIC_KEYS = ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75")
 # Last `_`-separated token of a config file name -> column of the comparison table.
 VARIANTS = ("random", "supervised", "mocov2", "seed")
