@@ -351,14 +351,13 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
 def summarise(runs: list[dict]) -> dict:
     """{"runs": [...], "AP": mean, "AP_std": std, ...} for every numeric metric the finished runs
     share, and "diverged": how many runs stopped on a non-finite loss (left out of the means)."""
-    from .experiments import mean_std
+    from .report import mean_std
     finished = [r for r in runs if "diverged" not in r]
     out = {"runs": runs, "diverged": len(runs) - len(finished)}
     for key in sorted(set.intersection(*(set(r) for r in finished))) if finished else []:
         vals = [r[key] for r in finished]
         if all(v == v for v in vals):  # NaN (no object of that size) stays out
-            if len(vals) > 1:
-                out[key], out[key + "_std"] = mean_std(vals)
-            else:  # one run has no spread to report: no "± 0.0"
-                out[key] = vals[0]
+            out[key], std = mean_std(vals)
+            if std is not None:  # one run has no spread to report: no "± 0.0"
+                out[key + "_std"] = std
     return out
