@@ -29,8 +29,8 @@ from .queue import EmbeddingQueue
 from .run_dir import RunLog, ensure_output_dir, existing_run, move_aside
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
-from .teacher_precision import resolve_teacher_precision
-from .teachers import embedding_dim, load_teacher
+from .teacher_precision import cast_teacher, resolve_teacher_precision
+from .teachers import embedding_dim, fold_batchnorm, load_teacher
 from .yaml_config import flatten_cfg
 
 logger = logging.getLogger(__name__)
@@ -168,10 +168,12 @@ class Trainer:
             t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, self.device.type)
             self.teacher_format = teacher.format
             logger.info("teacher precision: %s", t_prec)
+            # The teacher is frozen: BatchNorm folded, kept in its precision for good (never re-cast
+            # in every autocast forward), possibly with its last stage + head in fp32.
+            t_net, t_dtype = cast_teacher(teacher.to(self.device), t_prec, fold_batchnorm, fmt)
             self.objective = DistillationObjective(
-                teacher.to(self.device), self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP,
-                cfg.LOSS.TEACHER_TEMP, channels_last=cfg.TRAIN.CHANNELS_LAST,
-                student_dtype=DTYPES[self.precision], small_queue=self.small_queue, teacher_precision=t_prec)
+                t_net, self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP, cfg.LOSS.TEACHER_TEMP, teacher_dtype=t_dtype,
+                student_dtype=DTYPES[self.precision], small_queue=self.small_queue)
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=ids)

@@ -112,12 +112,12 @@ def read_d2_pkl(path: str | os.PathLike) -> dict:
     return data
 
 
-def write_d2_pkl(model: Mapping[str, np.ndarray], out_path: str | os.PathLike, author: str = "SEED") -> None:
+def write_d2_pkl(model: Mapping[str, np.ndarray], out_path: str | os.PathLike) -> None:
     """Write a Detectron2 checkpoint atomically (temp file in the same folder + os.replace)."""
     out_path = os.fspath(out_path)
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    payload = {"model": dict(model), "__author__": author, "matching_heuristics": True}
+    payload = {"model": dict(model), "__author__": "SEED", "matching_heuristics": True}
     atomic_write(out_path, "wb", lambda f: pickle.dump(payload, f, protocol=4))
 
 
