@@ -306,3 +306,27 @@ def test_cuda_device_without_cuda(tiny_setup, fake_tv_engine, monkeypatch):
 def test_unknown_engine():
     with pytest.raises(SeedError, match="unknown engine"):
         engines.resolve_engine("mmdet")
+
+
+def test_detectron2_engine_takes_detectron2_names_only(tmp_path):
+    """What the Detectron2 engine accepts as MODEL.WEIGHTS follows the one kind of the file
+    (seed_det.convert.read_weights_file): Detectron2 names yes, torchvision names no."""
+    from seed_det.convert import TV_CHECKPOINT_TAG, read_d2_pkl
+    from seed_det.engines.preflight import check_for_detectron2
+    r18 = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    torch.save(r18, tmp_path / "r18.pth")
+    convert_to_d2(tmp_path / "r18.pth", tmp_path / "r18.pkl")
+    torch.save({"model": {k: torch.as_tensor(v) for k, v in read_d2_pkl(tmp_path / "r18.pkl")["model"].items()}},
+               tmp_path / "d2.pth")
+    torch.save({"engine": TV_CHECKPOINT_TAG, "model": {"backbone.body." + k: v for k, v in r18.items()}},
+               tmp_path / "tv.pth")
+    cfg = _cfg("voc_r18_seed.yaml", "MODEL.DEVICE", "cpu")
+    for name in ("r18.pkl", "d2.pth"):
+        cfg.MODEL.WEIGHTS = str(tmp_path / name)
+        check_for_detectron2(cfg, eval_only=False)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "r18.pth")
+    with pytest.raises(SeedError, match="not a Detectron2 checkpoint. Convert it first"):
+        check_for_detectron2(cfg, eval_only=False)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "tv.pth")
+    with pytest.raises(SeedError, match="checkpoint of the torchvision engine.*--engine torchvision"):
+        check_for_detectron2(cfg, eval_only=False)
