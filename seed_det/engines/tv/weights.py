@@ -12,13 +12,11 @@ from torch import nn
 
 from seed_core.errors import SeedError
 from seed_core.resnet_spec import torchvision_depth
-from seed_det.convert import TV_CHECKPOINT_TAG, d2_to_torchvision_state, read_weights_file
+from seed_det.convert import d2_to_torchvision_state, read_weights_file
 from seed_det.engines.tv.d2_names import d2_detector_state
 from seed_det.engines.tv.model import backbone_modules, backbone_prefixes
 
 logger = logging.getLogger(__name__)
-
-ENGINE_TAG = TV_CHECKPOINT_TAG  # marks checkpoints written by this engine
 
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
