@@ -41,8 +41,8 @@ from seed_core.encoders import build_student
 from seed_core.objectives import DistillationObjective
 from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision
 from seed_core.queue import EmbeddingQueue
-from seed_core.teacher_precision import resolve_teacher_precision
-from seed_core.teachers import FrozenTeacher
+from seed_core.teacher_precision import cast_teacher, resolve_teacher_precision
+from seed_core.teachers import FrozenTeacher, fold_batchnorm
 
 LOSS = get_default_cfg().LOSS  # the paper's temperatures, tau_S and tau_T
 TEACHER_PRECISION = get_default_cfg().TRAIN.TEACHER_PRECISION  # the trainer's default
@@ -64,11 +64,12 @@ class OursStep:
         self.student = student.to(memory_format=self.fmt)
         self.queue = _queue_from(queue_init)
         small_queue = _queue_from(queue_init) if small_patches else None
-        # The objective gives each queue its reduced-precision copy, as in training.
-        self.objective = DistillationObjective(teacher, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
-                                               channels_last=channels_last, student_dtype=DTYPES[precision],
-                                               small_queue=small_queue,
-                                               teacher_precision=resolve_teacher_precision(TEACHER_PRECISION))
+        # The teacher prepared and the objective built as in training (the objective gives each
+        # queue its reduced-precision copy).
+        t_net, t_dtype = cast_teacher(teacher, resolve_teacher_precision(TEACHER_PRECISION), fold_batchnorm, self.fmt)
+        self.objective = DistillationObjective(t_net, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
+                                               teacher_dtype=t_dtype, student_dtype=DTYPES[precision],
+                                               small_queue=small_queue)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     def _inputs(self, x):

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .constants import METRICS_LOG_FILE
 from .distributed import all_reduce_sum
 from .errors import NonFiniteLossError, TrainingError
 
 logger = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
 
 
 class TooManyBadImagesError(TrainingError):
@@ -111,7 +111,7 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
-        self.path = os.path.join(out_dir, METRICS_FILE)
+        self.path = os.path.join(out_dir, METRICS_LOG_FILE)
         kept = []
         if os.path.exists(self.path):
             with open(self.path) as f:

@@ -12,8 +12,6 @@ from .distributed import all_gather_cat
 from .losses import info_nce_loss, l2_loss, seed_loss
 from .queue import EmbeddingQueue
 from .shuffle_bn import grouped_forward, shuffled_keys
-from .teacher_precision import cast_teacher
-from .teachers import fold_batchnorm
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -24,15 +22,15 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 class DistillationObjective(nn.Module):
     """SEED (or L2): the same view goes to the frozen teacher and to the student.
 
+    `teacher` is the frozen teacher as it runs (seed_core.teacher_precision.cast_teacher: BatchNorm
+    folded, kept in its precision); `teacher_dtype` is the dtype its input is cast to.
     With `small_queue` (SEED's small-patch variant), a batch is (main views, small patches of
     shape B x N x C x h x w): the loss adds the SEED loss of the small patches against their own
     queue, and the small queue takes the teacher embedding of each image's first small patch."""
 
     def __init__(self, teacher: nn.Module, queue: EmbeddingQueue, loss: str,
-                 student_temp: float, teacher_temp: float,
-                 teacher_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 fold_bn: bool = True, student_dtype: torch.dtype = torch.float32,
-                 small_queue: EmbeddingQueue | None = None, teacher_precision: str | None = None):
+                 student_temp: float, teacher_temp: float, teacher_dtype: torch.dtype = torch.float32,
+                 student_dtype: torch.dtype = torch.float32, small_queue: EmbeddingQueue | None = None):
         super().__init__()
         self.queue, self.small_queue, self.loss = queue, small_queue, loss
         # SEED's student similarities run in the student's (autocast) precision against a copy of
@@ -42,16 +40,7 @@ class DistillationObjective(nn.Module):
             if q is not None:
                 q.keep_shadow(shadow)
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        # The teacher is frozen: keep it permanently in the reduced dtype instead of re-casting
-        # its weights in every autocast forward. `teacher_precision` (a TRAIN.TEACHER_PRECISION
-        # name, resolved) replaces `teacher_dtype` and may keep the last stage + head in fp32.
-        fold = fold_batchnorm if fold_bn else None
-        if teacher_precision is not None:
-            self.teacher, self.teacher_dtype = cast_teacher(teacher, teacher_precision, fold, fmt)
-        else:
-            self.teacher = (fold or (lambda m: m))(teacher).to(dtype=teacher_dtype, memory_format=fmt)
-            self.teacher_dtype = teacher_dtype
+        self.teacher, self.teacher_dtype = teacher, teacher_dtype
 
     @torch.inference_mode()
     def teacher_embedding(self, images: torch.Tensor) -> torch.Tensor:

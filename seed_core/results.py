@@ -1,9 +1,12 @@
-"""Results files: one CSV per kind of result (detection, knn, linear) under an output root, every
-row naming the run it came from, appended atomically under a lock; and metrics JSON files.
+"""Results files: one CSV per kind of result under an output root, every row naming the run it came
+from, appended atomically under a lock; and metrics JSON files.
 
 Every row starts with the run's identity (RUN_COLUMNS): when, which output folder, which weights,
 which engine, `train` or `eval-only`, which dataset. The kind's own columns follow. A file whose
 header is not one of ours is refused before anything is written.
+
+The kinds of seed_core's own evaluations (knn, linear) are declared here; another package declares
+its kind with `register_kind` where it defines its rows (seed_det.results: detection).
 """
 from __future__ import annotations
 
@@ -25,8 +28,7 @@ except ImportError:  # pragma: no cover
 
 # A file's kind is read from its header, so no two kinds may share one.
 RUN_COLUMNS = ("timestamp", "output", "weights", "engine", "mode", "dataset")
-KIND_COLUMNS = {
-    "detection": ("config", "AP", "AP50", "AP75", "mask_AP"),
+KIND_COLUMNS: dict[str, tuple[str, ...]] = {
     "knn": ("arch", "k", "temperature", "top1", "top5"),
     "linear": ("arch", "optimizer", "epochs", "top1", "top5"),
 }
@@ -36,6 +38,19 @@ FILE_PATTERN = "results_{kind}.csv"
 
 class ResultsError(SeedError):
     """A results file that is not ours, or a row that does not fit its kind."""
+
+
+def register_kind(kind: str, kind_columns) -> tuple[str, ...]:
+    """Declare a kind of results file by its own columns (they follow RUN_COLUMNS); returns all its
+    columns. Declaring a kind again with the same columns changes nothing."""
+    kind_columns = tuple(kind_columns)
+    if KIND_COLUMNS.get(kind, kind_columns) != kind_columns:
+        raise ResultsError(f"results kind '{kind}' is declared already, with columns {KIND_COLUMNS[kind]}")
+    if any(cols == kind_columns for k, cols in KIND_COLUMNS.items() if k != kind):
+        raise ResultsError(f"results kind '{kind}' would share its columns with another kind; a file's kind "
+                           "is read from its header, so give it columns of its own")
+    KIND_COLUMNS[kind] = kind_columns
+    return columns(kind)
 
 
 def columns(kind: str) -> tuple[str, ...]:
@@ -135,11 +150,11 @@ def read_rows(path: str | os.PathLike) -> tuple[str, list[dict]]:
 
 
 def find_results(root: str | os.PathLike) -> list[str]:
-    """The results files under an output root (results_<kind>.csv), in kind order."""
+    """The results files under an output root (results_<kind>.csv), in the order of the kinds' names."""
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise ResultsError(f"output root {root} is not a folder")
-    found = [results_path(root, k) for k in KIND_COLUMNS if os.path.isfile(results_path(root, k))]
+    found = [results_path(root, k) for k in sorted(KIND_COLUMNS) if os.path.isfile(results_path(root, k))]
     if not found:
         others = sorted(os.path.basename(p) for p in glob.glob(os.path.join(root, "*.csv")))
         raise ResultsError(f"no results files (results_<kind>.csv) in {root}"

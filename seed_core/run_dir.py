@@ -7,9 +7,8 @@ import os
 import time
 from typing import Iterable
 
+from .constants import LOG_FILE
 from .errors import ConfigError
-
-LOG_FILE = "log.txt"
 
 
 def ensure_output_dir(path: str, what: str) -> None:
@@ -62,29 +61,36 @@ def move_aside(folder: str, names: Iterable[str]) -> str:
 
 class RunLog:
     """While active, the records of the `loggers` (INFO and above) also go to `folder/log.txt`,
-    appended, so a resumed run continues its log."""
+    appended, so a resumed run continues its log. Both the distillation trainer and the detection
+    engines keep their run's log this way.
 
-    def __init__(self, folder: str, loggers: Iterable[str], enabled: bool = True):
+    `enabled` False (a process other than the main one of a multi-process run) writes no file;
+    with `quiet` the loggers then pass warnings and errors only, so N processes do not repeat
+    every line."""
+
+    def __init__(self, folder: str, loggers: Iterable[str], enabled: bool = True, quiet: bool = False):
         self.loggers = [logging.getLogger(name) for name in loggers]
         self.handler = logging.FileHandler(os.path.join(folder, LOG_FILE)) if enabled else None
         if self.handler is not None:
             self.handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s"))
+        self.quiet = quiet and not enabled
         self.levels: list[int] = []
 
     def __enter__(self) -> "RunLog":
-        if self.handler is None:
-            return self
         self.levels = [lg.level for lg in self.loggers]
         for lg in self.loggers:
-            if lg.getEffectiveLevel() > logging.INFO:
+            if self.quiet:
+                lg.setLevel(logging.WARNING)
+            elif self.handler is not None and lg.getEffectiveLevel() > logging.INFO:
                 lg.setLevel(logging.INFO)
-            lg.addHandler(self.handler)
+            if self.handler is not None:
+                lg.addHandler(self.handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.handler is None:
-            return
         for lg, level in zip(self.loggers, self.levels):
-            lg.removeHandler(self.handler)
+            if self.handler is not None:
+                lg.removeHandler(self.handler)
             lg.setLevel(level)
-        self.handler.close()
+        if self.handler is not None:
+            self.handler.close()

@@ -15,31 +15,30 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
-from .constants import BACKBONE_FILE, CHECKPOINT_FILE, META_FILE
+from .constants import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, META_FILE, METRICS_LOG_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
 from .distributed import DistContext, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
-from .monitoring import METRICS_FILE, BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
+from .monitoring import BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
 from .objectives import DistillationObjective, MoCoObjective
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
-from .run_dir import LOG_FILE, RunLog, ensure_output_dir, existing_run, move_aside
+from .run_dir import RunLog, ensure_output_dir, existing_run, move_aside
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
-from .teacher_precision import resolve_teacher_precision
-from .teachers import embedding_dim, load_teacher
+from .teacher_precision import cast_teacher, resolve_teacher_precision
+from .teachers import embedding_dim, fold_batchnorm, load_teacher
 from .yaml_config import flatten_cfg
 
 logger = logging.getLogger(__name__)
 # Settings that may change between a run and its resume without changing the result.
 RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "TRAIN.CHECKPOINT_PERIOD",
                      "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS", "OUTPUT_DIR", "DATA.ROOT"}
-CONFIG_FILE = "config.yaml"
 # A folder holding one of these (not empty) holds a run that must not be overwritten silently.
-RUN_MARKERS = (CHECKPOINT_FILE, METRICS_FILE)
+RUN_MARKERS = (CHECKPOINT_FILE, METRICS_LOG_FILE)
 # What a run writes into OUTPUT_DIR; --restart moves these aside (epoch checkpoints are globbed).
 RUN_OUTPUTS = RUN_MARKERS + (CONFIG_FILE, LOG_FILE, "tb", BACKBONE_FILE, META_FILE)
 
@@ -169,10 +168,12 @@ class Trainer:
             t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, self.device.type)
             self.teacher_format = teacher.format
             logger.info("teacher precision: %s", t_prec)
+            # The teacher is frozen: BatchNorm folded, kept in its precision for good (never re-cast
+            # in every autocast forward), possibly with its last stage + head in fp32.
+            t_net, t_dtype = cast_teacher(teacher.to(self.device), t_prec, fold_batchnorm, fmt)
             self.objective = DistillationObjective(
-                teacher.to(self.device), self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP,
-                cfg.LOSS.TEACHER_TEMP, channels_last=cfg.TRAIN.CHANNELS_LAST,
-                student_dtype=DTYPES[self.precision], small_queue=self.small_queue, teacher_precision=t_prec)
+                t_net, self.queue, cfg.LOSS.NAME, cfg.LOSS.STUDENT_TEMP, cfg.LOSS.TEACHER_TEMP, teacher_dtype=t_dtype,
+                student_dtype=DTYPES[self.precision], small_queue=self.small_queue)
         if ctx.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.student, device_ids=ids)

@@ -122,11 +122,11 @@ def merge_file(cfg, path: str | os.PathLike, schema: str) -> None:
         raise config_error(cfg, os.fspath(path), e, schema) from None
 
 
-def merge_overrides(cfg, opts: Iterable, schema: str, source: str = "command line") -> None:
+def merge_overrides(cfg, opts: Iterable, schema: str) -> None:
     """Merge `KEY VALUE` pairs into `cfg`, in place (values are Python literals or plain strings)."""
     opts = list(opts)
     if len(opts) % 2:
-        raise ConfigError(f"{source}: overrides must be KEY VALUE pairs, got an odd number ({len(opts)}): "
+        raise ConfigError(f"command line: overrides must be KEY VALUE pairs, got an odd number ({len(opts)}): "
                           f"{' '.join(map(str, opts))}")
     pairs = []
     for key, value in zip(opts[0::2], opts[1::2]):
@@ -139,7 +139,7 @@ def merge_overrides(cfg, opts: Iterable, schema: str, source: str = "command lin
     try:
         cfg.merge_from_list(pairs)
     except (KeyError, ValueError, AssertionError, TypeError) as e:
-        raise config_error(cfg, source, e, schema) from None
+        raise config_error(cfg, "command line", e, schema) from None
 
 
 def cfg_value(cfg, dotted: str, missing=KeyError):

@@ -5,3 +5,6 @@ Everything importable from here works without Detectron2; Detectron2-only code l
 """
 
 __version__ = "0.1.0"
+
+# The loggers whose records a detection run keeps in OUTPUT_DIR/log.txt (seed_core.run_dir.RunLog).
+RUN_LOGGERS = ("seed_det", "seed_core")

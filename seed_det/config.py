@@ -42,6 +42,8 @@ __all__ = ["ConfigError", "get_det_cfg", "add_seed_config", "load_det_config", "
 # Name under which seed_det.engines.d2 registers its res5 ROI head (BasicBlocks for R18/R34).
 BASIC_BLOCK_ROI_HEAD = "BasicBlockRes5ROIHeads"
 SCHEMA = "seed_det/config.py"
+MASK_FORMATS = ("polygon", "bitmask")  # Detectron2's; seed_det.engines.tv.checks says what each means there
+REPEAT_FACTOR_SAMPLER = "RepeatFactorTrainingSampler"  # the only reader of DATALOADER.REPEAT_THRESHOLD
 
 
 def _mirror_detectron2_defaults(c: CfgNode) -> None:
@@ -277,6 +279,13 @@ def validate_det_config(cfg: CfgNode) -> None:
             # never load and a random head would be trained instead.
             raise ConfigError(f"MODEL.ROI_HEADS.NAME Res5ROIHeads builds a Bottleneck res5 that cannot hold "
                               f"R{r.DEPTH} weights; use MODEL.ROI_HEADS.NAME {BASIC_BLOCK_ROI_HEAD}.")
+    if cfg.INPUT.MASK_FORMAT not in MASK_FORMATS:
+        raise ConfigError(f"INPUT.MASK_FORMAT is {cfg.INPUT.MASK_FORMAT!r}; use one of {MASK_FORMATS} "
+                          "('bitmask' for RLE masks).")
+    if cfg.DATALOADER.REPEAT_THRESHOLD != 0.0 and cfg.DATALOADER.SAMPLER_TRAIN != REPEAT_FACTOR_SAMPLER:
+        raise ConfigError(f"DATALOADER.REPEAT_THRESHOLD is {cfg.DATALOADER.REPEAT_THRESHOLD} but only "
+                          f"DATALOADER.SAMPLER_TRAIN {REPEAT_FACTOR_SAMPLER} reads it (the sampler is "
+                          f"{cfg.DATALOADER.SAMPLER_TRAIN}); set that sampler or leave the threshold 0.0.")
     _check_entries(cfg.DATASETS.COCO_JSON, ("name", "json_file", "image_root"), "DATASETS.COCO_JSON")
     _check_entries(cfg.DATASETS.VOC, ("name", "dirname", "split", "year"), "DATASETS.VOC")
     if not cfg.DATASETS.TEST:

@@ -19,7 +19,7 @@ import logging
 import os
 import pickle
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Mapping
 
 import numpy as np
@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointError", "ResNetSpec", "convert_to_d2", "torchvision_to_d2_state", "read_d2_pkl",
            "write_d2_pkl", "load_user_checkpoint", "extract_backbone_state", "infer_torchvision_spec",
-           "infer_d2_spec", "weights_spec", "check_weights_depth"]
+           "infer_d2_spec", "weights_spec", "check_weights_depth", "d2_to_torchvision_name",
+           "d2_to_torchvision_state", "is_d2_detector", "has_d2_resnet", "WeightsFile", "read_weights_file",
+           "TV_CHECKPOINT_TAG", "DETECTOR_KINDS"]
 
 SUPPORTED = ("resnet18/34/50/101/152 and their wide / ResNeXt / timm variants (torchvision key names: "
              "conv1, bn1, layer1..layer4)")
@@ -51,6 +53,21 @@ _TV_PATTERNS = [
     (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.0\.weight$"), "res{L}.\\2.shortcut.weight"),
     (re.compile(r"^layer([1-4])\.(\d+)\.downsample\.1\.(\w+)$"), "res{L}.\\2.shortcut.norm.\\3"),
 ]
+
+# Detectron2 -> torchvision, the inverse of _TV_PATTERNS. Order matters: the norm patterns must be
+# tried before the conv patterns they extend.
+_D2_PATTERNS = [
+    (re.compile(r"^stem\.conv1\.norm\.(\w+)$"), r"bn1.\1"),
+    (re.compile(r"^stem\.conv1\.weight$"), "conv1.weight"),
+    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.norm\.(\w+)$"), r"layer{L}.\2.downsample.1.\3"),
+    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.weight$"), r"layer{L}.\2.downsample.0.weight"),
+    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.norm\.(\w+)$"), r"layer{L}.\2.bn\3.\4"),
+    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.weight$"), r"layer{L}.\2.conv\3.weight"),
+]
+# Where a Detectron2 model keeps its ResNet: FPN bottom-up, C4 backbone, C4 res5 ROI head.
+D2_RESNET_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
+# A torchvision-engine checkpoint says so in its "engine" entry (seed_det.engines.tv.checkpoint).
+TV_CHECKPOINT_TAG = "seed_det.torchvision"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,12 +113,12 @@ def read_d2_pkl(path: str | os.PathLike) -> dict:
     return data
 
 
-def write_d2_pkl(model: Mapping[str, np.ndarray], out_path: str | os.PathLike, author: str = "SEED") -> None:
+def write_d2_pkl(model: Mapping[str, np.ndarray], out_path: str | os.PathLike) -> None:
     """Write a Detectron2 checkpoint atomically (temp file in the same folder + os.replace)."""
     out_path = os.fspath(out_path)
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
-    payload = {"model": dict(model), "__author__": author, "matching_heuristics": True}
+    payload = {"model": dict(model), "__author__": "SEED", "matching_heuristics": True}
     atomic_write(out_path, "wb", lambda f: pickle.dump(payload, f, protocol=4))
 
 
@@ -198,6 +215,42 @@ def _c4_res5(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if m and not k.endswith("num_batches_tracked"):
             found[m.group(1)] = v
     return found
+
+
+def d2_to_torchvision_name(name: str) -> str | None:
+    """'res3.1.conv2.norm.running_mean' -> 'layer2.1.bn2.running_mean' (a D2_RESNET_PREFIXES prefix
+    is dropped first); None if not a ResNet name."""
+    for prefix in D2_RESNET_PREFIXES:
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    for rx, template in _D2_PATTERNS:
+        m = rx.match(name)
+        if m:
+            target = template.replace("{L}", str(int(m.group(1)) - 1)) if "{L}" in template else template
+            return m.expand(target)
+    return None
+
+
+def d2_to_torchvision_state(model: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """The ResNet of a Detectron2 state in torchvision names; anything else (heads, FPN) is left out."""
+    out = {}
+    for k, v in model.items():
+        name = d2_to_torchvision_name(k)
+        if name is not None:
+            out[name] = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+    return out
+
+
+def is_d2_detector(state: Mapping[str, object]) -> bool:
+    """True for the state of a Detectron2 R-CNN (its RPN and box predictor are there)."""
+    return any(k.startswith("proposal_generator.rpn_head.") for k in state) and any(
+        k.startswith("roi_heads.box_predictor.") for k in state)
+
+
+def has_d2_resnet(state: Mapping[str, object]) -> bool:
+    """True when a state holds a ResNet in Detectron2 names (its stem, under any prefix)."""
+    return any(re.search(r"(^|\.)stem\.conv1\.", k) for k in state)
 
 
 def _spec(block: str, counts: tuple, stem: int, res2: int, source: str) -> ResNetSpec:
@@ -339,17 +392,65 @@ def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike, overw
 # Checking weights against a config (both engines, before any training)
 # ----------------------------------------------------------------------------------------------
 
-def weights_spec(path: str | os.PathLike) -> ResNetSpec:
-    """ResNet depth/widths of a weights file: a Detectron2 .pkl or any convertible PyTorch checkpoint."""
+DETECTOR_KINDS = ("d2_detector", "tv_detector")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """A weights file (MODEL.WEIGHTS, or a file to convert) read once, and what it holds. `kind`:
+
+    d2_detector  a Detectron2 R-CNN (RPN and box predictor); `state` in Detectron2 names
+    tv_detector  a checkpoint of the torchvision engine; `state` is its model's state dict
+    d2_backbone  a ResNet in Detectron2 names: a converted .pkl, or a Detectron2 training checkpoint
+                 without detection heads; `state` in Detectron2 names
+    backbone     any other PyTorch checkpoint: a ResNet in torchvision names is looked for in it
+    `checkpoint` is the loaded PyTorch object (None for a .pkl).
+    """
+
+    path: str
+    kind: str
+    state: Mapping | None = None
+    checkpoint: object = None
+
+    @property
+    def is_detector(self) -> bool:
+        return self.kind in DETECTOR_KINDS
+
+    def resnet_state(self) -> dict[str, torch.Tensor]:
+        """The ResNet it holds, in torchvision names."""
+        if self.kind.startswith("d2_"):
+            return d2_to_torchvision_state(self.state)
+        return extract_backbone_state(self.checkpoint, self.path)[0]
+
+    def resnet_spec(self) -> ResNetSpec:
+        """Depth and widths of the ResNet it holds."""
+        if self.kind.startswith("d2_"):
+            return infer_d2_spec(self.state, self.path)
+        return infer_torchvision_spec(self.resnet_state(), self.path)
+
+
+def read_weights_file(path: str | os.PathLike) -> WeightsFile:
+    """Read a weights file and say what kind it is (see WeightsFile): the one place that decides,
+    for both engines and the checks before them."""
     path = os.fspath(path)
     if path.endswith(".pkl"):
-        return infer_d2_spec(read_d2_pkl(path)["model"], path)
+        model = read_d2_pkl(path)["model"]
+        return WeightsFile(path, "d2_detector" if is_d2_detector(model) else "d2_backbone", model)
     obj = load_user_checkpoint(path)
-    if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and any(
-            re.search(r"(^|\.)stem\.conv1\.", k) for k in obj["model"]):
-        return infer_d2_spec(obj["model"], path)  # a Detectron2 training checkpoint (model_final.pth)
-    state, _ = extract_backbone_state(obj, path)
-    return infer_torchvision_spec(state, path)
+    if isinstance(obj, Mapping) and obj.get("engine") == TV_CHECKPOINT_TAG:
+        return WeightsFile(path, "tv_detector", obj["model"], obj)
+    # a Detectron2 training checkpoint (model_final.pth): a whole detector, or a backbone in its names
+    model = obj.get("model") if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else None
+    if model is not None and is_d2_detector(model):
+        return WeightsFile(path, "d2_detector", model, obj)
+    if model is not None and has_d2_resnet(model):
+        return WeightsFile(path, "d2_backbone", model, obj)
+    return WeightsFile(path, "backbone", None, obj)
+
+
+def weights_spec(path: str | os.PathLike) -> ResNetSpec:
+    """ResNet depth/widths of a weights file: a Detectron2 .pkl or any convertible PyTorch checkpoint."""
+    return read_weights_file(path).resnet_spec()
 
 
 def check_weights_depth(path: str | os.PathLike, depth: int, res2_out_channels: int | None = None) -> ResNetSpec:

@@ -1,5 +1,6 @@
 """Detection results: `metrics.json` per run, one row per run in the detection results file, and a
-markdown table. The file format (columns, locking, refusing foreign files) is seed_core.results'.
+markdown table. The detection columns are declared here; the file format (run columns, locking, refusing
+foreign files) is seed_core.results'.
 
 Metrics are percentages (0..100) like Detectron2 prints them: "AP", "AP50", "AP75" for boxes and
 optionally "mask_AP", "mask_AP50", "mask_AP75" for masks.
@@ -17,8 +18,10 @@ import time
 from collections import OrderedDict
 from typing import Iterable, Mapping
 
+from seed_core.constants import EVAL_METRICS_FILE, METRICS_FILE
 from seed_core.errors import SeedError
-from seed_core.results import append_row, check_results_file, columns, latest_per_key, read_rows, results_path, write_json
+from seed_core.results import (append_row, check_results_file, latest_per_key, read_rows, register_kind, results_path,
+                               write_json)
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ __all__ = ["CSV_FIELDS", "record_run", "default_csv_path", "metrics_file", "read
            "render_markdown"]
 
 KIND = "detection"
-CSV_FIELDS = columns(KIND)
+CSV_FIELDS = register_kind(KIND, ("config", "AP", "AP50", "AP75", "mask_AP"))
 METRIC_KEYS = ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75")
 # Last `_`-separated token of a config file name -> column of the comparison table.
 VARIANTS = ("random", "supervised", "mocov2", "seed")
@@ -40,7 +43,7 @@ def default_csv_path(output_dir: str | os.PathLike) -> str:
 
 def metrics_file(output_dir: str | os.PathLike, eval_only: bool) -> str:
     """metrics.json for a training run; eval_metrics.json for an evaluation, which must not replace it."""
-    return os.path.join(os.fspath(output_dir), "eval_metrics.json" if eval_only else "metrics.json")
+    return os.path.join(os.fspath(output_dir), EVAL_METRICS_FILE if eval_only else METRICS_FILE)
 
 
 def _json_safe(v):

@@ -222,6 +222,7 @@ def test_voc_train_two_iterations_then_eval_only(tmp_path):
     assert (out / "model_final.pth").is_file()
     record = json.loads((out / "metrics.json").read_text())
     assert record["engine"] == "detectron2" and record["weights"] == pkl
+    assert "seed_det.results INFO] results:" in (out / "log.txt").read_text()  # the suite's records join Detectron2's
 
     final = str(out / "model_final.pth")
     again = main(_args("voc_r18_seed.yaml", opts[:-4] + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", str(out)],
@@ -230,6 +231,12 @@ def test_voc_train_two_iterations_then_eval_only(tmp_path):
     rows = read_results(tmp_path / "runs" / "results_detection.csv")
     assert [r["mode"] for r in rows] == ["train", "eval-only"] and rows[1]["engine"] == "detectron2"
     assert json.loads((out / "metrics.json").read_text())["mode"] == "train"  # not replaced by the evaluation
+    # TEST.EXPECTED_RESULTS is checked after an evaluation too (Detectron2's verify_results), not ignored
+    expect = ["TEST.EXPECTED_RESULTS", "[['bbox', 'AP50', 101.0, 0.1]]"]
+    with pytest.raises(SystemExit):
+        main(_args("voc_r18_seed.yaml", opts[:-4] + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", str(out)] + expect,
+                   eval_only=True))
+    assert len(read_results(tmp_path / "runs" / "results_detection.csv")) == 2
 
 
 def test_coco_json_mask_rcnn_two_iterations(tmp_path, monkeypatch):

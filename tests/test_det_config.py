@@ -125,6 +125,13 @@ def test_validation_catches_silent_mistakes():
         _cfg("voc_r18_seed.yaml", "MODEL.RESNETS.DEPTH", "20")
     with pytest.raises(ConfigError, match="COCO_JSON entries"):
         _cfg("voc_r18_seed.yaml", "DATASETS.COCO_JSON", "[['only_a_name']]")
+    with pytest.raises(ConfigError, match="INPUT.MASK_FORMAT"):
+        _cfg("voc_r18_seed.yaml", "INPUT.MASK_FORMAT", "rle")
+    with pytest.raises(ConfigError, match="DATALOADER.REPEAT_THRESHOLD .* RepeatFactorTrainingSampler"):
+        _cfg("voc_r18_seed.yaml", "DATALOADER.REPEAT_THRESHOLD", "0.001")
+    assert _cfg("voc_r18_seed.yaml", "INPUT.MASK_FORMAT", "bitmask").INPUT.MASK_FORMAT == "bitmask"
+    assert _cfg("voc_r18_seed.yaml", "DATALOADER.REPEAT_THRESHOLD", "0.001", "DATALOADER.SAMPLER_TRAIN",
+                "RepeatFactorTrainingSampler").DATALOADER.REPEAT_THRESHOLD == 0.001
     # Bottleneck depths keep the stock head.
     assert _cfg("voc_r18_seed.yaml", "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",
                 "MODEL.ROI_HEADS.NAME", "Res5ROIHeads").MODEL.RESNETS.DEPTH == 50
@@ -298,3 +305,27 @@ def test_cuda_device_without_cuda(tiny_setup, fake_tv_engine, monkeypatch):
 def test_unknown_engine():
     with pytest.raises(SeedError, match="unknown engine"):
         engines.resolve_engine("mmdet")
+
+
+def test_detectron2_engine_takes_detectron2_names_only(tmp_path):
+    """What the Detectron2 engine accepts as MODEL.WEIGHTS follows the one kind of the file
+    (seed_det.convert.read_weights_file): Detectron2 names yes, torchvision names no."""
+    from seed_det.convert import TV_CHECKPOINT_TAG, read_d2_pkl
+    from seed_det.engines.preflight import check_for_detectron2
+    r18 = {k: v for k, v in torchvision.models.resnet18().state_dict().items() if not k.startswith("fc.")}
+    torch.save(r18, tmp_path / "r18.pth")
+    convert_to_d2(tmp_path / "r18.pth", tmp_path / "r18.pkl")
+    torch.save({"model": {k: torch.as_tensor(v) for k, v in read_d2_pkl(tmp_path / "r18.pkl")["model"].items()}},
+               tmp_path / "d2.pth")
+    torch.save({"engine": TV_CHECKPOINT_TAG, "model": {"backbone.body." + k: v for k, v in r18.items()}},
+               tmp_path / "tv.pth")
+    cfg = _cfg("voc_r18_seed.yaml", "MODEL.DEVICE", "cpu")
+    for name in ("r18.pkl", "d2.pth"):
+        cfg.MODEL.WEIGHTS = str(tmp_path / name)
+        check_for_detectron2(cfg, eval_only=False)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "r18.pth")
+    with pytest.raises(SeedError, match="not a Detectron2 checkpoint. Convert it first"):
+        check_for_detectron2(cfg, eval_only=False)
+    cfg.MODEL.WEIGHTS = str(tmp_path / "tv.pth")
+    with pytest.raises(SeedError, match="checkpoint of the torchvision engine.*--engine torchvision"):
+        check_for_detectron2(cfg, eval_only=False)

@@ -8,7 +8,8 @@ from seed_core.losses import info_nce_loss, l2_loss, seed_loss
 from seed_core.losses import similarity_logits as similarity_logits_ref
 from seed_core.objectives import DistillationObjective
 from seed_core.queue import EmbeddingQueue
-from seed_core.teachers import FrozenTeacher
+from seed_core.teacher_precision import cast_teacher
+from seed_core.teachers import FrozenTeacher, fold_batchnorm
 
 
 def _unit(*shape, seed=0):
@@ -61,7 +62,7 @@ def test_gradients_reach_only_student_and_head_and_teacher_bn_is_frozen():
     bn_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     queue = EmbeddingQueue(32, 16)
     queue_before = queue.embeddings.clone()
-    objective = DistillationObjective(teacher, queue, "seed", 0.2, 0.01, fold_bn=False)
+    objective = DistillationObjective(teacher, queue, "seed", 0.2, 0.01)
     assert objective.teacher is teacher
     images = torch.randn(4, 3, 32, 32)
     loss, z_t = objective(student, images, torch.autocast("cpu", enabled=False))
@@ -84,7 +85,7 @@ def test_folded_teacher_computes_the_same_embeddings():
             m.running_mean.normal_(0, 0.2)
             m.running_var.uniform_(0.5, 2.0)
     teacher = FrozenTeacher(net.backbone, net.head)
-    folded = DistillationObjective(teacher, EmbeddingQueue(8, 16), "seed", 0.2, 0.01).teacher
+    folded, _ = cast_teacher(teacher, "fp32", fold_batchnorm)  # as the trainer prepares its teacher
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     folded.train()
     assert not folded.training and not any(p.requires_grad for p in folded.parameters())
@@ -134,7 +135,7 @@ def test_the_objective_decides_the_queue_shadow_dtype():
     for loss, student_dtype, expected in [("seed", torch.bfloat16, torch.bfloat16), ("seed", torch.float32, None),
                                           ("l2", torch.bfloat16, None)]:
         queue = EmbeddingQueue(6, 4, shadow_dtype=torch.float16)
-        DistillationObjective(teacher, queue, loss, 0.2, 0.01, fold_bn=False, student_dtype=student_dtype)
+        DistillationObjective(teacher, queue, loss, 0.2, 0.01, student_dtype=student_dtype)
         assert (queue.shadow.dtype if queue.shadow is not None else None) == expected
         if expected is not None:
             assert torch.equal(queue.shadow, queue.embeddings.to(expected))

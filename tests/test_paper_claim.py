@@ -93,10 +93,27 @@ def test_run_key_ignores_paths_and_logging_but_not_settings():
 
 
 def test_mean_std():
-    from tools.pipeline.scoring import mean_std
-    assert mean_std([5.0]) == (5.0, 0.0)
+    from tools.pipeline.report import mean_std, mean_std_text
+    assert mean_std([5.0]) == (5.0, None)  # one value has no spread
     mean, std = mean_std([1.0, 2.0, 3.0])
     assert mean == 2.0 and abs(std - 1.0) < 1e-12
+    assert mean_std_text(mean, std) == "2.0 ± 1.0" and mean_std_text(*mean_std([5.0])) == "5.0"
+    assert mean_std_text(2.0, 0.25, digits=2) == "2.00 ± 0.25"
+    with pytest.raises(ValueError, match="no values"):
+        mean_std([])
+
+
+def test_one_seed_tables_print_the_value_alone():
+    """paper_claim and lr_sweep rows of one seed: the k-NN top-1 without a '± 0.0'."""
+    from tools.benchmarking.lr_sweep import sweep_table
+    from tools.benchmarking.paper_claim import _cell, _summarise
+    row = _summarise([{"seed": 0, "top1": 91.25}])
+    assert row["top1_std"] is None and _cell(row) == "91.2"
+    assert _cell(_summarise([{"seed": 0, "top1": 90.0}, {"seed": 1, "top1": 92.0}])) == "91.0 ± 1.4"
+    point = {"point": "seed0.03", "file": "f", "method": "seed", "overrides": {"SOLVER.BASE_LR": 0.03}, **row}
+    table = sweep_table({"arch": "resnet18", "sweep_seeds": [0], "final_seeds": [0], "sweep": [point],
+                         "best": {"seed": "seed0.03"}, "final": {"seed": point}})
+    assert "91.2 |" in table and "± 0.0" not in table and "±" not in table
 
 
 def test_bad_settings_fail_before_anything_is_written(tmp_path, capsys, restore_threads):

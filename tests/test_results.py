@@ -172,3 +172,26 @@ def test_one_file_per_kind_and_one_table_tool(tmp_path):
     (tmp_path / "old.csv").write_text("timestamp,tool,backbone,arch,top1,top5\nt,eval_knn,b,a,1,2\n")
     res = subprocess.run([sys.executable, tool, str(tmp_path / "old.csv")], capture_output=True, text=True)
     assert res.returncode == 2 and "not a results file of this project" in res.stderr
+
+
+def test_detection_columns_are_declared_by_seed_det_only():
+    """seed_core knows the run columns and its own kinds; the detection schema is seed_det.results'."""
+    code = ("import sys, seed_core.results as r, seed_core.evaluation.results\n"
+            "assert 'detection' not in r.KIND_COLUMNS and 'seed_det' not in sys.modules, r.KIND_COLUMNS\n"
+            "import seed_det.results as d\n"
+            "assert r.columns('detection') == d.CSV_FIELDS == r.RUN_COLUMNS + ('config', 'AP', 'AP50', 'AP75', 'mask_AP')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    for folder, _, names in os.walk(os.path.join(ROOT, "seed_core")):
+        for name in names:
+            if name.endswith(".py"):
+                assert "AP50" not in open(os.path.join(folder, name)).read(), name
+
+
+def test_a_kind_is_declared_once():
+    from seed_core.results import ResultsError, register_kind
+    assert register_kind("detection", CSV_FIELDS[6:]) == CSV_FIELDS  # again, same columns: nothing changes
+    with pytest.raises(ResultsError, match="declared already"):
+        register_kind("detection", ("config", "AP"))
+    with pytest.raises(ResultsError, match="share its columns"):
+        register_kind("knn_copy", ("arch", "k", "temperature", "top1", "top5"))

@@ -66,7 +66,7 @@ def test_small_patch_loss_and_queues_equal_the_official_formulas_float64():
     small_queue = EmbeddingQueue(k, dim, g).double()
     queue.ptr.fill_(5)
     small_queue.ptr.fill_(5)
-    objective = DistillationObjective(teacher, queue, "seed", TAU_S, TAU_T, torch.float64, fold_bn=False,
+    objective = DistillationObjective(teacher.double(), queue, "seed", TAU_S, TAU_T, torch.float64,
                                       small_queue=small_queue)
     ref_student = EmbeddingNet(*_net(dim, 0))
     ref_teacher = EmbeddingNet(*_net(dim, 1)).eval()

@@ -90,7 +90,7 @@ def test_bad_teacher_precision_names_are_refused(bad):
 
 def test_training_runs_with_an_fp32_last_stage_teacher(images, moco_teacher, tmp_path):
     from conftest import tiny_opts
-    from seed_core.run_dir import LOG_FILE
+    from seed_core.constants import LOG_FILE
     from seed_core.trainer import train
     out = tmp_path / "run"
     cfg = load_cfg(None, tiny_opts(images, moco_teacher, str(out), **{

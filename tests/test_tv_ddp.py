@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 from seed_core.errors import ConfigError
@@ -138,6 +139,35 @@ def test_sampler_resume_continues_the_sequence():
     # also when the job resumes with another number of processes
     resumed = [i for step in _epochs(10, 4, 1, batches=3, start=5) for part in step for i in part]
     assert resumed == [i for step in whole[5:] for part in step for i in part]
+
+
+def _ungrouped_reference(size, batch, seed, batches):
+    """The global batches of a shuffled infinite stream cut into batches, without any grouping."""
+    g, buf, out = torch.Generator().manual_seed(seed), [], []
+    while len(out) < batches:
+        buf.extend(torch.randperm(size, generator=g).tolist())
+        while len(buf) >= batch and len(out) < batches:
+            out.append(buf[:batch])
+            buf = buf[batch:]
+    return out
+
+
+def test_sampler_groups_batches_by_orientation():
+    """DATALOADER.ASPECT_RATIO_GROUPING: each batch holds one group; with one group (e.g. square
+    images) the batches are exactly the ungrouped ones."""
+    from seed_det.data.torch_dataset import orientation_groups
+    groups = orientation_groups([{"width": 50 + i, "height": 64} if i % 3 else {"width": 90, "height": 64}
+                                 for i in range(10)])
+    assert groups == [0 if i % 3 == 0 else 1 for i in range(10)]
+    it = iter(InfiniteBatchSampler(10, 4, 5, groups=groups))
+    batches = [next(it) for _ in range(12)]
+    assert all(len({groups[i] for i in b}) == 1 for b in batches)
+    reference = _ungrouped_reference(10, 4, 5, batches=12)
+    for grouping in (None, [1] * 10):
+        it = iter(InfiniteBatchSampler(10, 4, 5, groups=grouping))
+        assert [next(it) for _ in range(12)] == reference
+    resumed = iter(InfiniteBatchSampler(10, 4, 5, start_batch=7, groups=groups))
+    assert [next(resumed) for _ in range(5)] == batches[7:]
 
 
 def test_sampler_refuses_a_batch_that_does_not_split():

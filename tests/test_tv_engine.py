@@ -10,8 +10,8 @@ import torch
 import torchvision
 
 from seed_det.config import ConfigError, load_det_config
-from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d2, read_d2_pkl,
-                              torchvision_to_d2_state, write_d2_pkl)
+from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d2, d2_to_torchvision_name,
+                              read_d2_pkl, read_weights_file, torchvision_to_d2_state, write_d2_pkl)
 from seed_det.data import DatasetError
 from seed_det.engines import RunOptions
 from seed_det.data.synthetic.shapes import write_shapes_dataset
@@ -20,7 +20,6 @@ from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.checks import check_supported
 from seed_det.engines.tv.model import backbone_modules, build_model
 from seed_det.engines.tv.solver import lr_factor
-from seed_det.engines.tv.d2_names import d2_to_torchvision_name
 from seed_det.engines.tv.weights import WeightsError, load_weights
 
 
@@ -165,6 +164,10 @@ def test_freeze_at_freezes_stem_and_res2(tmp_path, shapes):
     (["MODEL.BACKBONE.NAME", "build_mobilenetv2_fpn_backbone"], "MODEL.BACKBONE.NAME"),
     (["SOLVER.AMP.ENABLED", "True"], "SOLVER.AMP.ENABLED"),
     (["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True"], "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"),
+    (["VIS_PERIOD", "20"], "VIS_PERIOD"),
+    (["TEST.EXPECTED_RESULTS", "[['bbox', 'AP', 50.0, 0.5]]"], "TEST.EXPECTED_RESULTS"),
+    (["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.001"],
+     "DATALOADER.SAMPLER_TRAIN"),
 ])
 def test_unsupported_config_key_is_named(tmp_path, shapes, opts, key):
     cfg, path = make_cfg(tmp_path, shapes, "c4", opts=opts)
@@ -420,3 +423,54 @@ def test_engine_identity_is_engine_library_and_package_versions(monkeypatch):
         assert engines.engine_identity("auto") == before  # auto: the engine that runs
     monkeypatch.setattr(engines, "package_version", lambda: "99.0")  # a new release is a new identity
     assert engines.engine_identity("torchvision") == {**before, "seed-transfer": "99.0"}
+
+
+def test_keys_the_engine_honours_its_own_way(tmp_path, shapes):
+    """CUDNN_BENCHMARK is set for the run; INPUT.MASK_FORMAT polygon with masks is named in the log,
+    since the engine's mask targets are Detectron2's 'bitmask' ones."""
+    from seed_det.engines.tv.checks import mask_format_note
+    cfg, path = make_cfg(tmp_path, shapes, "c4", "coco", ["MODEL.MASK_ON", "True", "CUDNN_BENCHMARK", "True",
+                                                          "SOLVER.MAX_ITER", "0"])
+    assert "bitmask" in mask_format_note(cfg)
+    assert mask_format_note(load_det_config(path, ["INPUT.MASK_FORMAT", "bitmask", "MODEL.MASK_ON", "True"]
+                                            + _datasets(shapes, "coco"))) is None
+    before = torch.backends.cudnn.benchmark
+    try:
+        run(cfg, _args(path))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert "INPUT.MASK_FORMAT polygon" in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_one_function_says_what_a_weights_file_is(tmp_path, shapes):
+    """seed_det.convert.read_weights_file decides the kind of MODEL.WEIGHTS for the checks before
+    both engines, the torchvision engine's loader and the Detectron2 engine's load check."""
+    import ast
+    import seed_det
+    root = os.path.dirname(seed_det.__file__)
+    for module in ("engines/preflight.py", "engines/tv/weights.py", "engines/d2/engine.py"):
+        tree = ast.parse(open(os.path.join(root, module)).read())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "seed_det.convert"
+                    for a in n.names}
+        assert "read_weights_file" in imported, module
+    cfg, _ = make_cfg(tmp_path, shapes, "c4", opts=["MODEL.MASK_ON", "True"])
+    model = build_model(cfg)
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    convert_to_d2(tmp_path / "r18.pth", tmp_path / "r18.pkl")
+    torch.save({"model": _in_detectron2_names(model, "c4")}, tmp_path / "d2_final.pth")
+    torch.save({"model": {k: torch.as_tensor(v) for k, v in read_d2_pkl(tmp_path / "r18.pkl")["model"].items()}},
+               tmp_path / "d2_backbone.pth")
+    write_d2_pkl({k: v.numpy() for k, v in _in_detectron2_names(model, "c4").items()}, tmp_path / "d2_final.pkl")
+    files = {"r18.pth": "backbone", "r18.pkl": "d2_backbone", "d2_backbone.pth": "d2_backbone",
+             "d2_final.pth": "d2_detector", "d2_final.pkl": "d2_detector",
+             os.path.relpath(save_checkpoint(str(tmp_path), "tv_final.pth", model), tmp_path): "tv_detector"}
+    for name, kind in files.items():
+        weights = read_weights_file(tmp_path / name)
+        assert weights.kind == kind, name
+        assert weights.is_detector == (kind in ("d2_detector", "tv_detector"))
+        assert weights.resnet_spec().depth == 18
+    # the torchvision engine loads each as what it is
+    assert load_weights(build_model(cfg), str(tmp_path / "d2_backbone.pth"))["loaded"]
+    for name in ("d2_final.pth", "d2_final.pkl", "tv_final.pth"):
+        load_weights(build_model(cfg), str(tmp_path / name), detector=True)

@@ -58,8 +58,9 @@ def register_from_config(cfg) -> None:
         register_dataset(spec)
 
 
-def builtin_spec(name: str, root: str | None = None) -> DatasetSpec:
-    root = datasets_root() if root is None else root
+def builtin_spec(name: str) -> DatasetSpec:
+    """Where a Detectron2 builtin dataset lives under $DETECTRON2_DATASETS."""
+    root = datasets_root()
     if name in _BUILTIN_VOC:
         folder, split, year = _BUILTIN_VOC[name]
         return DatasetSpec(name, "voc", dirname=os.path.join(root, folder), split=split, year=year,

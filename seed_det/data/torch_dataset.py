@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -87,27 +87,42 @@ class InfiniteBatchSampler(torch.utils.data.Sampler):
     """Endless shuffled global batches from a seeded generator, like Detectron2's TrainingSampler;
     process `rank` of `world_size` takes its equal slice of each. The sequence of global batches
     does not depend on the world size, and skipping `start_batch` of them makes a resumed run
-    (with any world size) continue it."""
+    (with any world size) continue it.
+
+    `groups` (one id per image, e.g. from `orientation_groups`) makes every batch hold images of one
+    group only, as Detectron2's DATALOADER.ASPECT_RATIO_GROUPING does: the shuffled images fill one
+    bucket per group and a bucket is emitted when it holds a batch. With a single group the batches
+    are exactly those without grouping."""
 
     def __init__(self, size: int, batch_size: int, seed: int, start_batch: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 world_size: int = 1, groups: Sequence[int] | None = None):
         if size < 1 or batch_size < 1:  # an empty pool or batch would loop forever
             raise DatasetError(f"cannot draw batches of {batch_size} from {size} images: both must be >= 1")
         if batch_size % world_size:
             raise DatasetError(f"a global batch of {batch_size} images cannot be split evenly over {world_size} "
                                "processes")
+        if groups is not None and len(groups) != size:
+            raise DatasetError(f"{len(groups)} group ids for {size} images: give one per image")
         self.size, self.batch_size, self.seed, self.start_batch = size, batch_size, seed, start_batch
+        self.groups = list(groups) if groups is not None else None
         self.local = batch_size // world_size
         self.offset = rank * self.local
 
     def __iter__(self) -> Iterator[List[int]]:
         g = torch.Generator().manual_seed(self.seed)
-        buf: List[int] = []
+        buckets: Dict[int, List[int]] = {}
         produced = 0
         while True:
-            buf.extend(torch.randperm(self.size, generator=g).tolist())
-            while len(buf) >= self.batch_size:
-                batch, buf = buf[: self.batch_size], buf[self.batch_size:]
-                if produced >= self.start_batch:
-                    yield batch[self.offset: self.offset + self.local]
-                produced += 1
+            for i in torch.randperm(self.size, generator=g).tolist():
+                bucket = buckets.setdefault(self.groups[i] if self.groups is not None else 0, [])
+                bucket.append(i)
+                if len(bucket) == self.batch_size:
+                    if produced >= self.start_batch:
+                        yield bucket[self.offset: self.offset + self.local]
+                    produced += 1
+                    bucket.clear()
+
+
+def orientation_groups(records: Sequence[Dict]) -> List[int]:
+    """Detectron2's aspect-ratio groups: 0 for a landscape image (width > height), 1 otherwise."""
+    return [0 if r["width"] > r["height"] else 1 for r in records]

@@ -11,9 +11,10 @@ import os
 
 from fvcore.common.config import CfgNode
 
+from seed_core.constants import LAST_CHECKPOINT_FILE
 from seed_core.errors import ConfigError, SeedError
 from seed_core.results import check_results_file
-from seed_det.convert import check_weights_depth, load_user_checkpoint, read_d2_pkl
+from seed_det.convert import check_weights_depth, read_weights_file
 from seed_det.data.catalog import builtin_spec, check_present, config_specs, is_builtin, validate_dataset
 from seed_det.results import KIND, default_csv_path
 
@@ -33,20 +34,10 @@ def _check_datasets(cfg: CfgNode, eval_only: bool) -> None:
                          filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
 
 
-def detection_weights(path: str) -> bool:
-    """True when a weights file holds a detection model (box predictor), not only a backbone."""
-    if path.endswith(".pkl"):
-        names = read_d2_pkl(path)["model"]
-    else:
-        obj = load_user_checkpoint(path)
-        names = obj.get("model", obj) if isinstance(obj, dict) else {}
-    return any("box_predictor." in str(k) for k in names)
-
-
 def _check_eval_weights(cfg: CfgNode, resume: bool) -> None:
     """--eval-only must evaluate a trained detector, never random heads on a converted backbone."""
     weights = cfg.MODEL.WEIGHTS
-    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, LAST_CHECKPOINT_FILE)):
         return  # the engine evaluates OUTPUT_DIR's last checkpoint
     if not weights:
         raise SeedError("--eval-only needs MODEL.WEIGHTS: the model_final.pth of a fine-tuning run "
@@ -55,7 +46,7 @@ def _check_eval_weights(cfg: CfgNode, resume: bool) -> None:
     if not os.path.isfile(weights):
         raise SeedError(f"--eval-only needs MODEL.WEIGHTS pointing to a trained model; "
                         f"{weights} does not exist.")
-    if not detection_weights(weights):
+    if not read_weights_file(weights).is_detector:
         raise SeedError(f"--eval-only: MODEL.WEIGHTS {weights} holds a backbone only (no detection heads), "
                         "so its evaluation would score random heads. Fine-tune it first (run without "
                         "--eval-only), then evaluate OUTPUT_DIR/model_final.pth.")
@@ -93,9 +84,12 @@ def check_for_detectron2(cfg: CfgNode, eval_only: bool) -> None:
                             "add `MODEL.DEVICE cpu` to run on the CPU (slow).")
     weights = cfg.MODEL.WEIGHTS
     if weights and not eval_only and not weights.endswith(".pkl"):
-        # Detectron2 would load a torchvision-named .pth without matching a single name: refuse it.
-        obj = load_user_checkpoint(weights)
-        model = obj.get("model") if isinstance(obj, dict) else None
-        if not (isinstance(model, dict) and any(k.startswith("backbone.") for k in model)):
+        # Detectron2 would load torchvision names without matching a single one: refuse them.
+        kind = read_weights_file(weights).kind
+        if kind == "tv_detector":
+            raise SeedError(f"MODEL.WEIGHTS {weights} is a checkpoint of the torchvision engine, whose names "
+                            "Detectron2 does not read. Fine-tune from it with --engine torchvision, or start "
+                            "from the converted backbone (.pkl).")
+        if kind == "backbone":
             raise SeedError(f"MODEL.WEIGHTS {weights} is not a Detectron2 checkpoint. Convert it first: "
                             f"python tools/convert_to_d2.py {weights} {os.path.splitext(weights)[0]}.pkl")

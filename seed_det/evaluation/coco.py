@@ -64,11 +64,11 @@ class COCOEvaluator:
     Metric names follow the results format: AP, AP50, AP75, APs, APm, APl and, with masks,
     mask_AP, mask_AP50, ..."""
 
-    def __init__(self, dataset, with_masks: bool = False, gt: COCO = None):
+    def __init__(self, dataset, with_masks: bool = False):
         from seed_det.data.coco_json import read_coco_json
 
         self.dataset, self.with_masks = dataset, with_masks
-        self.coco_gt = gt if gt is not None else coco_from_dict(read_coco_json(dataset.spec.json_file))
+        self.coco_gt = coco_from_dict(read_coco_json(dataset.spec.json_file))
         self.results: List[Dict] = []
         self.img_ids: List = []
 

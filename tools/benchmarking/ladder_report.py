@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from tools.pipeline.scoring import mean_std
+from tools.pipeline.report import mean_std, mean_std_text
 
 DETECTOR_LABELS = {"fpn": "Faster R-CNN FPN", "c4": "Faster R-CNN C4"}
 INIT_LABELS = {"random": "random init", "mocov2": "MoCo-v2", "seed": "SEED", "l2": "L2 distillation"}
@@ -71,12 +71,7 @@ def _scores(runs: list[dict], key: str) -> dict[int, float]:
 
 
 def _mean_cell(vals: list[float]) -> str:
-    if not vals:
-        return "—"
-    if len(vals) == 1:
-        return f"{vals[0]:.1f}"
-    m, sd = mean_std(vals)
-    return f"{m:.1f} ± {sd:.1f}"
+    return mean_std_text(*mean_std(vals)) if vals else "—"
 
 
 def group_runs(result: dict) -> dict:

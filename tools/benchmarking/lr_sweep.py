@@ -17,6 +17,7 @@ from seed_core.config import load_cfg
 from seed_core.yaml_config import flatten_cfg, read_config_file
 from .paper_claim import (DISTILLED, VARIANT_LABELS as METHOD_LABELS, VARIANTS, Settings, _settings_dict,
                           _summarise, prepare_digits, score, train_student, train_teacher)
+from tools.pipeline.report import mean_std_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def _run_point(s: Settings, data, arch: str, point: dict, seeds, teacher) -> dic
         per_seed.append({"seed": seed, **score(sp, data, rec), "train_seconds": rec.seconds, "reused": rec.reused})
     row = {"point": point["name"], "file": point["file"], "method": point["method"],
            "overrides": point["overrides"], **_summarise(per_seed)}
-    logger.info("%s %s: k-NN top-1 %.2f +- %.2f over seeds %s", arch, point["name"], row["top1_mean"],
-                row["top1_std"], list(seeds))
+    logger.info("%s %s: k-NN top-1 %s over seeds %s", arch, point["name"],
+                mean_std_text(row["top1_mean"], row["top1_std"], 2), list(seeds))
     return row
 
 
@@ -123,7 +124,7 @@ def sweep_grid(result: dict) -> str:
     def text(row):
         if row is None:
             return ""
-        value = f"{row['top1_mean']:.1f} ± {row['top1_std']:.1f}"
+        value = mean_std_text(row["top1_mean"], row["top1_std"])
         return f"**{value}**" if result["best"].get(row["method"]) == row["point"] else value
 
     lines = ["| lr (per 256 images) | " + " | ".join(label(k) for k in series) + " |",
@@ -140,12 +141,12 @@ def sweep_table(result: dict) -> str:
     for row in result["sweep"]:
         mark = " **(best)**" if result["best"].get(row["method"]) == row["point"] else ""
         lines.append(f"| {row['point']}{mark} | {METHOD_LABELS[row['method']]} | {_overrides_text(row)} | "
-                     f"{row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
+                     f"{mean_std_text(row['top1_mean'], row['top1_std'])} |")
     lines += ["", f"The same, one row per lr (k-NN top-1, seeds {result['sweep_seeds']}):", "",
               sweep_grid(result).rstrip("\n")]
     lines += ["", f"| method | best point | k-NN top-1, seeds {result['final_seeds']} |", "|---|---|---|"]
     for m, row in result["final"].items():
-        lines.append(f"| {METHOD_LABELS[m]} | {row['point']} | {row['top1_mean']:.1f} ± {row['top1_std']:.1f} |")
+        lines.append(f"| {METHOD_LABELS[m]} | {row['point']} | {mean_std_text(row['top1_mean'], row['top1_std'])} |")
     if result.get("teacher_top1") is not None:
         lines += ["", f"The distilled students' teacher: k-NN top-1 {result['teacher_top1']:.1f}."]
     for m, name in result["best"].items():

@@ -21,8 +21,9 @@ from pathlib import Path
 from seed_det.data.synthetic.digits import write_digits_imagefolder
 from seed_core.config import load_cfg, validate_cfg
 from seed_core.evaluation import load_backbone
-from tools.pipeline.scoring import knn_accuracy, mean_std
+from tools.pipeline.report import mean_std, mean_std_text
 from tools.pipeline.run_cache import MARKER, DistillRun, cached_distill
+from tools.pipeline.scoring import knn_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -226,8 +227,7 @@ def run_main(s: Settings) -> dict:
                 if rec:
                     runs.append(rec.out_dir)
             rows[f"{arch}/{variant}"] = {"arch": arch, "variant": variant, **_summarise(per_seed)}
-            logger.info("%s %s: k-NN top-1 %.2f +- %.2f", arch, variant, rows[f"{arch}/{variant}"]["top1_mean"],
-                        rows[f"{arch}/{variant}"]["top1_std"])
+            logger.info("%s %s: k-NN top-1 %s", arch, variant, _cell(rows[f"{arch}/{variant}"], 2))
     random_rows = {k: v for k, v in rows.items() if v["variant"] == "random"}
     teacher_info = evaluate_teacher(s, data, teacher, random_rows)
     return {"settings": _settings_dict(s), "data": data.counts, "teacher": teacher_info, "rows": rows,
@@ -255,8 +255,8 @@ def run_ablation(s: Settings, name: str, arch: str, values=None) -> dict:
         per_seed = [{"seed": seed, **score(sv, data, train_student(sv, data, arch, "seed", seed, teacher))}
                     for seed in s.seeds]
         points.append({"value": value, "teacher_top1": score(s, data, teacher)["top1"], **_summarise(per_seed)})
-        logger.info("ablation %s = %s: k-NN top-1 %.2f +- %.2f (teacher %.2f)", name, value,
-                    points[-1]["top1_mean"], points[-1]["top1_std"], points[-1]["teacher_top1"])
+        logger.info("ablation %s = %s: k-NN top-1 %s (teacher %.2f)", name, value, _cell(points[-1], 2),
+                    points[-1]["teacher_top1"])
     moco = [score(s, data, train_student(s, data, arch, "moco", seed, None)) for seed in s.seeds]
     return {"ablation": name, "label": label, "arch": arch, "points": points,
             "moco_alone": _summarise([{"seed": sd, **m} for sd, m in zip(s.seeds, moco)]),
@@ -272,8 +272,9 @@ def _settings_dict(s: Settings) -> dict:
 
 
 # ----------------------------------------------------------------------------- reports
-def _cell(row: dict) -> str:
-    return f"{row['top1_mean']:.1f} ± {row['top1_std']:.1f}"
+def _cell(row: dict, digits: int = 1) -> str:
+    """k-NN top-1 'mean ± std' over seeds (the mean alone for one seed)."""
+    return mean_std_text(row["top1_mean"], row["top1_std"], digits)
 
 
 def main_table(result: dict) -> str:
@@ -291,7 +292,7 @@ def main_table(result: dict) -> str:
         "",
         f"Teacher: {t['arch']} trained with MoCo-v2 for {s['teacher_max_iter'] or s['teacher_epochs']} "
         f"{'iterations' if s['teacher_max_iter'] else 'epochs'}: k-NN top-1 **{t['top1']:.1f}** "
-        f"(random-init {t['arch']}: {own['top1_mean']:.1f} ± {own['top1_std']:.1f}); it {verdict} the best "
+        f"(random-init {t['arch']}: {_cell(own)}); it {verdict} the best "
         f"random-init network ({t['best_random_top1']:.1f}, margin {t['gain_over_best_random']:+.1f} points, "
         f"required ≥ {MIN_TEACHER_GAIN:.0f}).",
         "",
@@ -332,16 +333,16 @@ def main_chart(result: dict, path: Path) -> None:
     for i, v in enumerate(VARIANTS):
         rows = [result["rows"][f"{a}/{v}"] for a in archs]
         xs = [j + (i - (len(VARIANTS) - 1) / 2) * width for j in range(len(archs))]
-        ax.bar(xs, [r["top1_mean"] for r in rows], width, yerr=[r["top1_std"] for r in rows],
+        ax.bar(xs, [r["top1_mean"] for r in rows], width, yerr=[r["top1_std"] or 0.0 for r in rows],
                capsize=3, label=VARIANT_LABELS[v])
         for x, r in zip(xs, rows):  # above the error bar, where bar_label would sit on it
-            ax.text(x, r["top1_mean"] + r["top1_std"] + 0.8, f"{r['top1_mean']:.1f}", ha="center", fontsize=7,
+            ax.text(x, r["top1_mean"] + (r["top1_std"] or 0.0) + 0.8, f"{r['top1_mean']:.1f}", ha="center", fontsize=7,
                     bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=0.5))
     t = result["teacher"]
     ax.axhline(t["top1"], color="k", ls="--", lw=1, zorder=0, label=f"teacher {t['arch']} ({t['top1']:.1f})")
     ax.set_xticks(range(len(archs)), archs)
     ax.set_ylabel("k-NN top-1 (%)")
-    lo = min(r["top1_mean"] - r["top1_std"] for r in result["rows"].values())
+    lo = min(r["top1_mean"] - (r["top1_std"] or 0.0) for r in result["rows"].values())
     ax.set_ylim(max(0.0, lo - 10), 100)
     ax.set_title("Digits: student k-NN top-1, mean ± std over seeds")
     # Below the axes: inside, it would hide the bars whatever corner it took.
@@ -364,7 +365,7 @@ def ablation_chart(result: dict, path: Path) -> None:
 
     pts = result["points"]
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.errorbar([p["value"] for p in pts], [p["top1_mean"] for p in pts], yerr=[p["top1_std"] for p in pts],
+    ax.errorbar([p["value"] for p in pts], [p["top1_mean"] for p in pts], yerr=[p["top1_std"] or 0.0 for p in pts],
                 marker="o", capsize=3, label=f"SEED {result['arch']}")
     ax.axhline(result["moco_alone"]["top1_mean"], color="tab:orange", ls=":", label="MoCo-v2 alone")
     ax.plot([p["value"] for p in pts], [p["teacher_top1"] for p in pts], "k--", marker=".", lw=1, label="teacher")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tools.pipeline.demo import det_stage_name, fine_tuning_step, load_preset, run_pipeline, summarise
-from tools.pipeline.report import diverged_note, metric_cell, seeds_note
+from tools.pipeline.report import diverged_note, mean_std_text, metric_cell, seeds_note
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ def run_claim(s: Settings) -> dict:
         rows.append({"engine": engine, "detector": det, "split": split, "init": init,
                      "iterations": DETECTORS[det].iterations(p), "input_size": DETECTORS[det].input_size(p),
                      **same, **summarise(runs)})
-        logger.info("%s %s %s %s: AP50 %.1f ± %.1f%s", engine, det, split, init, rows[-1].get("AP50", float("nan")),
-                    rows[-1].get("AP50_std", float("nan")), diverged_note(rows[-1]))
+        logger.info("%s %s %s %s: AP50 %s%s", engine, det, split, init,
+                    mean_std_text(rows[-1].get("AP50", float("nan")), rows[-1].get("AP50_std")), diverged_note(rows[-1]))
     d = asdict(s)
     return {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}, "preset": p,
             "knn": pre.knn, "counts": pre.data["counts"], "rows": rows, "wall_seconds": round(time.time() - start, 1)}

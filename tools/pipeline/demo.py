@@ -22,6 +22,7 @@ from typing import Callable
 import torch
 
 from seed_core.config import CfgNode, load_cfg
+from seed_core.constants import METRICS_LOG_FILE
 from seed_core.errors import NonFiniteLossError
 from seed_det.config import load_det_config
 from seed_det.engines import RunOptions, engine_identity, run_config
@@ -234,10 +235,10 @@ def plan_pretraining(out_root: str, p: dict, workers: int = 2, with_teacher_weig
     if with_teacher_weights:
         weights["teacher"] = _converted(out_root, "teacher")
     curves = {"teacher = student MoCo-v2" if moco is teacher else "teacher (MoCo-v2)":
-              os.path.join(out_root, teacher[0], "metrics.jsonl"),
-              "student SEED": os.path.join(out_root, "student_seed", "metrics.jsonl")}
+              os.path.join(out_root, teacher[0], METRICS_LOG_FILE),
+              "student SEED": os.path.join(out_root, "student_seed", METRICS_LOG_FILE)}
     if moco is not teacher:
-        curves["student MoCo-v2"] = os.path.join(out_root, moco[0], "metrics.jsonl")
+        curves["student MoCo-v2"] = os.path.join(out_root, moco[0], METRICS_LOG_FILE)
     return steps, Pretrained(p, data, weights, {}, curves, moco_is_teacher=moco is teacher)
 
 
@@ -352,14 +353,13 @@ def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str
 def summarise(runs: list[dict]) -> dict:
     """{"runs": [...], "AP": mean, "AP_std": std, ...} for every numeric metric the finished runs
     share, and "diverged": how many runs stopped on a non-finite loss (left out of the means)."""
-    from .scoring import mean_std
+    from .report import mean_std
     finished = [r for r in runs if "diverged" not in r]
     out = {"runs": runs, "diverged": len(runs) - len(finished)}
     for key in sorted(set.intersection(*(set(r) for r in finished))) if finished else []:
         vals = [r[key] for r in finished]
         if all(v == v for v in vals):  # NaN (no object of that size) stays out
-            if len(vals) > 1:
-                out[key], out[key + "_std"] = mean_std(vals)
-            else:  # one run has no spread to report: no "± 0.0"
-                out[key] = vals[0]
+            out[key], std = mean_std(vals)
+            if std is not None:  # one run has no spread to report: no "± 0.0"
+                out[key + "_std"] = std
     return out

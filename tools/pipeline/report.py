@@ -2,16 +2,37 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
+from seed_core.constants import METRICS_FILE, METRICS_LOG_FILE, TRAIN_LOG_FILE
+
 METRICS = ("AP", "AP50", "AP75")
+
+
+def mean_std(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1) of a list of values; a single value has no
+    spread, so its std is None (tables then print the value alone, never "± 0.0")."""
+    values = list(values)
+    if not values:
+        raise ValueError("mean_std of no values")
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def mean_std_text(mean: float, std: float | None = None, digits: int = 1) -> str:
+    """'mean ± std' with `digits` decimals; the mean alone when there is no spread (std None)."""
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def metric_cell(m: dict, key: str) -> str:
     """'mean ± std' of a summarised metric (percent), its mean alone without a spread, '—' if absent."""
     if key not in m:
         return "—"
-    return f"{m[key]:.1f} ± {m[key + '_std']:.1f}" if key + "_std" in m else f"{m[key]:.1f}"
+    return mean_std_text(m[key], m.get(key + "_std"))
 
 
 def seeds_note(seeds) -> str:
@@ -71,7 +92,7 @@ def read_loss_curve(source: str) -> tuple[list[int], list[float]]:
     """(iterations, losses) from a distillation metrics.jsonl, a torchvision-engine train_log.jsonl
     or a Detectron2 metrics.json (JSON lines with total_loss), given a file or its folder."""
     candidates = [source] if os.path.isfile(source) else [
-        os.path.join(source, n) for n in ("metrics.jsonl", "train_log.jsonl", "metrics.json")]
+        os.path.join(source, n) for n in (METRICS_LOG_FILE, TRAIN_LOG_FILE, METRICS_FILE)]
     for path in candidates:
         if not os.path.isfile(path):
             continue

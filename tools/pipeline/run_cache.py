@@ -20,7 +20,7 @@ from typing import Callable
 
 from seed_core.checkpoint_io import atomic_write_text
 from seed_core.config import CfgNode, flatten_cfg, load_cfg
-from seed_core.constants import CHECKPOINT_FILE
+from seed_core.constants import CHECKPOINT_FILE, METRICS_LOG_FILE
 from seed_core.run_dir import move_aside
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def distill(cfg: CfgNode, restart: bool = False) -> dict:
         raise RuntimeError(f"the run in {cfg.OUTPUT_DIR} stopped after {summary.get('iterations')} iterations "
                            f"without exporting a backbone; run again to resume it")
     return {"out_dir": cfg.OUTPUT_DIR, "backbone": summary["backbone"], "checkpoint": summary["checkpoint"],
-            "metrics": os.path.join(cfg.OUTPUT_DIR, "metrics.jsonl")}
+            "metrics": os.path.join(cfg.OUTPUT_DIR, METRICS_LOG_FILE)}
 
 
 @dataclass

@@ -1,9 +1,8 @@
-"""Scoring for benchmark experiments: k-NN of a backbone on an ImageFolder train/val pair, and
-mean +- std over seeds. Training runs are cached by tools.pipeline.run_cache."""
+"""Scoring for benchmark experiments: k-NN of a backbone on an ImageFolder train/val pair (mean ± std
+over seeds: tools.pipeline.report.mean_std). Training runs are cached by tools.pipeline.run_cache."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 from seed_core.evaluation import LoadedBackbone, knn_evaluate, load_or_compute_features
@@ -26,14 +25,3 @@ def knn_accuracy(backbone: LoadedBackbone, train_root: str | Path, val_root: str
                          f"({train_fs.classes} vs {val_fs.classes}): k-NN needs the same classes")
     return knn_evaluate(train_fs.features, train_fs.labels, val_fs.features, val_fs.labels,
                         num_classes=len(train_fs.classes), k=k, temperature=temperature)
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1); the std of a single value is 0."""
-    if not values:
-        raise ValueError("mean_std of no values")
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))

@@ -8,8 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from seed_det.convert import D2_RESNET_PREFIXES
+
 # Model prefixes under which Detectron2 places ResNet weights: C4 backbone, FPN bottom-up, C4 res5 head.
-_RESNET_PREFIX = re.compile(r"^(backbone\.bottom_up\.|backbone\.|roi_heads\.)(?=(stem|res[2-5])\.)")
+_RESNET_PREFIX = re.compile("^(" + "|".join(re.escape(p) for p in D2_RESNET_PREFIXES) + r")(?=(stem|res[2-5])\.)")
 
 
 def resnet_state_names(model: nn.Module) -> dict[str, str]:

@@ -15,12 +15,15 @@ from typing import Mapping
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
 from detectron2.utils import comm
 
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
+from seed_core.constants import TRAIN_LOG_FILE
 from seed_core.errors import NonFiniteLossError, SeedError
-from seed_det.convert import read_d2_pkl
+from seed_core.run_dir import RunLog
+from seed_det import RUN_LOGGERS
+from seed_det.convert import read_weights_file
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
@@ -68,7 +71,7 @@ class Trainer(DefaultTrainer):
         # run's results here (as for the torchvision engine), so the training log is train_log.jsonl.
         from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
         out = self.cfg.OUTPUT_DIR
-        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, "train_log.jsonl")),
+        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, TRAIN_LOG_FILE)),
                 TensorboardXWriter(out)]
 
 
@@ -98,7 +101,10 @@ def _check_pretrained_loaded(cfg, model) -> None:
     """A converted backbone that silently does not load would train a random model: refuse."""
     if not cfg.MODEL.WEIGHTS.endswith(".pkl"):
         return
-    problems = verify_backbone_loaded(model, read_d2_pkl(cfg.MODEL.WEIGHTS)["model"])
+    weights = read_weights_file(cfg.MODEL.WEIGHTS)
+    if weights.kind != "d2_backbone":
+        return  # a whole detector: Detectron2 loads it by its own names
+    problems = verify_backbone_loaded(model, weights.state)
     if problems:
         raise SeedError(f"{cfg.MODEL.WEIGHTS} did not load into the model's backbone/res5 "
                            f"({len(problems)} problems, e.g. {problems[:3]}). Check MODEL.RESNETS.DEPTH and "
@@ -108,10 +114,18 @@ def _check_pretrained_loaded(cfg, model) -> None:
 def _worker(cfg, options: RunOptions) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
     _setup(cfg, options)
+    # Detectron2 logs to OUTPUT_DIR/log.txt itself; the suite's own records join it there.
+    with RunLog(cfg.OUTPUT_DIR, RUN_LOGGERS, enabled=comm.is_main_process(), quiet=True):
+        return _train_or_test(cfg, options)
+
+
+def _train_or_test(cfg, options: RunOptions) -> dict | None:
     if options.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=options.resume)
         results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)  # TEST.EXPECTED_RESULTS, as DefaultTrainer.train does after training
     else:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=options.resume)

@@ -2,6 +2,12 @@
 
 Each rule is (key, test on the config value, what to do). All violations are reported at once so a
 user fixes a config in one go.
+
+Keys of Detectron2's that this engine honours in its own way: CUDNN_BENCHMARK (set for the run),
+DATALOADER.ASPECT_RATIO_GROUPING (batches of one orientation, seed_det.data.torch_dataset) and
+INPUT.MASK_FORMAT: mask targets are always full-image bitmaps cut out by RoIAlign, which is what
+Detectron2 does for "bitmask"; for "polygon" Detectron2 rasterises each polygon inside its box
+instead, so the engine says so in the log (`mask_format_note`).
 """
 from __future__ import annotations
 
@@ -71,6 +77,9 @@ def _rules(cfg: CfgNode) -> List[Tuple[str, Callable, str]]:
         ("SOLVER.WARMUP_METHOD", lambda v: v in ("linear", "constant"), "linear or constant warmup"),
         ("SOLVER.CLIP_GRADIENTS.CLIP_TYPE", lambda v: v in ("value", "norm"), "'value' or 'norm' clipping"),
         ("TEST.AUG.ENABLED", lambda v: not v, "no test-time augmentation"),
+        ("TEST.EXPECTED_RESULTS", lambda v: not v, "no check of expected results (Detectron2's "
+         "verify_results); leave it empty"),
+        ("VIS_PERIOD", lambda v: v == 0, "no visualisation of training images; leave it 0"),
     ]
     if fpn:
         rules += [
@@ -122,3 +131,12 @@ def check_run(cfg: CfgNode, world_size: int, device_type: str, training: bool) -
                         "SOLVER.AMP.ENABLED False to train in fp32")
     if problems:
         raise ConfigError("config does not fit this run:\n" + "\n".join(problems))
+
+
+def mask_format_note(cfg: CfgNode) -> str | None:
+    """What INPUT.MASK_FORMAT means on this engine, when it differs from Detectron2 (None otherwise)."""
+    if cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT == "polygon":
+        return ("INPUT.MASK_FORMAT polygon: the torchvision engine cuts mask targets out of full-image "
+                "bitmaps with RoIAlign (Detectron2's 'bitmask'), where Detectron2 rasterises each polygon "
+                "inside its box; set INPUT.MASK_FORMAT bitmask to name what this engine does")
+    return None

@@ -2,7 +2,7 @@
 detector, every tensor renamed, and the predictors' class order changed (Detectron2 puts
 background last and has no background box or mask; torchvision puts it first).
 
-Detectron2 -> torchvision, per part:
+Detectron2 -> torchvision, per part (ResNet names: seed_det.convert, both directions):
   ResNet          backbone.bottom_up.* (FPN) / backbone.* (C4) -> the module `backbone_modules` names
   C4 res5         roi_heads.res5.{i}.*, roi_heads.res5.norm.* -> roi_heads.box_head.res5.layer4 / .norm
   FPN             backbone.fpn_lateral{2-5}[.norm] / fpn_output{2-5}[.norm] -> fpn.inner_blocks / layer_blocks
@@ -21,54 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .model import backbone_prefixes
+from seed_det.convert import d2_to_torchvision_name
 
-# Detectron2 -> torchvision, the inverse of seed_det.convert's mapping. Order matters: the
-# norm patterns must be tried before the conv patterns they extend.
-_D2_PATTERNS = [
-    (re.compile(r"^stem\.conv1\.norm\.(\w+)$"), r"bn1.\1"),
-    (re.compile(r"^stem\.conv1\.weight$"), "conv1.weight"),
-    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.norm\.(\w+)$"), r"layer{L}.\2.downsample.1.\3"),
-    (re.compile(r"^res([2-5])\.(\d+)\.shortcut\.weight$"), r"layer{L}.\2.downsample.0.weight"),
-    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.norm\.(\w+)$"), r"layer{L}.\2.bn\3.\4"),
-    (re.compile(r"^res([2-5])\.(\d+)\.conv(\d)\.weight$"), r"layer{L}.\2.conv\3.weight"),
-]
-# Where a Detectron2 detection checkpoint keeps the ResNet (C4 res5 lives in the ROI head).
-_D2_PREFIXES = ("backbone.bottom_up.", "backbone.", "roi_heads.")
+from .model import backbone_prefixes
 
 # Buffers Detectron2 may save that this engine keeps in its transform or recomputes.
 _IGNORED = re.compile(r"(^|\.)(pixel_mean|pixel_std|num_batches_tracked|cell_anchors\.\d+)$")
 _RPN = {"conv": "conv.0.0", "objectness_logits": "cls_logits", "anchor_deltas": "bbox_pred"}
-
-
-def d2_to_torchvision_name(name: str):
-    """'res3.1.conv2.norm.running_mean' -> 'layer2.1.bn2.running_mean'; None if not a ResNet name."""
-    for prefix in _D2_PREFIXES:
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-            break
-    for rx, template in _D2_PATTERNS:
-        m = rx.match(name)
-        if m:
-            target = template.replace("{L}", str(int(m.group(1)) - 1)) if "{L}" in template else template
-            return m.expand(target)
-    return None
-
-
-def d2_to_torchvision_state(model: Mapping[str, np.ndarray]) -> Dict[str, torch.Tensor]:
-    """Rename the ResNet tensors of a Detectron2 state; anything else (heads, FPN) is left out."""
-    out = {}
-    for k, v in model.items():
-        name = d2_to_torchvision_name(k)
-        if name is not None:
-            out[name] = torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-    return out
-
-
-def is_d2_detector(state: Mapping[str, object]) -> bool:
-    """True for the state of a Detectron2 R-CNN (its RPN and box predictor are there)."""
-    return any(k.startswith("proposal_generator.rpn_head.") for k in state) and any(
-        k.startswith("roi_heads.box_predictor.") for k in state)
 
 
 def _box_head_indices(model: nn.Module) -> Dict[str, str]:

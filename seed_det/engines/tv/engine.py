@@ -16,13 +16,16 @@ from typing import Dict, Optional
 import torch
 from fvcore.common.config import CfgNode
 
+from seed_core.constants import CONFIG_FILE
 from seed_core.distributed import (DistContext, broadcast_from_main, launch, launched_by_torchrun,
                                    requested_world_size)
+from seed_core.run_dir import RunLog
+from seed_det import RUN_LOGGERS
 from seed_det.data.catalog import register_from_config
 from seed_det.data.torch_dataset import DetectionDataset
 from seed_det.engines.options import RunOptions
 from seed_det.engines.tv.checkpoint import last_checkpoint, load_checkpoint
-from seed_det.engines.tv.checks import check_run, check_supported
+from seed_det.engines.tv.checks import check_run, check_supported, mask_format_note
 from seed_det.engines.tv.datasets import load_checked, merge
 from seed_det.engines.tv.evaluate import evaluate_dataset
 from seed_det.engines.tv.model import build_model
@@ -50,36 +53,6 @@ def _seed(cfg: CfgNode) -> int:
     return seed
 
 
-class _RunLog:
-    """OUTPUT_DIR/log.txt receives the seed_det log of this run (one log folder per run); only the
-    main process writes it. The other processes of a multi-process run log warnings and errors only."""
-
-    def __init__(self, output_dir: str, is_main: bool = True):
-        self.is_main = is_main
-        self.handler = logging.FileHandler(os.path.join(output_dir, "log.txt")) if is_main else None
-        if self.handler is not None:
-            self.handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s"))
-        self.loggers = [logging.getLogger(name) for name in ("seed_det", "seed_core")]
-
-    def __enter__(self):
-        self.levels = [lg.level for lg in self.loggers]
-        for lg in self.loggers:
-            if not self.is_main:
-                lg.setLevel(logging.WARNING)
-            elif lg.getEffectiveLevel() > logging.INFO:
-                lg.setLevel(logging.INFO)
-        if self.handler is not None:
-            self.loggers[0].addHandler(self.handler)
-        return self
-
-    def __exit__(self, *exc):
-        for lg, level in zip(self.loggers, self.levels):
-            lg.setLevel(level)
-        if self.handler is not None:
-            self.loggers[0].removeHandler(self.handler)
-            self.handler.close()
-
-
 def _evaluate_all(cfg, model, test_sets, device) -> Dict[str, float]:
     """Headline metrics are those of the first test set; others are kept as '<name>/<metric>'.
     Every process evaluates its shard; the metrics exist on the main process only (empty elsewhere)."""
@@ -99,12 +72,15 @@ def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions,
                  device: torch.device) -> Optional[Dict[str, float]]:
     """One process of the run (the only one, or one of several): train, evaluate, record."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    with _RunLog(cfg.OUTPUT_DIR, ctx.is_main):
+    with RunLog(cfg.OUTPUT_DIR, RUN_LOGGERS, enabled=ctx.is_main, quiet=True):
         if ctx.is_main:
-            with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            with open(os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE), "w") as f:
                 f.write(cfg.dump())
         logger.info("torchvision engine, config %s, output %s, %d process(es)", options.config_file,
                     cfg.OUTPUT_DIR, ctx.world_size)
+        torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)  # as Detectron2's default_setup
+        if mask_format_note(cfg):
+            logger.info(mask_format_note(cfg))
         register_from_config(cfg)
         test_sets = load_checked(cfg, cfg.DATASETS.TEST, "DATASETS.TEST")
         device = ctx.device if ctx.distributed else device  # one GPU per process: cuda:<local rank>

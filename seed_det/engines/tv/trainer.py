@@ -18,10 +18,11 @@ from fvcore.common.config import CfgNode
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from seed_core.constants import FINAL_MODEL_FILE, TIMING_FILE, TRAIN_LOG_FILE
 from seed_core.distributed import all_reduce_sum, broadcast_buffers, stop_if_peer_lost, world_info
 from seed_core.errors import NonFiniteLossError
 from seed_core.precision import autocast, make_grad_scaler
-from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate
+from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate, orientation_groups
 
 from .checkpoint import save_checkpoint
 from .model import set_input_sizes
@@ -86,8 +87,9 @@ class Trainer:
     def _loader(self, seed_offset: int = 0, start_batch: int = 0):
         s = self.cfg.SOLVER
         seed = (self.cfg.SEED if self.cfg.SEED >= 0 else 0) + seed_offset
+        groups = orientation_groups(self.data.records) if self.cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
         sampler = InfiniteBatchSampler(len(self.data), s.IMS_PER_BATCH, seed, start_batch=start_batch,
-                                       rank=self.rank, world_size=self.world_size)
+                                       rank=self.rank, world_size=self.world_size, groups=groups)
         return iter(torch.utils.data.DataLoader(self.data, batch_sampler=sampler, collate_fn=collate,
                                                 num_workers=self.cfg.DATALOADER.NUM_WORKERS))
 
@@ -111,7 +113,7 @@ class Trainer:
         self.model.train()
         set_input_sizes(self.model, cfg, train=True)
         data = self._loader(start_batch=self.start_iter)
-        log = open(os.path.join(out, "train_log.jsonl"), "a") if self.is_main else None
+        log = open(os.path.join(out, TRAIN_LOG_FILE), "a") if self.is_main else None
         bar = tqdm(range(self.start_iter, s.MAX_ITER), initial=self.start_iter, total=s.MAX_ITER,
                    desc="train", dynamic_ncols=True, mininterval=1.0, disable=not self.is_main)
         logger.info("training iterations %d..%d, batch %d (%d per process x %d processes)%s", self.start_iter,
@@ -148,7 +150,7 @@ class Trainer:
                 log.close()
         self.precise_bn(s.MAX_ITER)
         broadcast_buffers(self.model)  # the saved and evaluated model is the same on every process
-        self._save("model_final.pth", s.MAX_ITER)
+        self._save(FINAL_MODEL_FILE, s.MAX_ITER)
         self._write_timing()
 
     def _step(self, images, targets, it: int):
@@ -195,6 +197,6 @@ class Trainer:
                  "mean_data_s": sum(t[0] for t in times) / len(times),
                  "mean_step_s": sum(t[1] for t in times) / len(times), "device": str(self.device),
                  "threads": torch.get_num_threads()}
-        with open(os.path.join(self.cfg.OUTPUT_DIR, "timing.json"), "w") as f:
+        with open(os.path.join(self.cfg.OUTPUT_DIR, TIMING_FILE), "w") as f:
             json.dump(stats, f, indent=2)
         logger.info("mean time per iteration: %.3fs step + %.3fs data", stats["mean_step_s"], stats["mean_data_s"])

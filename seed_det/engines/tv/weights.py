@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Dict, List, Mapping
 
 import torch
@@ -13,13 +12,11 @@ from torch import nn
 
 from seed_core.errors import SeedError
 from seed_core.resnet_spec import torchvision_depth
-from seed_det.convert import extract_backbone_state, load_user_checkpoint, read_d2_pkl
-from seed_det.engines.tv.d2_names import d2_detector_state, d2_to_torchvision_state, is_d2_detector
+from seed_det.convert import d2_to_torchvision_state, read_weights_file
+from seed_det.engines.tv.d2_names import d2_detector_state
 from seed_det.engines.tv.model import backbone_modules, backbone_prefixes
 
 logger = logging.getLogger(__name__)
-
-ENGINE_TAG = "seed_det.torchvision"  # marks checkpoints written by this engine
 
 BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
@@ -30,28 +27,18 @@ class WeightsError(SeedError):
 
 def read_weights(path: str):
     """Return ("detection", state of this engine's model), ("d2_detector", a Detectron2 detector's
-    state) or ("backbone", torchvision ResNet state)."""
+    state) or ("backbone", torchvision ResNet state); the kind is seed_det.convert.read_weights_file's."""
     if not os.path.isfile(path):
         raise WeightsError(f"MODEL.WEIGHTS {path} does not exist: convert the student first "
                            "(tools/convert_to_d2.py) or pass the right path")
-    if path.endswith(".pkl"):
-        model = read_d2_pkl(path)["model"]
-        if is_d2_detector(model):
-            return "d2_detector", model
-        state = d2_to_torchvision_state(model)
-        if not state:
-            raise WeightsError(f"{path} holds no Detectron2 ResNet tensors (stem.*, res2..res5.*)")
-        return "backbone", state
-    obj = load_user_checkpoint(path)
-    if isinstance(obj, Mapping) and obj.get("engine") == ENGINE_TAG:
-        return "detection", obj["model"]
-    # a Detectron2 training checkpoint (model_final.pth): a whole detector, or a backbone in its names
-    d2_model = obj.get("model") if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) else None
-    if d2_model is not None and is_d2_detector(d2_model):
-        return "d2_detector", d2_model
-    if d2_model is not None and any(re.search(r"(^|\.)stem\.conv1\.", k) for k in d2_model):
-        return "backbone", d2_to_torchvision_state(d2_model)
-    state, _ = extract_backbone_state(obj, path)
+    weights = read_weights_file(path)
+    if weights.kind == "d2_detector":
+        return "d2_detector", weights.state
+    if weights.kind == "tv_detector":
+        return "detection", weights.state
+    state = weights.resnet_state()
+    if not state:  # only a .pkl can get here empty: a .pth is d2_backbone only with a ResNet stem
+        raise WeightsError(f"{path} holds no Detectron2 ResNet tensors (stem.*, res2..res5.*)")
     return "backbone", state
 
 
