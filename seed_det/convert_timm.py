@@ -3,7 +3,9 @@ Detectron2 `.pkl` that both engines load with every backbone tensor matched.
 
 Output: `{"model": {"backbone.bottom_up.<timm name>": numpy array}, "__author__": "SEED",
 "matching_heuristics": False, "timm_arch": <arch>}`. The names are those of timm's feature extractor
-(`features_only=True`), the model's own; the student's pooled head (MobileNetV3 `conv_head`,
+(`features_only=True`): the model's own for MobileNetV3 / EfficientNet; families timm wraps in a
+FeatureListNet (ConvNeXt, GhostNet, ...) have nested stages flattened ("stages.0" ->
+"stages_0"), which the conversion follows. The student's pooled head (MobileNetV3 `conv_head`,
 EfficientNet `conv_head` + `bn2`), which no detector runs, and BatchNorm counters are dropped.
 Values are copied bit for bit. Without heuristics Detectron2 loads exactly these names.
 """
@@ -38,7 +40,7 @@ def timm_student_state(obj, arch: str, source: str) -> Dict[str, torch.Tensor]:
     expected = timm_backbone_names(arch)
     for prefix in _PREFIXES:
         state = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if any(k in state for k in expected):
+        if any(_plain_name(k, state, shape) for k, shape in expected.items()):
             break
     else:
         sample = ", ".join(list(sd)[:5])
@@ -47,6 +49,7 @@ def timm_student_state(obj, arch: str, source: str) -> Dict[str, torch.Tensor]:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{source}: {bad[0]} is a {type(state[bad[0]]).__name__}, not a tensor.")
+    state = _feature_names(state, expected)
     report = match_report(state, expected, source, arch)
     dropped = sorted(k for k in state if k not in expected and not k.endswith("num_batches_tracked"))
     if dropped:
@@ -54,6 +57,36 @@ def timm_student_state(obj, arch: str, source: str) -> Dict[str, torch.Tensor]:
                     ", ".join(dropped[:4]), " ..." if len(dropped) > 4 else "")
     logger.info("%s: %s backbone, matched %d/%d tensors", source, arch, report["matched"], report["total"])
     return {k: state[k] for k in expected}
+
+
+def _plain_name(feature_name: str, plain: Mapping[str, torch.Tensor], shape: tuple) -> str | None:
+    """The full model's name of a feature-extractor tensor. Most families keep names; those timm
+    wraps in a FeatureListNet flatten nested stages into one level ("stages.0" -> "stages_0"), so
+    some underscores of the first name part were dots. The candidate of the same shape is taken."""
+    if feature_name in plain:
+        return feature_name
+    head, _, rest = feature_name.partition(".")
+    gaps = [i for i, c in enumerate(head) if c == "_"]
+    for mask in range(1, 2 ** len(gaps)):
+        chars = list(head)
+        for bit, i in enumerate(gaps):
+            if mask >> bit & 1:
+                chars[i] = "."
+        candidate = "".join(chars) + ("." + rest if rest else "")
+        if candidate in plain and tuple(getattr(plain[candidate], "shape", ())) == tuple(shape):
+            return candidate
+    return None
+
+
+def _feature_names(state: Dict[str, torch.Tensor], expected: Mapping[str, tuple]) -> Dict[str, torch.Tensor]:
+    """`state` (the student's names) with each tensor the feature extractor needs under its name there."""
+    out = dict(state)
+    for name, shape in expected.items():
+        if name not in out:
+            source = _plain_name(name, state, shape)
+            if source is not None:
+                out[name] = out.pop(source)
+    return out
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -257,3 +257,20 @@ def test_eval_only_reloads_the_fine_tuned_timm_detector(tmp_path, shapes, conver
     cfg.MODEL.WEIGHTS = str(tmp_path / "out" / "model_final.pth")
     again = run(cfg, argparse.Namespace(config_file=path, resume=False, eval_only=True, opts=[]))
     assert again["AP"] == pytest.approx(first["AP"])
+
+
+def test_a_family_whose_feature_extractor_flattens_names_converts_and_loads(tmp_path):
+    """ConvNeXt: timm's FeatureListNet renames stages.0 -> stages_0, and has four levels (0..3)."""
+    arch = "convnext_atto"
+    pth = export_student(tmp_path / "s", arch)
+    pkl = str(tmp_path / "s.pkl")
+    summary = convert_to_d2(pth, pkl)
+    assert summary["matched"] == summary["total"] == len(timm_backbone_names(arch))
+    assert any(k.startswith(D2_PREFIX + "stages_0.") for k in read_d2_pkl(pkl)["model"])
+    student = torch.load(pth, weights_only=True)
+    np.testing.assert_array_equal(read_d2_pkl(pkl)["model"][D2_PREFIX + "stages_1.blocks.0.conv_dw.weight"],
+                                  student["stages.1.blocks.0.conv_dw.weight"].numpy())
+    model = build_model(_digits_cfg(arch, "MODEL.TIMM.OUT_INDICES", "[0, 1, 2, 3]", "MODEL.FPN.IN_FEATURES",
+                                    "['stage0', 'stage1', 'stage2', 'stage3']"))
+    report = load_weights(model, pkl)
+    assert len(report["loaded"]) == summary["total"] and report["ignored"] == []

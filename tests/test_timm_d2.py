@@ -105,6 +105,21 @@ def test_converted_student_loads_every_backbone_tensor(converted, arch):
     assert set(read_d2_pkl(pkl)["model"]) <= set(model.state_dict())
 
 
+def test_a_family_whose_feature_extractor_flattens_names_loads_completely(tmp_path):
+    """ConvNeXt (timm's FeatureListNet: stages.0 -> stages_0; four levels 0..3)."""
+    arch = "convnext_atto"
+    torch.manual_seed(0)
+    student = build_student(arch, 16)
+    pkl = str(tmp_path / "s.pkl")
+    convert_to_d2(write_backbone(student.state_dict(), str(tmp_path / "s"), {"arch": arch}), pkl)
+    cfg = _cfg("demo/digits_mnv3s_fpn.yaml", "MODEL.TIMM.ARCH", arch, "MODEL.TIMM.OUT_INDICES", "[0, 1, 2, 3]",
+               "MODEL.FPN.IN_FEATURES", "['stage0', 'stage1', 'stage2', 'stage3']", "MODEL.WEIGHTS", pkl)
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(pkl)
+    matched, total, problems = verify_timm_backbone_loaded(model, read_d2_pkl(pkl)["model"])
+    assert problems == [] and matched == total == len(timm_backbone_names(arch))
+
+
 def tiny_opts(name, shapes, out, weights):
     if name.startswith("coco"):
         ann, img = os.path.join(shapes, "annotations"), os.path.join(shapes, "JPEGImages")

@@ -68,7 +68,7 @@ class TimmFPNBackbone(nn.Module):
         if tuple(self.body.strides) + (FPN_STRIDES[-1],) != FPN_STRIDES:
             raise ConfigError(f"MODEL.TIMM.OUT_INDICES {list(t.OUT_INDICES)} give {t.ARCH} features at strides "
                               f"{self.body.strides}; the torchvision engine's FPN needs strides {list(FPN_STRIDES[:-1])} "
-                              "(OUT_INDICES [1, 2, 3, 4]).")
+                              "(OUT_INDICES [1, 2, 3, 4] for MobileNetV3 / EfficientNet).")
         self.fpn = FeaturePyramidNetwork(self.body.channels, f.OUT_CHANNELS, extra_blocks=LastLevelMaxPool(),
                                          norm_layer=norm_layer(f.NORM))
         self.out_channels = f.OUT_CHANNELS
