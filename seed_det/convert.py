@@ -9,6 +9,9 @@ Name mapping (torchvision -> Detectron2):
 copied bit for bit. Matching heuristics let Detectron2 place res5 in the backbone (FPN) or in the
 res5 ROI head (C4).
 
+A timm student (MobileNetV3, EfficientNet, ...: meta.json names a timm architecture) is converted
+by seed_det.convert_timm instead, under its own names `backbone.bottom_up.<timm name>`.
+
 Every user file is read with `torch.load(weights_only=True)`; a Detectron2 `.pkl` is read only by
 `read_d2_pkl`, whose unpickler accepts plain containers and numpy arrays and nothing else.
 """

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TIMM_FPN_BACKBONE", "TIMM_NORMS", "D2_PREFIX", "ARCH_KEY", "is_timm_backbone", "is_timm_arch",
            "feature_names", "create_features", "adopt_features", "validate_timm_config", "timm_backbone_names",
-           "check_timm_weights"]
+           "check_timm_weights", "refuse_timm_weights_for_resnet"]
 
 TIMM_FPN_BACKBONE = "build_timm_fpn_backbone"
 TIMM_NORMS = ("SyncBN", "BN", "FrozenBN")
@@ -175,11 +175,18 @@ def check_timm_weights(path: str, arch: str, out_indices: Sequence[int]) -> Dict
                               f"python tools/convert_to_d2.py {path} {os.path.splitext(path)[0]}.pkl")
     state, file_arch = read_timm_pkl(path)
     if file_arch and file_arch != arch:
-        raise CheckpointError(f"MODEL.WEIGHTS {path} holds a {file_arch} student but the config builds "
+        raise CheckpointError(f"MODEL.WEIGHTS {path} holds a converted {file_arch} student but the config builds "
                               f"{arch} (MODEL.TIMM.ARCH). Use the {file_arch} config or {arch} weights.")
     if not state:
-        raise CheckpointError(f"MODEL.WEIGHTS {path} holds no {D2_PREFIX}* tensors: it is not a converted timm "
-                              f"student (a ResNet checkpoint?), so it cannot fill the {arch} backbone of this config.")
+        from seed_det.convert import infer_d2_spec, read_d2_pkl
+
+        try:
+            what = f"a ResNet-{infer_d2_spec(read_d2_pkl(path)['model'], path).depth}"
+        except CheckpointError:
+            what = "no converted timm student"
+        raise CheckpointError(f"MODEL.WEIGHTS {path} holds {what} but the config builds {arch} (MODEL.TIMM.ARCH): "
+                              f"it has no {D2_PREFIX}* tensors to fill that backbone. Use the matching config, "
+                              f"or convert the {arch} student.")
     return match_report(state, timm_backbone_names(arch, out_indices), f"MODEL.WEIGHTS {path}", arch)
 
 
@@ -195,3 +202,14 @@ def match_report(state: Mapping[str, object], expected: Mapping[str, tuple], sou
                               f"Is it a {arch} student? Check MODEL.TIMM.ARCH.")
     surplus = sorted(k for k in state if k not in expected and not k.endswith("num_batches_tracked"))
     return {"matched": len(expected), "total": len(expected), "unused": len(surplus)}
+
+
+def refuse_timm_weights_for_resnet(path: str, depth: int) -> None:
+    """A converted timm student given to a ResNet config: refused naming both."""
+    if not (path.endswith(".pkl") and os.path.isfile(path)):
+        return
+    state, arch = read_timm_pkl(path)
+    if arch or any(not k.startswith(("stem.", "res2.", "res3.", "res4.", "res5.")) for k in state):
+        raise CheckpointError(f"MODEL.WEIGHTS {path} holds a converted {arch or 'timm'} student but the config builds "
+                              f"ResNet-{depth} (MODEL.BACKBONE.NAME ResNet). Use a config with MODEL.BACKBONE.NAME "
+                              f"{TIMM_FPN_BACKBONE} and MODEL.TIMM.ARCH {arch or '<its timm name>'}.")

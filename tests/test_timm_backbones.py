@@ -204,8 +204,21 @@ def test_a_student_of_another_architecture_is_refused_naming_both(converted, tmp
     resnet = tmp_path / "r18.pkl"
     from seed_det.convert import write_d2_pkl
     write_d2_pkl({"stem.conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, resnet)
-    with pytest.raises(CheckpointError, match="not a converted timm student"):
+    with pytest.raises(CheckpointError, match="no converted timm student but the config builds efficientnet_b0"):
         check_timm_weights(str(resnet), "efficientnet_b0", [1, 2, 3, 4])
+
+
+def test_resnet_and_timm_weights_are_refused_by_the_other_kind_of_config(converted, tmp_path):
+    import torchvision
+    from seed_det.convert import torchvision_to_d2_state, write_d2_pkl
+    r18 = tmp_path / "r18.pkl"
+    write_d2_pkl(torchvision_to_d2_state(torchvision.models.resnet18().state_dict()), r18)
+    with pytest.raises(CheckpointError, match="holds a ResNet-18 but the config builds efficientnet_b0"):
+        check_timm_weights(str(r18), "efficientnet_b0", [1, 2, 3, 4])
+    cfg = load_det_config(os.path.join(ROOT, "configs", "voc_r18_fpn_seed.yaml"),
+                          ["MODEL.WEIGHTS", converted["efficientnet_b0"][1], "RESULTS_CSV", str(tmp_path / "r.csv")])
+    with pytest.raises(CheckpointError, match="holds a converted efficientnet_b0 student but the config builds ResNet-18"):
+        preflight(cfg)
 
 
 TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "96",

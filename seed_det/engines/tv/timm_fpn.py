@@ -143,7 +143,7 @@ def load_timm_weights(model: nn.Module, path: str, detector: bool = False) -> Di
                                "Fine-tune it first, then evaluate OUTPUT_DIR/model_final.pth.")
         state, arch = read_timm_pkl(path)
         if arch and arch != model.backbone.arch:
-            raise WeightsError(f"{path} holds a {arch} student but the config builds {model.backbone.arch} "
+            raise WeightsError(f"{path} holds a converted {arch} student but the config builds {model.backbone.arch} "
                                f"(MODEL.TIMM.ARCH). Use the {arch} config or {model.backbone.arch} weights.")
         return _load_backbone(model, state, path)
     kind, state = read_weights(path)
