@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["TIMM_FPN_BACKBONE", "TIMM_NORMS", "D2_PREFIX", "ARCH_KEY", "is_timm_backbone", "is_timm_arch",
            "feature_names", "create_features", "adopt_features", "validate_timm_config", "timm_backbone_names",
-           "check_timm_weights", "refuse_timm_weights_for_resnet"]
+           "read_timm_pkl", "match_report", "check_timm_weights", "refuse_timm_weights_for_resnet"]
 
 TIMM_FPN_BACKBONE = "build_timm_fpn_backbone"
 TIMM_NORMS = ("SyncBN", "BN", "FrozenBN")
@@ -93,11 +93,6 @@ def adopt_features(owner: nn.Module, features: nn.Module) -> None:
     for name, child in features.named_children():
         owner.add_module(name, child)
     object.__setattr__(owner, "_timm_features", features)  # not a registered submodule: no name prefix
-
-
-def _channels_strides(features: nn.Module) -> tuple[list[int], list[int]]:
-    info = features.feature_info
-    return list(info.channels()), list(info.reduction())
 
 
 def validate_timm_config(cfg, defaults) -> None:
