@@ -9,6 +9,12 @@ SEED additions
 --------------
 MODEL.ROI_HEADS.RES5_EXTRA_NORM  bool. Append a norm layer (type MODEL.RESNETS.NORM) after the res5
                                  ROI head, as in MoCo's detection protocol.
+MODEL.TIMM.ARCH                  timm model name of the backbone when MODEL.BACKBONE.NAME is
+                                 "build_timm_fpn_backbone" (e.g. mobilenetv3_large_100, efficientnet_b0).
+MODEL.TIMM.OUT_INDICES           timm feature levels feeding the FPN (level i: stride 2**(i+1));
+                                 MODEL.FPN.IN_FEATURES names them "stage{i}". Default [1, 2, 3, 4].
+MODEL.TIMM.NORM                  norm of the timm backbone: SyncBN (default), BN or FrozenBN.
+                                 See seed_det.timm_backbone.
 DATASETS.COCO_JSON               list of [name, json_file, image_root]: COCO-format datasets to
                                  register under `name`, usable in DATASETS.TRAIN / DATASETS.TEST.
 DATASETS.VOC                     list of [name, dirname, split, year]: PASCAL-VOC-layout datasets
@@ -33,6 +39,7 @@ from fvcore.common.config import CfgNode
 from seed_core.errors import ConfigError
 from seed_core.resnet_spec import RESNET_DEPTHS
 from seed_core.yaml_config import merge_file, merge_overrides
+from seed_det.timm_backbone import validate_timm_config
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +232,10 @@ def _mirror_detectron2_defaults(c: CfgNode) -> None:
 def add_seed_config(cfg: CfgNode) -> CfgNode:
     """Add the SEED keys (see module docstring) to a Detectron2-style config, in place."""
     cfg.MODEL.ROI_HEADS.RES5_EXTRA_NORM = False
+    cfg.MODEL.TIMM = type(cfg.MODEL)()
+    cfg.MODEL.TIMM.ARCH = ""
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+    cfg.MODEL.TIMM.NORM = "SyncBN"
     cfg.DATASETS.COCO_JSON = []
     cfg.DATASETS.VOC = []
     cfg.RESULTS_CSV = ""
@@ -265,6 +276,7 @@ def _check_entries(entries, fields: tuple[str, ...], key: str) -> None:
 
 def validate_det_config(cfg: CfgNode) -> None:
     """Engine-independent checks that catch silent mistakes before any model is built."""
+    validate_timm_config(cfg, get_det_cfg())
     r = cfg.MODEL.RESNETS
     if r.DEPTH not in RESNET_DEPTHS:
         raise ConfigError(f"MODEL.RESNETS.DEPTH={r.DEPTH} is not a ResNet depth; use one of {RESNET_DEPTHS}.")

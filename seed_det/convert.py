@@ -9,6 +9,9 @@ Name mapping (torchvision -> Detectron2):
 copied bit for bit. Matching heuristics let Detectron2 place res5 in the backbone (FPN) or in the
 res5 ROI head (C4).
 
+A timm student (MobileNetV3, EfficientNet, ...: meta.json names a timm architecture) is converted
+by seed_det.convert_timm instead, under its own names `backbone.bottom_up.<timm name>`.
+
 Every user file is read with `torch.load(weights_only=True)`; a Detectron2 `.pkl` is read only by
 `read_d2_pkl`, whose unpickler accepts plain containers and numpy arrays and nothing else.
 """
@@ -29,6 +32,7 @@ from seed_core.checkpoint_io import atomic_write, load_untrusted, require_finite
 from seed_core.constants import META_FILE
 from seed_core.errors import CheckpointError
 from seed_core.resnet_spec import ResNetSpec, depth_of, stage_block_counts
+from seed_det.timm_backbone import is_timm_arch
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +173,8 @@ def _resnet_prefix(keys, source: str) -> str:
     if not prefixes:
         sample = ", ".join(list(keys)[:5])
         raise CheckpointError(f"{source}: no ResNet backbone found (keys start: {sample}). Only ResNet "
-                              f"students convert to Detectron2: {SUPPORTED}.")
+                              f"students convert to Detectron2 by their keys alone: {SUPPORTED}. A timm student "
+                              "(MobileNetV3, EfficientNet, ...) converts with the meta.json of its export beside it.")
     if len(prefixes) == 1:
         return prefixes[0]
     for p in _PREFERRED:
@@ -346,7 +351,7 @@ def _check_arch(arch: str, spec: ResNetSpec | None, source: str) -> None:
     a = arch.lower()
     if not any(s in a for s in ("resnet", "resnext")):
         raise CheckpointError(f"{source}: the student is '{arch}', which has no Detectron2 backbone here. "
-                              f"Only ResNet students convert: {SUPPORTED}.")
+                              f"Students convert when they are ResNets ({SUPPORTED}) or timm models.")
     m = re.search(r"(?:resnet|resnext)(\d+)", a)
     if spec is not None and m and int(m.group(1)) != spec.depth:
         raise CheckpointError(f"{source}: meta.json says {arch} but the weights are a ResNet-{spec.depth}; "
@@ -372,6 +377,9 @@ def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike, overw
     in_path, out_path = os.fspath(in_path), os.fspath(out_path)
     check_output_path(out_path, overwrite)
     meta = _read_meta(in_path)
+    if meta.get("arch") and is_timm_arch(str(meta["arch"])):  # MobileNetV3, EfficientNet, ...
+        from seed_det.convert_timm import convert_timm_student
+        return convert_timm_student(in_path, out_path, str(meta["arch"]), load_user_checkpoint(in_path))
     if meta.get("arch"):
         _check_arch(str(meta["arch"]), None, in_path)  # fail before reading a large non-ResNet file
     obj = load_user_checkpoint(in_path)

@@ -222,7 +222,7 @@ def test_non_resnet_student_is_refused(tmp_path):
     d.mkdir()
     torch.save(sd, d / "student_backbone.pth")
     (d / "meta.json").write_text(json.dumps({"arch": "efficientnet_b0"}))
-    with pytest.raises(CheckpointError, match="efficientnet_b0.*Only ResNet"):
+    with pytest.raises(CheckpointError, match="no efficientnet_b0 tensors.*do not belong together"):
         convert_to_d2(d / "student_backbone.pth", tmp_path / "out.pkl")
 
 

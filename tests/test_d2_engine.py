@@ -31,8 +31,8 @@ from seed_det.engines import RunOptions, main  # noqa: E402
 from seed_det.results import read_results  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_*.yaml")) +  # the transfer-protocol configs
-                 glob.glob(os.path.join(ROOT, "configs", "coco_*.yaml")))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_r*.yaml")) +  # the ResNet transfer-protocol configs
+                 glob.glob(os.path.join(ROOT, "configs", "coco_r*.yaml")))
 CPU = ["MODEL.DEVICE", "cpu"]
 
 

@@ -22,8 +22,8 @@ from seed_det.config import BASIC_BLOCK_ROI_HEAD, ConfigError, get_det_cfg, load
 from seed_det.convert import CheckpointError, convert_to_d2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_*.yaml")) +  # the transfer-protocol configs
-                 glob.glob(os.path.join(ROOT, "configs", "coco_*.yaml")))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_r*.yaml")) +  # the ResNet transfer-protocol configs
+                 glob.glob(os.path.join(ROOT, "configs", "coco_r*.yaml")))
 NAMES = [os.path.basename(c) for c in CONFIGS]
 TORCHVISION_MEAN, TORCHVISION_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 NO_D2 = "import sys; sys.modules['detectron2'] = None\n"  # makes `import detectron2` fail

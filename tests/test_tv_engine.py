@@ -220,12 +220,15 @@ def test_shipped_configs_build(tmp_path):
     for name in paths:
         cfg = load_det_config(os.path.join(root, name), ["MODEL.WEIGHTS", ""])
         check_supported(cfg)
-        key = (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.MASK_ON, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        key = (cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.TIMM.ARCH, cfg.MODEL.MASK_ON,
+               cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         if key not in built:
             built.add(key)
             model = build_model(cfg)
             assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
-            assert set(backbone_modules(model)) == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+            resnet = {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+            timm = {"conv_stem", "bn1", "blocks"}  # a timm backbone's own top-level modules
+            assert set(backbone_modules(model)) >= (timm if cfg.MODEL.TIMM.ARCH else resnet)
 
 
 def test_precise_bn_replaces_running_stats():

@@ -17,6 +17,7 @@ from seed_core.results import check_results_file
 from seed_det.convert import check_weights_depth, read_weights_file
 from seed_det.data.catalog import builtin_spec, check_present, config_specs, is_builtin, validate_dataset
 from seed_det.results import KIND, default_csv_path
+from seed_det.timm_backbone import check_timm_weights, is_timm_backbone, refuse_timm_weights_for_resnet
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,13 @@ def preflight(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> No
         _check_eval_weights(cfg, resume)
     else:
         _check_solver(cfg)
-        if cfg.MODEL.WEIGHTS:
+        if cfg.MODEL.WEIGHTS and is_timm_backbone(cfg):
+            t = cfg.MODEL.TIMM
+            report = check_timm_weights(cfg.MODEL.WEIGHTS, t.ARCH, t.OUT_INDICES)
+            logger.info("MODEL.WEIGHTS %s: %s, matched %d/%d backbone tensors", cfg.MODEL.WEIGHTS, t.ARCH,
+                        report["matched"], report["total"])
+        elif cfg.MODEL.WEIGHTS:
+            refuse_timm_weights_for_resnet(cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.DEPTH)
             spec = check_weights_depth(cfg.MODEL.WEIGHTS, cfg.MODEL.RESNETS.DEPTH,
                                        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS)
             logger.info("MODEL.WEIGHTS %s: ResNet-%d, fits the config", cfg.MODEL.WEIGHTS, spec.depth)

@@ -23,13 +23,15 @@ from seed_core.constants import TRAIN_LOG_FILE
 from seed_core.errors import NonFiniteLossError, SeedError
 from seed_core.run_dir import RunLog
 from seed_det import RUN_LOGGERS
-from seed_det.convert import read_weights_file
+from seed_det.convert import read_d2_pkl, read_weights_file
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
 from seed_det.engines.d2.mapper import DecodingMapper
+from seed_det.engines.d2.timm_fpn import verify_timm_backbone_loaded  # registers build_timm_fpn_backbone
 from seed_det.engines.options import RunOptions
 from seed_det.results import record_run
+from seed_det.timm_backbone import is_timm_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,15 @@ def _setup(cfg, options: RunOptions):
 def _check_pretrained_loaded(cfg, model) -> None:
     """A converted backbone that silently does not load would train a random model: refuse."""
     if not cfg.MODEL.WEIGHTS.endswith(".pkl"):
+        return
+    if is_timm_backbone(cfg):
+        matched, total, problems = verify_timm_backbone_loaded(model, read_d2_pkl(cfg.MODEL.WEIGHTS)["model"])
+        if problems:
+            raise SeedError(f"{cfg.MODEL.WEIGHTS} did not load into the {cfg.MODEL.TIMM.ARCH} backbone "
+                            f"({len(problems)} of {total} tensors, e.g. {problems[:3]}). Check MODEL.TIMM.ARCH "
+                            "against the converted student.")
+        logger.info("%s: matched %d/%d backbone tensors of %s", cfg.MODEL.WEIGHTS, matched, total,
+                    cfg.MODEL.TIMM.ARCH)
         return
     weights = read_weights_file(cfg.MODEL.WEIGHTS)
     if weights.kind != "d2_backbone":

@@ -2,6 +2,7 @@
 
 checks      config keys the engine cannot honour -> ConfigError naming them
 model       Faster/Mask R-CNN (C4 or FPN) from a Detectron2-style config
+timm_fpn    a timm network (MobileNetV3, EfficientNet, ...) with an FPN, and its weights
 layers      Detectron2 behaviour torchvision lacks: aligned RoIAlign, RPN loss, initialisation
 weights     Detectron2 names -> torchvision names; verified backbone loading
 solver      SGD parameter groups, warmup + multi-step / cosine schedule, gradient clipping

@@ -18,6 +18,7 @@ from fvcore.common.config import CfgNode
 from seed_core.errors import ConfigError
 from seed_core.yaml_config import cfg_value
 from seed_det.config import BASIC_BLOCK_ROI_HEAD
+from seed_det.timm_backbone import TIMM_FPN_BACKBONE
 
 C4_BACKBONE, FPN_BACKBONE = "build_resnet_backbone", "build_resnet_fpn_backbone"
 NORMS = ("FrozenBN", "BN", "SyncBN", "naiveSyncBN", "GN")
@@ -26,11 +27,12 @@ C4_HEADS = ("Res5ROIHeads", BASIC_BLOCK_ROI_HEAD)
 
 
 def _rules(cfg: CfgNode) -> List[Tuple[str, Callable, str]]:
-    fpn = cfg.MODEL.BACKBONE.NAME == FPN_BACKBONE
+    timm = cfg.MODEL.BACKBONE.NAME == TIMM_FPN_BACKBONE
+    fpn = cfg.MODEL.BACKBONE.NAME in (FPN_BACKBONE, TIMM_FPN_BACKBONE)
     rules = [
         ("MODEL.META_ARCHITECTURE", lambda v: v == "GeneralizedRCNN", "only GeneralizedRCNN (Faster/Mask R-CNN)"),
-        ("MODEL.BACKBONE.NAME", lambda v: v in (C4_BACKBONE, FPN_BACKBONE),
-         f"only {C4_BACKBONE} (C4) and {FPN_BACKBONE} (FPN) ResNets"),
+        ("MODEL.BACKBONE.NAME", lambda v: v in (C4_BACKBONE, FPN_BACKBONE, TIMM_FPN_BACKBONE),
+         f"only {C4_BACKBONE} (C4) and {FPN_BACKBONE} (FPN) ResNets, and {TIMM_FPN_BACKBONE} (timm networks)"),
         ("MODEL.KEYPOINT_ON", lambda v: not v, "no keypoint head"),
         ("MODEL.LOAD_PROPOSALS", lambda v: not v, "proposals come from the RPN; precomputed ones are not read"),
         ("MODEL.RESNETS.DEFORM_ON_PER_STAGE", lambda v: not any(v), "torchvision ResNets have no deformable conv"),
@@ -102,6 +104,10 @@ def _rules(cfg: CfgNode) -> List[Tuple[str, Callable, str]]:
             ("MODEL.ROI_HEADS.NAME", lambda v: v in C4_HEADS, f"C4 uses res5 as the box head: {C4_HEADS}"),
             ("MODEL.ROI_MASK_HEAD.NUM_CONV", lambda v: v == 0, "C4 mask head is a deconv on res5 features"),
         ]
+    if timm:  # no ResNet: its keys are unread (seed_det.config refuses them), the FPN takes timm levels
+        # (four levels at strides 4..32, P2..P5, are checked against timm's feature_info at build time)
+        rules = [r for r in rules if not r[0].startswith("MODEL.RESNETS.") and r[0] != "MODEL.FPN.IN_FEATURES"]
+        rules.append(("MODEL.TIMM.OUT_INDICES", lambda v: len(v) == 4, "four timm levels (the FPN's P2..P5)"))
     return rules
 
 

@@ -22,6 +22,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from seed_det.timm_backbone import TIMM_FPN_BACKBONE, is_timm_backbone
+
 from .checks import FPN_BACKBONE, check_supported
 from .layers import D2AnchorGenerator, D2RoIHeads, D2RPN, RoIPooler, SyncBatchNorm2d, init_like_detectron2
 
@@ -222,6 +224,12 @@ def _build_fpn(cfg: CfgNode, net: resnet.ResNet):
     in_channels = [c5 // 8, c5 // 4, c5 // 2, c5]
     backbone = BackboneWithFPN(net, {f"layer{i}": str(i - 1) for i in range(1, 5)}, in_channels,
                                m.FPN.OUT_CHANNELS, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer(m.FPN.NORM))
+    return backbone, fpn_heads(cfg)
+
+
+def fpn_heads(cfg: CfgNode) -> Dict:
+    """Anchors, poolers and heads over FPN levels P2..P5 (+ P6 for the RPN), whatever the backbone."""
+    m = cfg.MODEL
     names = ["0", "1", "2", "3"]
     bh = m.ROI_BOX_HEAD
     box_head = ConvFCHead(m.FPN.OUT_CHANNELS, bh.POOLER_RESOLUTION, bh.CONV_DIM, bh.NUM_CONV, bh.FC_DIM, bh.NUM_FC,
@@ -240,7 +248,7 @@ def _build_fpn(cfg: CfgNode, net: resnet.ResNet):
             mask_predictor=MaskRCNNPredictor(mh.CONV_DIM if mh.NUM_CONV else m.FPN.OUT_CHANNELS, mh.CONV_DIM,
                                              m.ROI_HEADS.NUM_CLASSES + 1),
         )
-    return backbone, parts
+    return parts
 
 
 def _build_c4(cfg: CfgNode, net: resnet.ResNet):
@@ -267,9 +275,13 @@ def _build_c4(cfg: CfgNode, net: resnet.ResNet):
 def build_model(cfg: CfgNode) -> nn.Module:
     """Faster R-CNN, or Mask R-CNN when MODEL.MASK_ON; randomly initialised (see weights.load_weights)."""
     check_supported(cfg)
-    fpn = cfg.MODEL.BACKBONE.NAME == FPN_BACKBONE
-    net = build_resnet(cfg, fpn)
-    backbone, parts = (_build_fpn if fpn else _build_c4)(cfg, net)
+    fpn = cfg.MODEL.BACKBONE.NAME in (FPN_BACKBONE, TIMM_FPN_BACKBONE)
+    if is_timm_backbone(cfg):
+        from .timm_fpn import TimmFPNBackbone
+        backbone, parts = TimmFPNBackbone(cfg), fpn_heads(cfg)
+    else:
+        net = build_resnet(cfg, fpn)
+        backbone, parts = (_build_fpn if fpn else _build_c4)(cfg, net)
     cls = MaskRCNN if cfg.MODEL.MASK_ON else FasterRCNN
     # torchvision insists on its own pooler type at construction; ours replace them afterwards.
     poolers = {k: parts.pop(k) for k in ("box_roi_pool", "mask_roi_pool") if k in parts}
@@ -279,8 +291,9 @@ def build_model(cfg: CfgNode) -> nn.Module:
     model.rpn = _d2_rpn(cfg, model.rpn)
     model.roi_heads = _d2_roi_heads(cfg, model.roi_heads)
     init_like_detectron2(model)
-    logger.info("built %s R%d-%s with %d classes (%d trainable parameters)", cls.__name__,
-                cfg.MODEL.RESNETS.DEPTH, "FPN" if fpn else "C4", cfg.MODEL.ROI_HEADS.NUM_CLASSES,
+    logger.info("built %s %s-%s with %d classes (%d trainable parameters)", cls.__name__,
+                cfg.MODEL.TIMM.ARCH if is_timm_backbone(cfg) else f"R{cfg.MODEL.RESNETS.DEPTH}",
+                "FPN" if fpn else "C4", cfg.MODEL.ROI_HEADS.NUM_CLASSES,
                 sum(p.numel() for p in model.parameters() if p.requires_grad))
     return model
 
@@ -291,6 +304,8 @@ def backbone_modules(model: nn.Module) -> Dict[str, nn.Module]:
     (res5) into the box head."""
     if isinstance(model.backbone, BackboneWithFPN):
         return OrderedDict((s, getattr(model.backbone.body, s)) for s in _STAGES)
+    if not hasattr(model.backbone, "layer1") and hasattr(model.backbone, "body"):  # timm: its own top modules
+        return OrderedDict(model.backbone.body.named_children())
     found = OrderedDict((s, getattr(model.backbone, s)) for s in _STAGES[:-1])
     found["layer4"] = model.roi_heads.box_head.res5.layer4
     return found

@@ -112,6 +112,9 @@ def load_weights(model: nn.Module, path: str, detector: bool = False) -> Dict[st
     """Load MODEL.WEIGHTS: a backbone (.pkl / student_backbone.pth / ResNet .pth), a Detectron2
     detector or this engine's own detection checkpoint. `detector` (evaluation): the file must be
     a detector that fills the whole model."""
+    if hasattr(model.backbone, "arch"):  # a timm backbone (seed_det.engines.tv.timm_fpn)
+        from seed_det.engines.tv.timm_fpn import load_timm_weights
+        return load_timm_weights(model, path, detector)
     kind, state = read_weights(path)
     if kind == "d2_detector":
         return load_d2_detector(model, state, path, complete=detector)
