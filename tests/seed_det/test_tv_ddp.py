@@ -18,7 +18,7 @@ from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.evaluate import shard
 from test_tv_engine import make_cfg, shapes  # noqa: F401  (the tiny shapes data set fixture)
 
-WORKER = os.path.join(ROOT, "tests", "tv_ddp_worker.py")
+WORKER = os.path.join(ROOT, "tests", "seed_det", "tv_ddp_worker.py")
 
 
 def _train_net(cfg_path, opts, nprocs=2, env=None, timeout=300):

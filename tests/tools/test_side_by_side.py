@@ -109,7 +109,7 @@ def test_workers_stop_when_their_scheduler_is_killed(tmp_path):
     out = tmp_path / "pids"
     script = tmp_path / "scheduler.py"
     script.write_text(SCHEDULER.format(root=ROOT, out=str(out), logs=str(tmp_path / "logs")))
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "tests", "tools"), os.path.join(ROOT, "tests")]))
     parent = subprocess.Popen([sys.executable, str(script)], env=env)
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or len(out.read_text().split()) < 2):

@@ -18,7 +18,7 @@ from seed_core.config import ConfigError, load_cfg
 from seed_core.trainer import train
 
 pytestmark = pytest.mark.slow
-WORKER = os.path.join(ROOT, "tests", "worker.py")
+WORKER = os.path.join(ROOT, "tests", "seed_core", "worker.py")
 
 
 def _worker(opts, env=None, resume=False, timeout=240, wait=True):

@@ -20,7 +20,7 @@ def _free_port():
 def test_two_process_gloo_ranks_agree(images, moco_teacher, tmp_path):
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "worker.py"),
+           "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "seed_core", "worker.py"),
            *tiny_opts(images, moco_teacher, out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -1,6 +1,6 @@
 """timm students (MobileNetV3, EfficientNet) in the transfer suite: conversion round trip, complete
 loading in the torchvision engine, refusal of another architecture, the shipped configs, and two
-training iterations of each on tiny data. The Detectron2 side is tests/test_timm_d2.py."""
+training iterations of each on tiny data. The Detectron2 side is tests/seed_det/test_timm_d2.py."""
 import glob
 import json
 import os

@@ -89,7 +89,7 @@ def test_small_patch_loss_and_queues_equal_the_official_formulas_float64():
 
 
 def _worker(opts, env=None, resume=False):
-    cmd = [sys.executable, os.path.join(ROOT, "tests", "worker.py"), *opts] + (["--resume"] if resume else [])
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "seed_core", "worker.py"), *opts] + (["--resume"] if resume else [])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -119,7 +119,7 @@ def test_two_processes_gather_both_queues(images, moco_teacher, tmp_path):
     from test_ddp import _free_port
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "worker.py"),
+           "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "seed_core", "worker.py"),
            *tiny_opts(images, moco_teacher, out, **SMALL)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
