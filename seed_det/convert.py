@@ -461,8 +461,8 @@ def weights_spec(path: str | os.PathLike) -> ResNetSpec:
     return read_weights_file(path).resnet_spec()
 
 
-def check_weights_depth(path: str | os.PathLike, depth: int, res2_out_channels: int | None = None) -> ResNetSpec:
-    """Raise before training when MODEL.WEIGHTS does not fit MODEL.RESNETS (e.g. R34 weights, R18 config)."""
+def require_local_weights(path: str | os.PathLike) -> str:
+    """MODEL.WEIGHTS must be a file on this machine: nothing is fetched at run time."""
     path = os.fspath(path)
     if "://" in path:
         raise CheckpointError(f"MODEL.WEIGHTS {path}: remote weights are not checked or fetched here; "
@@ -470,6 +470,12 @@ def check_weights_depth(path: str | os.PathLike, depth: int, res2_out_channels: 
     if not os.path.isfile(path):
         raise CheckpointError(f"MODEL.WEIGHTS {path} does not exist. Convert the student first: "
                               f"python tools/convert_to_d2.py student_backbone.pth {path}")
+    return path
+
+
+def check_weights_depth(path: str | os.PathLike, depth: int, res2_out_channels: int | None = None) -> ResNetSpec:
+    """Raise before training when MODEL.WEIGHTS does not fit MODEL.RESNETS (e.g. R34 weights, R18 config)."""
+    path = require_local_weights(path)
     spec = weights_spec(path)
     if spec.depth != depth:
         raise CheckpointError(f"MODEL.WEIGHTS {path} is a ResNet-{spec.depth} but the config builds "

@@ -159,12 +159,8 @@ def read_timm_pkl(path: str) -> tuple[Dict[str, object], str]:
 def check_timm_weights(path: str, arch: str, out_indices: Sequence[int]) -> Dict[str, int]:
     """Refuse, before training, MODEL.WEIGHTS that do not fill the timm backbone the config builds
     (another architecture, a ResNet, a file that is not converted); returns matched/total."""
-    if "://" in path:
-        raise CheckpointError(f"MODEL.WEIGHTS {path}: remote weights are not checked or fetched here; "
-                              "download the file and pass its local path.")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"MODEL.WEIGHTS {path} does not exist. Convert the student first: "
-                              f"python tools/convert_to_d2.py student_backbone.pth {path}")
+    from seed_det.convert import require_local_weights
+    require_local_weights(path)
     if not path.endswith(".pkl"):
         raise CheckpointError(f"MODEL.WEIGHTS {path}: a timm backbone loads a converted .pkl; convert it: "
                               f"python tools/convert_to_d2.py {path} {os.path.splitext(path)[0]}.pkl")

@@ -24,7 +24,7 @@ from seed_det.timm_backbone import D2_PREFIX, adopt_features, create_features, m
 
 from .d2_names import d2_detector_state
 from .model import FPN_STRIDES, norm_layer
-from .weights import WeightsError, read_weights
+from .weights import WeightsError, backbone_only, load_own_detector, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ def load_timm_weights(model: nn.Module, path: str, detector: bool = False) -> Di
         if is_d2_detector(data):
             return _d2_detector(model, data, path, complete=detector)
         if detector:
-            raise WeightsError(f"{path} holds a backbone only: evaluating it would score random detection heads. "
-                               "Fine-tune it first, then evaluate OUTPUT_DIR/model_final.pth.")
+            raise backbone_only(path)
         state, arch = read_timm_pkl(path)
         if arch and arch != model.backbone.arch:
             raise WeightsError(f"{path} holds a converted {arch} student but the config builds {model.backbone.arch} "
@@ -150,13 +149,7 @@ def load_timm_weights(model: nn.Module, path: str, detector: bool = False) -> Di
     if kind == "d2_detector":
         return _d2_detector(model, state, path, complete=detector)
     if kind == "detection":
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(f"{path} is a torchvision-engine checkpoint of another model: missing "
-                               f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "
-                               "use the config it was trained with")
-        logger.info("loaded the full detection model from %s", path)
-        return {"loaded": sorted(state), "ignored": []}
+        return load_own_detector(model, state, path)
     raise WeightsError(f"{path} is a ResNet backbone; the config builds a {model.backbone.arch} backbone "
                        "(MODEL.TIMM.ARCH). Convert the timm student: python tools/convert_to_d2.py "
                        "<run>/student_backbone.pth <out>.pkl")

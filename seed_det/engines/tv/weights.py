@@ -119,14 +119,24 @@ def load_weights(model: nn.Module, path: str, detector: bool = False) -> Dict[st
     if kind == "d2_detector":
         return load_d2_detector(model, state, path, complete=detector)
     if kind == "detection":
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise WeightsError(f"{path} is a torchvision-engine checkpoint of another model: missing "
-                               f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "
-                               "use the config it was trained with")
-        logger.info("loaded the full detection model from %s", path)
-        return {"loaded": sorted(state), "ignored": []}
+        return load_own_detector(model, state, path)
     if detector:
-        raise WeightsError(f"{path} holds a backbone only: evaluating it would score random detection heads. "
-                           "Fine-tune it first, then evaluate OUTPUT_DIR/model_final.pth.")
+        raise backbone_only(path)
     return copy_backbone_weights(model, state, path)
+
+
+def load_own_detector(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> Dict[str, List[str]]:
+    """This engine's detection checkpoint: it must fill `model` exactly."""
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(f"{path} is a torchvision-engine checkpoint of another model: missing "
+                           f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}; "
+                           "use the config it was trained with")
+    logger.info("loaded the full detection model from %s", path)
+    return {"loaded": sorted(state), "ignored": []}
+
+
+def backbone_only(path: str) -> WeightsError:
+    """Evaluation was asked of a file that holds no detection heads."""
+    return WeightsError(f"{path} holds a backbone only: evaluating it would score random detection heads. "
+                        "Fine-tune it first, then evaluate OUTPUT_DIR/model_final.pth.")
