@@ -6,7 +6,7 @@ Trains a ResNet-34 teacher with MoCo-v2, then for each student architecture and 
 same budget and augmentation, by weighted k-NN top-1 on a held-out split. Writes
 <output-dir>/paper_claim.{md,png,json}; ablations write paper_claim_<name>.{md,png,json}.
 
-    python benchmarks/paper_claim.py                                   # main table (~30 min on 2 CPU cores)
+    python benchmarks/paper_claim.py                                   # main table, teacher included
     python benchmarks/paper_claim.py --skip-main --ablations teacher_temp queue_size
     python benchmarks/paper_claim.py --skip-main --ablations teacher_epochs --ablation-arch resnet18
     python benchmarks/paper_claim.py --tiny             # seconds: pipeline check in a temporary folder
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings_from_args(args)
     # At 32 px the layers are too small to split across threads: extra OpenMP threads mostly wait
-    # for each other, and on a busy machine that can be 5-10x slower than one thread.
+    # for each other, much slower than one thread on a busy machine
+    # (docs/RESULTS.md, "SEED's central claim at small scale").
     torch.set_num_threads(args.threads)
     start = time.time()
     try:
