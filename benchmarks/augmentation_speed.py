@@ -5,8 +5,8 @@ torchvision's tensor GaussianBlur, side by side in one run.
 
     python benchmarks/augmentation_speed.py [--sizes 32 224] [--views 300]
 
-At 32 px a distillation step of ResNet-18 on one core takes ~25 ms per image: an augmentation
-that costs several ms per view decides how many workers a run needs.
+At small image sizes a distillation step is short, so an augmentation that costs several ms per
+view decides how many workers a run needs (figures: docs/RESULTS.md, "Augmentation").
 """
 import argparse
 import sys

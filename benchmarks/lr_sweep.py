@@ -5,7 +5,7 @@ Every sweep point is a config variant in configs/paper_claim/sweep/ (lr x MoCo k
 MoCo-v2 alone, lr for SEED and for L2 distillation). Each point is trained with --sweep-seeds; per
 method the point with the highest k-NN top-1 on the held-out split wins (the rule the teacher's lr
 was picked by) and is then trained with every seed of --seeds. Writes
-<out-dir>/lr_sweep_<arch>.{md,json}.
+<output-dir>/lr_sweep_<arch>.{md,json}.
 
     python benchmarks/lr_sweep.py --arch resnet18                       # all points in the folder
     python benchmarks/lr_sweep.py --arch resnet18 --points configs/paper_claim/sweep/mocov2_lr0.0*.yaml
@@ -28,6 +28,7 @@ import torch
 from seed_core.config import ConfigError
 from tools.benchmarking.lr_sweep import run_sweep, sweep_table
 from tools.benchmarking.paper_claim import TINY, Settings, choose_folders
+from tools.cli import add_results_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -45,8 +46,7 @@ def parse_args(argv=None):
                    help=f"sweep point YAML files (default: every file in {SWEEP_DIR})")
     p.add_argument("--sweep-seeds", nargs="+", type=int, default=[0])
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds), help="seeds of each method's best point")
-    p.add_argument("--out-dir", default=None,
-                   help=f"table and JSON go here (default: {RESULTS}; with --tiny a temporary folder)")
+    add_results_dir(p, help=f"table and JSON go here (default: {RESULTS}; with --tiny a temporary folder)")
     p.add_argument("--work-dir", default=None,
                    help=f"dataset and cached runs (default: {DEFAULT_WORK}, shared with paper_claim.py; "
                         "with --tiny a temporary folder)")

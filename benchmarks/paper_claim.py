@@ -4,9 +4,9 @@
 Trains a ResNet-34 teacher with MoCo-v2, then for each student architecture and seed compares
 (a) random init, (b) MoCo-v2 alone, (c) SEED from the teacher and (d) L2 distillation, all with the
 same budget and augmentation, by weighted k-NN top-1 on a held-out split. Writes
-<out-dir>/paper_claim.{md,png,json}; ablations write paper_claim_<name>.{md,png,json}.
+<output-dir>/paper_claim.{md,png,json}; ablations write paper_claim_<name>.{md,png,json}.
 
-    python benchmarks/paper_claim.py                                   # main table (~30 min on 2 CPU cores)
+    python benchmarks/paper_claim.py                                   # main table, teacher included
     python benchmarks/paper_claim.py --skip-main --ablations teacher_temp queue_size
     python benchmarks/paper_claim.py --skip-main --ablations teacher_epochs --ablation-arch resnet18
     python benchmarks/paper_claim.py --tiny             # seconds: pipeline check in a temporary folder
@@ -26,6 +26,7 @@ import torch
 from seed_core.config import ConfigError
 from tools.benchmarking.paper_claim import (ABLATIONS, TINY, Settings, ablation_chart, ablation_table,
                                             choose_folders, main_chart, main_table, run_ablation, run_main, write_report)
+from tools.cli import add_results_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -39,8 +40,7 @@ TINY_ABLATION_VALUES = {"teacher_temp": (1e-3, 1e-2), "queue_size": (16, 32), "t
 def parse_args(argv=None):
     d = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", default=None,
-                   help=f"tables, plots and JSON go here (default: {RESULTS}; with --tiny a temporary folder)")
+    add_results_dir(p, help=f"tables, plots and JSON go here (default: {RESULTS}; with --tiny a temporary folder)")
     p.add_argument("--work-dir", default=None,
                    help=f"dataset, cached training runs and feature caches (default: {DEFAULT_WORK}; "
                         "with --tiny a temporary folder)")
@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = settings_from_args(args)
     # At 32 px the layers are too small to split across threads: extra OpenMP threads mostly wait
-    # for each other, and on a busy machine that can be 5-10x slower than one thread.
+    # for each other, much slower than one thread on a busy machine
+    # (docs/RESULTS.md, "SEED's central claim at small scale").
     torch.set_num_threads(args.threads)
     start = time.time()
     try:

@@ -22,6 +22,7 @@ import time
 from seed_core.errors import SeedError
 from tools.benchmarking.teacher_ladder import (RESULTS_NAME, Settings, render_report, run_ladder, tiny_settings,
                                                write_report)
+from tools.cli import add_results_dir
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     d = Settings()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default=d.work_dir, help="cached stages (keep it: the ladder resumes from it)")
-    p.add_argument("--out-dir", default=RESULTS)
+    add_results_dir(p, help="report (md, png) and results JSON go here", default=RESULTS)
     p.add_argument("--arms", nargs="+", default=list(d.arms), metavar="INIT:STUDENT[:TEACHER]",
                    help="init one of random, mocov2, seed, l2; e.g. seed:resnet18:resnet50")
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))

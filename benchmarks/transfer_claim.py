@@ -17,6 +17,7 @@ import time
 from seed_core.errors import SeedError
 from seed_det.engines import detectron2_available
 from tools.benchmarking.transfer_claim import DETECTORS, INIT_LABELS, Settings, claim_table, run_claim, write_report
+from tools.cli import add_results_dir
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -26,7 +27,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=d.preset, help="configs/demo/NAME.yaml: pretraining and schedule")
     p.add_argument("--work-dir", default=d.work_dir, help="cached runs")
-    p.add_argument("--out-dir", default=RESULTS)
+    add_results_dir(p, help="report (md, png, json) goes here", default=RESULTS)
     p.add_argument("--seeds", nargs="+", type=int, default=list(d.seeds))
     p.add_argument("--splits", nargs="+", default=list(d.splits), choices=["train", "train_small"])
     p.add_argument("--detectors", nargs="+", default=list(d.detectors), choices=sorted(DETECTORS))

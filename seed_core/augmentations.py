@@ -54,9 +54,9 @@ def resolve_recipe(name: str, teacher_format: str | None) -> str:
 
 
 class PILGaussianBlur:
-    """Gaussian blur with sigma drawn from `sigma`, by PIL as in MoCo-v2's code. torchvision's tensor
-    blur costs ~1.6 ms on a 32 px image in a data-loader worker, PIL's ~0.2 ms: at small image sizes
-    the blur alone used to cap a worker below what one core trains on."""
+    """Gaussian blur with sigma drawn from `sigma`, by PIL as in MoCo-v2's code: torchvision's tensor
+    blur, several times slower in a data-loader worker, alone capped a worker below what one core
+    trains on at small image sizes (docs/RESULTS.md#augmentation-benchmarksaugmentation_speedpy)."""
 
     def __init__(self, sigma: tuple[float, float]):
         self.sigma = sigma

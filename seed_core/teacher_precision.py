@@ -25,10 +25,9 @@ from .errors import ConfigError
 from .precision import DTYPES
 
 TAIL_SUFFIX = "-fp32tail"
-# Chosen by the measurement in the README: the only teacher precision whose SEED targets stay
-# within TV 1e-3 of an fp64 teacher's for every image, on the digits teacher and on a ResNet-50
-# (bf16: mean TV 1e-3 to 8e-3, with or without an fp32 last stage; fp16: mean 2e-4 to 1e-3, single
-# images up to 1.5e-3, and GPU-only).
+# The only teacher precision whose SEED targets stay within TV 1e-3 of an fp64 teacher's for every
+# image, on the digits teacher and on a ResNet-50; bf16 (with or without an fp32 last stage) and
+# fp16 do not (docs/RESULTS.md#teacher-precision, benchmarks/distill_step.py --teacher-precision-tv).
 AUTO_TEACHER_PRECISION = "fp32"
 
 

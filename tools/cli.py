@@ -4,7 +4,8 @@ body through `run`, so that all of them behave alike:
 - `main(argv=None) -> int`; the console scripts (`seed-train-net`, ...) and `python tools/<name>.py`
   both call it;
 - the same flag names for the same things: `--config` / `--config-file` (a YAML config), trailing
-  `KEY VALUE` config overrides, `--output-dir` (the output folder), `--resume`;
+  `KEY VALUE` config overrides, `--output-dir` (the output folder; a benchmark's results folder
+  too, see `add_results_dir`), `--resume`;
 - bad input ends with one line `error: ...` on stderr and exit code 2, never a traceback.
 
 The tools hand the libraries typed options (a CfgNode, seed_det.engines.RunOptions, ...), never the
@@ -51,9 +52,16 @@ def add_config(parser: argparse.ArgumentParser, help: str, required: bool = Fals
 
 
 def add_output_dir(parser: argparse.ArgumentParser, help: str, default: str | None = None,
-                   aliases: tuple = ()) -> None:
-    """`--output-dir DIR` -> args.output_dir (for a config-driven tool: OUTPUT_DIR, see `overrides`)."""
-    parser.add_argument("--output-dir", *aliases, dest="output_dir", default=default, metavar="DIR", help=help)
+                   aliases: tuple = (), dest: str = "output_dir") -> None:
+    """`--output-dir DIR` -> args.output_dir (for a config-driven tool: OUTPUT_DIR, see `overrides`).
+    The benchmarks' results folder is `--output-dir` too, with their earlier `--out-dir` as an alias:
+    see `add_results_dir`."""
+    parser.add_argument("--output-dir", *aliases, dest=dest, default=default, metavar="DIR", help=help)
+
+
+def add_results_dir(parser: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
+    """A benchmark's results folder: `--output-dir DIR` (alias `--out-dir`) -> args.out_dir."""
+    add_output_dir(parser, help, default=default, aliases=("--out-dir",), dest="out_dir")
 
 
 def add_resume(parser: argparse.ArgumentParser, help: str) -> None:

@@ -96,7 +96,7 @@ def check_present(name: str, spec: DatasetSpec) -> None:
         raise DatasetError(
             f"dataset '{name}' not found: missing {missing[0]}. Builtin VOC/COCO datasets are read from "
             f"${DATASETS_ENV} (now '{datasets_root()}'); set {DATASETS_ENV} to the folder holding VOC2007/, "
-            f"VOC2012/ and coco/ (see the README), or register your own data with DATASETS.COCO_JSON / "
+            f"VOC2012/ and coco/ (see docs/DETECTION.md#datasets), or register your own data with DATASETS.COCO_JSON / "
             f"DATASETS.VOC.")
     raise DatasetError(f"dataset '{name}' (registered in DATASETS.COCO_JSON/VOC) is missing {missing}; "
                        f"fix the paths in the config.")

@@ -15,6 +15,7 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_tiny_sweep_picks_a_point_per_method_and_reruns_it(tmp_path, restore_threads):
     out, work = tmp_path / "out", tmp_path / "work"
     assert load_script("benchmarks/lr_sweep.py").main(["--tiny", "--out-dir", str(out), "--work-dir", str(work)]) == 0

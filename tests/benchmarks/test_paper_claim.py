@@ -27,6 +27,7 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_tables_plots_and_json(tmp_path, restore_threads):
     out, work = tmp_path / "out", tmp_path / "work"
     argv = ["--tiny", "--out-dir", str(out), "--work-dir", str(work), "--ablations", "teacher_temp", "queue_size",
@@ -65,6 +66,7 @@ def test_tiny_mode_never_writes_over_the_committed_results(tmp_path):
     assert cli.parse_args([]).out_dir == cli.RESULTS
 
 
+@pytest.mark.slow
 def test_rerun_reuses_cached_runs(tmp_path, restore_threads):
     from tools.pipeline.run_cache import MARKER as RUN_SUMMARY
     argv = ["--tiny", "--out-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),

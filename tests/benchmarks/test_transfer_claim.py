@@ -8,9 +8,8 @@ import yaml
 
 from tools.benchmarking.transfer_claim import Settings, claim_table, run_claim, write_report
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_tiny_claim_fine_tunes_every_init_and_writes_its_report(tmp_path):
     s = Settings(preset="tiny", work_dir=str(tmp_path / "work"), seeds=(0,), splits=("train",), detectors=("fpn",),
                  inits=("random", "seed", "teacher"), engines=("torchvision",), workers=0)

@@ -94,6 +94,7 @@ def _worker(opts, env=None, resume=False):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
+@pytest.mark.slow
 def test_small_patch_run_resumes_bit_exactly_after_a_kill(images, moco_teacher, tmp_path):
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
     # both runs in worker processes with the same thread count: the same floating-point sums

@@ -286,6 +286,7 @@ def test_write_is_atomic_on_failure(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["keep.pkl"]
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     src, _ = student_dir(tmp_path)
     tool = os.path.join(ROOT, "tools", "convert_to_d2.py")

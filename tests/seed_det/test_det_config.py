@@ -137,6 +137,7 @@ def test_validation_catches_silent_mistakes():
                 "MODEL.ROI_HEADS.NAME", "Res5ROIHeads").MODEL.RESNETS.DEPTH == 50
 
 
+@pytest.mark.slow
 def test_no_detectron2_needed():
     code = NO_D2 + (
         "import glob\n"
@@ -150,6 +151,7 @@ def test_no_detectron2_needed():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
+@pytest.mark.slow
 def test_train_net_without_detectron2_says_so():
     code = NO_D2 + ("import runpy; sys.argv = ['train_net.py', '--config', 'configs/voc_r18_seed.yaml', "
                     "'--engine', 'detectron2']\nrunpy.run_path('tools/train_net.py', run_name='__main__')\n")

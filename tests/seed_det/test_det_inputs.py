@@ -199,6 +199,7 @@ def test_bad_run_inputs_fail_before_work(tmp_path, run_opts):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_converter_output_must_be_a_new_pkl_file(tmp_path):
     pkl = _backbone_pkl(tmp_path)
     pth = str(tmp_path / "r18.pth")

@@ -97,6 +97,7 @@ def test_markdown_mask_column_and_empty():
     assert "no results" in render_markdown([])
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     record_run(tmp_path / "out" / "voc_r18_seed", "configs/voc_r18_seed.yaml", "w", BOX)
     record_run(tmp_path / "out" / "voc_r18_mocov2", "configs/voc_r18_mocov2.yaml", "w", BOX)
@@ -114,6 +115,7 @@ def _record(args):
     record_run(os.path.join(out, f"run{i}"), f"configs/voc_r18_{i}.yaml", "w", BOX)
 
 
+@pytest.mark.slow
 def test_concurrent_runs_lose_no_row(tmp_path):
     import multiprocessing
 
@@ -139,6 +141,7 @@ def test_eval_only_never_replaces_a_training_result(tmp_path):
                                           _row("voc_r18_seed.yaml", "4.00")])
 
 
+@pytest.mark.slow
 def test_one_file_per_kind_and_one_table_tool(tmp_path):
     """Detection and k-NN rows never meet in one file; results_table.py reads every kind; a CSV that
     is not ours, or of another kind, is refused before anything is written."""
@@ -174,6 +177,7 @@ def test_one_file_per_kind_and_one_table_tool(tmp_path):
     assert res.returncode == 2 and "not a results file of this project" in res.stderr
 
 
+@pytest.mark.slow
 def test_detection_columns_are_declared_by_seed_det_only():
     """seed_core knows the run columns and its own kinds; the detection schema is seed_det.results'."""
     code = ("import sys, seed_core.results as r, seed_core.evaluation.results\n"

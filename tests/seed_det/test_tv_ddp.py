@@ -37,6 +37,7 @@ def _norm_opts(arch):
     return ["MODEL.RESNETS.NORM", "SyncBN"] + (["MODEL.FPN.NORM", "SyncBN"] if arch == "fpn" else [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["fpn", "c4"])
 def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes, arch):
     _, path = make_cfg(tmp_path, shapes, arch)
@@ -63,6 +64,7 @@ def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes, a
     assert "metrics: AP=" in proc.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_resume_continue(tmp_path, shapes):
     _, path = make_cfg(tmp_path, shapes, "c4")
     first = _train_net(path, _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "2"]))
@@ -73,6 +75,7 @@ def test_two_processes_resume_continue(tmp_path, shapes):
     assert [json.loads(line)["iteration"] for line in log] == [1, 2, 3]  # continued, not restarted
 
 
+@pytest.mark.slow
 def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path, shapes):
     _, path = make_cfg(tmp_path, shapes, "c4")
     opts = _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"])
@@ -83,6 +86,7 @@ def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path, shapes):
     assert not (tmp_path / "out" / "model_final.pth").exists()
 
 
+@pytest.mark.slow
 def test_under_torchrun_a_killed_peer_is_named(tmp_path, shapes):
     """Under torchrun the survivor's collective fails; it stops with PeerLostError, not a hang."""
     _, path = make_cfg(tmp_path, shapes, "c4")
@@ -176,6 +180,7 @@ def test_sampler_refuses_a_batch_that_does_not_split():
         InfiniteBatchSampler(10, 3, 0, world_size=2)
 
 
+@pytest.mark.slow
 def test_sync_bn_over_two_processes_equals_batch_norm_over_the_whole_batch(tmp_path):
     import torch
     from seed_core.distributed import launch

@@ -40,6 +40,26 @@ def test_config_flag_spellings_and_output_dir(tool):
     assert overrides(args) == ("SEED", "3", "OUTPUT_DIR", "out/x")  # the flag wins over an OUTPUT_DIR override
 
 
+BENCHMARKS_WITH_RESULTS = ("lr_sweep.py", "paper_claim.py", "teacher_ladder.py", "transfer_claim.py")
+
+
+def test_benchmarks_name_the_results_folder_output_dir_as_the_tools_do():
+    """`--output-dir` in every benchmark that writes results, the earlier `--out-dir` still accepted."""
+    import argparse
+    from tools.cli import add_results_dir
+    parser = argparse.ArgumentParser()
+    add_results_dir(parser, help="results", default="r")
+    assert parser.parse_args([]).out_dir == "r"
+    for flag in ("--output-dir", "--out-dir"):
+        assert parser.parse_args([flag, "x"]).out_dir == "x"
+    for name in BENCHMARKS_WITH_RESULTS:
+        with open(os.path.join(ROOT, "benchmarks", name)) as f:
+            assert "add_results_dir(p" in f.read(), name
+    parse_args = load_script("benchmarks/paper_claim.py").parse_args
+    for flag in ("--output-dir", "--out-dir"):
+        assert parse_args([flag, "elsewhere"]).out_dir == "elsewhere"
+
+
 def test_console_scripts_are_the_tools_mains():
     """pyproject's `seed-*` scripts run the same main as `python tools/<name>.py`."""
     import importlib

@@ -8,9 +8,8 @@ from conftest import load_script
 from tools.pipeline.demo import BASE_PRESET, INITS, load_preset, plan_pretraining, preset_names, run_demo
 from tools.pipeline.report import read_loss_curve
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_tiny_pipeline_end_to_end_and_cached_rerun(tmp_path, capsys):
     out = str(tmp_path / "demo")
     results = run_demo(out, "tiny", engine="torchvision", workers=0)

@@ -15,6 +15,7 @@ def fail(x):
     raise ValueError(f"no good: {x}")
 
 
+@pytest.mark.slow
 def test_steps_run_in_worker_processes_with_their_output_in_logs(tmp_path, capsys):
     steps = [Step(f"sq{i}", square, (i,)) for i in range(3)]
     out = run_steps(steps, processes=2, log_dir=str(tmp_path / "logs"))
@@ -29,6 +30,7 @@ def test_one_process_runs_inline():
     assert [v["pid"] for v in out.values()] == [os.getpid()] * 2 and out["b"]["value"] == 16
 
 
+@pytest.mark.slow
 def test_a_failed_step_names_itself_and_its_log_after_the_others_finish(tmp_path):
     steps = [Step("bad", fail, (7,)), Step("good", square, (5,))]
     with pytest.raises(StepFailed, match=r"bad: ValueError: no good: 7 \(log: .*bad\.log\)"):
@@ -51,6 +53,7 @@ def stamp(name, log, wait_for=None):
     return name
 
 
+@pytest.mark.slow
 def test_a_step_starts_only_after_the_steps_it_needs(tmp_path):
     log = str(tmp_path / "order.txt")
     steps = [Step("a", stamp, ("a", log, "c")), Step("b", stamp, ("b", log), after=("a",)),
@@ -62,6 +65,7 @@ def test_a_step_starts_only_after_the_steps_it_needs(tmp_path):
     assert lines.index("end b") < lines.index("start d") and lines.index("end c") < lines.index("start d")
 
 
+@pytest.mark.slow
 def test_steps_that_need_a_failed_step_are_reported_not_run(tmp_path):
     steps = [Step("bad", fail, (1,)), Step("later", square, (2,), after=("bad",)), Step("free", square, (3,))]
     with pytest.raises(StepFailed, match=r"(?s)bad: ValueError.*later: not run: it needs bad"):
@@ -98,6 +102,7 @@ def sleep_and_write(out):
     return "stopped"
 
 
+@pytest.mark.slow
 def test_workers_stop_when_their_scheduler_is_killed(tmp_path):
     """A killed benchmark must not leave workers training on into folders the next run resumes, nor
     idle workers that stopped cleanly but wait for work that never comes."""

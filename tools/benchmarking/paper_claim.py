@@ -90,7 +90,7 @@ def choose_folders(args, results_dir: str, default_work: str, tiny_prefix: str) 
     if args.tiny:
         if args.out_dir and os.path.realpath(args.out_dir) == os.path.realpath(results_dir):
             raise SystemExit(f"error: --tiny would overwrite the committed results in {results_dir}; "
-                             "leave --out-dir out (a temporary folder is used) or choose another folder")
+                             "leave --output-dir out (a temporary folder is used) or choose another folder")
         tmp = None if (args.out_dir and args.work_dir) else tempfile.mkdtemp(prefix=tiny_prefix)
         args.out_dir = args.out_dir or os.path.join(tmp, "results")
         args.work_dir = args.work_dir or os.path.join(tmp, "work")

@@ -33,15 +33,13 @@ class Detector(NamedTuple):
 
 DETECTORS = {
     "fpn": Detector("digits_r18_fpn.yaml", "Faster R-CNN R18-FPN"),
-    # R18-C4 detects on the stride-16 res4 map alone: a 96 px scene gives it 6x6 cells, and at 300
-    # iterations with 10 % of the labels every initialisation stayed at 5-7 AP50. Upscaled 2x, as
-    # Detectron2 upscales VOC's ~500 px images to 800, it learns the digits at the preset's schedule
-    # for 1.2x the step time (res5 on the RoIs dominates): random init 35.4 / 20.2 AP50, MoCo-v2
-    # 54.7 / 33.7, SEED 55.4 / 33.2 (all / 10 % labels, 3 seeds). 4x the schedule at 96 px instead
-    # let random init catch up with all labels (benchmarks/results/transfer_claim_c4_4x_schedule).
+    # R18-C4 detects on the stride-16 res4 map alone: a 96 px scene gives it 6x6 cells, too few to
+    # learn the digits at the preset's schedule. Upscaled 2x, as Detectron2 upscales VOC's ~500 px
+    # images to 800, it learns them for a small extra step cost, where 4x the schedule at 96 px let
+    # random init catch up (docs/RESULTS.md#faster-r-cnn-r18-c4).
     "c4": Detector("digits_r18_c4.yaml", "Faster R-CNN R18-C4", input_scale=2),
-    # The mask head learns the digits' strokes long after the boxes: at 300 iterations its loss is
-    # 0.58 (predicting 45 % ink everywhere scores 0.69) and no pixel reaches 0.5, so mask AP is 0.0.
+    # The mask head learns the digits' strokes long after the boxes: at the preset's schedule no
+    # mask is learnt yet, hence 4x (docs/RESULTS.md#mask-r-cnn-r18-fpn).
     "fpn_mask": Detector("digits_r18_fpn_mask.yaml", "Mask R-CNN R18-FPN", schedule=4, masks=True),
 }
 INIT_LABELS = {"random": "random init", "moco": "MoCo-v2 R18", "seed": "SEED R18", "teacher": "teacher (reference)"}
