@@ -188,8 +188,10 @@ def inspect_results_file(path: str | os.PathLike) -> ResultsFile:
             continue
         text = _text(raw)
         fields = _fields(text) if text is not None else None
-        if fields is None:
+        if text is None:
             out.damaged.append(f"line {number}: not text")
+        elif fields is None:
+            out.damaged.append(f"line {number}: not a CSV row")
         elif len(fields) != len(cols):
             out.damaged.append(f"line {number}: torn ({len(fields)} of {len(cols)} columns)")
         elif fields[cols.index("mode")] not in MODES:
