@@ -2,14 +2,14 @@
 projection head, no `module.` prefix, plus meta.json describing where it came from."""
 from __future__ import annotations
 
-import json
 import os
 import time
 
 
-from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
+from .checkpoint_io import CheckpointError, atomic_save, load_untrusted
 from .config import cfg_from_string
 from .constants import BACKBONE_FILE, META_FILE
+from .results import write_json
 
 
 
@@ -27,7 +27,7 @@ def write_backbone(student_state: dict, out_dir: str, meta: dict) -> str:
     path = os.path.join(out_dir, BACKBONE_FILE)
     atomic_save(backbone_state(student_state), path)
     meta = {"format": "torchvision-state-dict", "written": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
-    atomic_write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", os.path.join(out_dir, META_FILE))
+    write_json(os.path.join(out_dir, META_FILE), meta)  # a damaged meta.json is moved aside, not overwritten
     return path
 
 

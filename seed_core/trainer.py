@@ -31,6 +31,7 @@ from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
 from .teacher_precision import cast_teacher, resolve_teacher_precision
 from .teachers import embedding_dim, fold_batchnorm, load_teacher
+from .worker_errors import plain_worker_errors
 from .yaml_config import flatten_cfg
 
 logger = logging.getLogger(__name__)
@@ -285,7 +286,9 @@ class Trainer:
             stack.callback(progress.close)
             report = PeriodicReport(metrics, progress, self.cfg.TRAIN.LOG_PERIOD, self.cfg.SOLVER.BATCH_SIZE,
                                     self.steps_per_epoch, start, self.ctx.world_size)
-            it = self._train(start, end, report)
+            # A SeedError of a DataLoader worker: its own message, the worker's traceback in the log.
+            with plain_worker_errors(os.path.join(self.out_dir, LOG_FILE)):
+                it = self._train(start, end, report)
         return self._finish(it)
 
     def _train(self, start: int, end: int, report: PeriodicReport) -> int:

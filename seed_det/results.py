@@ -1,6 +1,6 @@
 """Detection results: `metrics.json` per run, one row per run in the detection results file, and a
-markdown table. The detection columns are declared here; the file format (run columns, locking, refusing
-foreign files) is seed_core.results'.
+markdown table. The detection columns are declared here; the file format (run columns, locking, what
+happens to a damaged or foreign file) is seed_core.results'.
 
 Metrics are percentages (0..100) like Detectron2 prints them: "AP", "AP50", "AP75" for boxes and
 optionally "mask_AP", "mask_AP50", "mask_AP75" for masks.
@@ -81,7 +81,7 @@ def record_run(output_dir, config_file, weights, metrics: Mapping[str, float], c
         row[k] = _fmt(metrics.get(k))
 
     csv_path = os.fspath(csv_path) if csv_path else default_csv_path(output_dir)
-    check_results_file(csv_path, KIND)  # a foreign file: refuse before writing anything
+    check_results_file(csv_path, KIND)  # another kind of ours: refuse before writing anything
     write_json(metrics_file(output_dir, eval_only), dict(row, metrics=metrics))
     append_row(csv_path, KIND, row)
     logger.info("results: %s -> %s", dict(row), csv_path)

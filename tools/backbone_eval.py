@@ -16,6 +16,7 @@ from seed_core.evaluation.knn import knn_evaluate
 from seed_core.evaluation.linear import OPTIMIZERS, train_linear_probe
 from seed_core.evaluation.results import record_accuracy
 from seed_core.results import check_results_file, results_path, write_json
+from seed_core.worker_errors import plain_worker_errors
 from tools import cli
 
 
@@ -47,8 +48,9 @@ def _features(args, backbone: LoadedBackbone) -> tuple[FeatureSet, FeatureSet]:
     common = dict(image_size=args.image_size, resize_size=args.resize_size, batch_size=args.batch_size,
                   num_workers=args.workers, device=args.device,
                   cache_dir=None if args.no_cache else args.cache_dir, progress=not args.no_progress)
-    train = load_or_compute_features(backbone, args.train, **common)
-    val = load_or_compute_features(backbone, args.val, **common)
+    with plain_worker_errors():  # a SeedError of a --workers process: its own message, no traceback text
+        train = load_or_compute_features(backbone, args.train, **common)
+        val = load_or_compute_features(backbone, args.val, **common)
     if train.classes != val.classes:
         raise ValueError(f"train and val class folders differ ({len(train.classes)} vs {len(val.classes)} classes: "
                          f"{sorted(set(train.classes) ^ set(val.classes))[:8]}); both splits need the same classes.")

@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 
 from seed_core.errors import CheckpointError, ConfigError, DatasetError, SeedError, TrainingError
+from seed_core.results import columns
 from seed_det.convert import convert_to_d2
 from seed_det.data import DatasetSpec
 from seed_det.data.catalog import validate_dataset
@@ -186,13 +187,13 @@ def test_bad_run_inputs_fail_before_work(tmp_path, run_opts):
     with pytest.raises(ConfigError, match="SOLVER.IMS_PER_BATCH is 0"):
         main(_args(run_opts + ["SOLVER.IMS_PER_BATCH", "0"]))
     assert not out.exists()
-    foreign = tmp_path / "runs" / "results_detection.csv"
-    foreign.parent.mkdir()
-    foreign.write_text("name,score\nmine,1\n")
-    with pytest.raises(SeedError, match="not a results file of this project"):
+    other_kind = tmp_path / "runs" / "results_detection.csv"
+    other_kind.parent.mkdir()
+    other_kind.write_text(",".join(columns("knn")) + "\n")
+    with pytest.raises(SeedError, match="holds knn results, not detection"):
         main(_args(run_opts))
-    assert foreign.read_text() == "name,score\nmine,1\n"
-    foreign.unlink()
+    assert other_kind.read_text() == ",".join(columns("knn")) + "\n"
+    other_kind.unlink()
     bad = _coco(tmp_path / "bad", _all_crowd)
     with pytest.raises(DatasetError, match="no box left to train on"):  # the sampler used to loop forever
         main(_args(run_opts + ["DATASETS.COCO_JSON", repr([["tiny", bad.json_file, bad.image_root]])]))

@@ -478,3 +478,27 @@ def test_one_function_says_what_a_weights_file_is(tmp_path, shapes):
     assert load_weights(build_model(cfg), str(tmp_path / "d2_backbone.pth"))["loaded"]
     for name in ("d2_final.pth", "d2_final.pkl", "tv_final.pth"):
         load_weights(build_model(cfg), str(tmp_path / name), detector=True)
+
+
+def test_a_seed_error_in_a_data_loading_worker_reaches_the_user_in_one_line(tmp_path, shapes, monkeypatch, capsys):
+    """A DatasetError raised inside a DataLoader worker (DATALOADER.NUM_WORKERS 1) is what the main
+    process would print, with the run log holding the worker's traceback."""
+    from conftest import load_script
+    from seed_det.data.torch_dataset import DetectionDataset
+
+    def broken(self, record):
+        raise DatasetError(f"image {os.path.basename(record['file_name'])} cannot be decoded; replace it")
+    monkeypatch.setattr(DetectionDataset, "_image", broken)  # the worker is forked: it sees the patch
+    cfg, path = make_cfg(tmp_path, shapes, opts=["DATALOADER.NUM_WORKERS", "1"])
+    log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
+    with pytest.raises(DatasetError, match=r"^image \S+ cannot be decoded; replace it \(details: .*log\.txt\)$"):
+        run(cfg, _args(path))
+    assert "Original Traceback" in open(log).read()
+
+    train_net = load_script("tools/train_net.py")
+    capsys.readouterr()
+    opts = ["OUTPUT_DIR", str(tmp_path / "out2")] + _datasets(shapes, "voc") + ["DATALOADER.NUM_WORKERS", "1"]
+    assert train_net.main(["--config-file", path, "--engine", "torchvision", *opts]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(r"error: image \S+ cannot be decoded; replace it \(details: .*out2/log\.txt\)", err[-1])
+    assert not any("Traceback" in line or "Caught" in line for line in err)

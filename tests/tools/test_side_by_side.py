@@ -2,7 +2,10 @@
 import os
 
 import pytest
+from torch.utils.data import DataLoader, Dataset
 
+from seed_core.errors import DatasetError
+from tools import cli
 from tools.pipeline.side_by_side import Step, StepFailed, run_steps
 
 
@@ -33,8 +36,31 @@ def test_one_process_runs_inline():
 @pytest.mark.slow
 def test_a_failed_step_names_itself_and_its_log_after_the_others_finish(tmp_path):
     steps = [Step("bad", fail, (7,)), Step("good", square, (5,))]
-    with pytest.raises(StepFailed, match=r"bad: ValueError: no good: 7 \(log: .*bad\.log\)"):
+    with pytest.raises(StepFailed, match=r"^step bad failed: ValueError: no good: 7 \(details: .*bad\.log\)$"):
         run_steps(steps, processes=2, log_dir=str(tmp_path))
+
+
+class _Unreadable(Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise DatasetError("image 7.png cannot be read;\nreplace it")
+
+
+def fail_in_a_loader_worker():
+    list(DataLoader(_Unreadable(), num_workers=1))
+
+
+def test_a_failed_step_reaches_the_user_as_one_line_with_its_log(tmp_path, capsys):
+    """A SeedError raised in a DataLoader worker of a step: the tool prints the step, the message the
+    step would have printed and its log, which holds the traceback."""
+    steps = [Step("distill", fail_in_a_loader_worker), Step("good", square, (2,))]
+    assert cli.run(lambda: run_steps(steps, processes=2, log_dir=str(tmp_path))) == 2
+    err = capsys.readouterr().err
+    log = tmp_path / "distill.log"
+    assert err == f"error: step distill failed: image 7.png cannot be read; replace it (details: {log})\n"
+    assert "Original Traceback" in log.read_text() and "__getitem__" in log.read_text()
 
 
 def stamp(name, log, wait_for=None):

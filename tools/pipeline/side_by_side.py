@@ -6,6 +6,9 @@ worker process (a fresh torch, no state shared with the caller); its console out
 file, so two progress bars never interleave. A step starts when every step named in its `after`
 has finished; among the steps that could start, the earlier in the list goes first. With
 `processes` 1 the steps run in this process, in list order, with their output on the console.
+
+A failed step is reported as one line: its name, the message it would have printed itself and its
+log, which holds the traceback (`StepFailed`, a SeedError, so a tool prints it as `error: ...`).
 """
 from __future__ import annotations
 
@@ -13,10 +16,14 @@ import contextlib
 import os
 import signal
 import sys
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any, Callable, Dict, List, Tuple
+
+from seed_core.errors import SeedError
+from seed_core.worker_errors import one_line, original_message, with_details
 
 
 @dataclass
@@ -28,8 +35,8 @@ class Step:
     after: Tuple[str, ...] = ()   # names of earlier steps that must finish first
 
 
-class StepFailed(RuntimeError):
-    pass
+class StepFailed(SeedError, RuntimeError):
+    """One or more steps failed: one line naming each, its own message and its log."""
 
 
 _PARENT = {"pid": None}
@@ -53,7 +60,11 @@ def _in_worker(step: Step, log_path: str, threads: int):
     torch.set_num_threads(threads)
     try:
         with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            return step.fn(*step.args, **step.kwargs)
+            try:
+                return step.fn(*step.args, **step.kwargs)
+            except BaseException:
+                traceback.print_exc(file=log)  # the details; the scheduler reports one line
+                raise
     finally:
         if _PARENT["pid"] is not None and os.getppid() != _PARENT["pid"]:
             os._exit(1)  # the scheduler is gone: nobody will collect this result or send more work
@@ -116,11 +127,23 @@ def run_steps(steps: List[Step], processes: int, log_dir: str, threads: int = 1,
                     announce(f"[{name}] done ({len(results)}/{len(steps)})")
                     on_done(name, results[name])
                 except Exception as e:  # noqa: BLE001 - reported below with its log
-                    failed[name] = f"{type(e).__name__}: {e} (log: {logs[name]})"
+                    failed[name] = with_details(_failure_message(e), logs[name])
             start_ready()
+    if len(failed) == 1:
+        (name, why), = failed.items()
+        raise StepFailed(f"step {name} failed: {why}")
     if failed:
-        raise StepFailed("steps failed:\n  " + "\n  ".join(f"{n}: {why}" for n, why in failed.items()))
+        raise StepFailed(f"{len(failed)} steps failed: " + "; ".join(f"{n}: {why}" for n, why in failed.items()))
     return results
+
+
+def _failure_message(e: BaseException) -> str:
+    """What the step would have printed itself: a SeedError's message (unwrapped from a DataLoader
+    worker's traceback text), or the type and first line of any other error."""
+    message = original_message(e) or str(e)
+    if isinstance(e, SeedError):
+        return one_line(message)
+    return f"{type(e).__name__}: {(message.strip().splitlines() or [''])[0]}"
 
 
 def default_processes() -> int:
