@@ -39,25 +39,33 @@ class StepFailed(SeedError, RuntimeError):
     """One or more steps failed: one line naming each, its own message and its log."""
 
 
-_PARENT = {"pid": None}
+_PARENT = {"pid": None, "busy": False}
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """A worker whose scheduler is gone must not train on into the same folders as the next run:
-    on Linux the kernel sends it SIGTERM when its parent dies (a distillation then checkpoints and
-    stops, and `_in_worker` exits instead of waiting for work that will never come); a parent that
-    died before this line ran is caught by the pid check."""
+    """A worker whose scheduler is gone must not train on into the same folders as the next run.
+    On Linux the kernel sends it SIGTERM when its parent dies (a distillation then checkpoints and
+    stops); a watchdog ends a worker that is idle once its parent is gone (the signal can arrive
+    before the new parent is visible, so a step that stops at once may still see the old one)."""
+    import threading
+    import time
     _PARENT["pid"] = parent_pid
     if sys.platform.startswith("linux"):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch():
+        while True:
+            if os.getppid() != parent_pid and not _PARENT["busy"]:
+                os._exit(1)  # nobody will collect a result or send more work
+            time.sleep(0.5)
+    threading.Thread(target=watch, name="exit-with-scheduler", daemon=True).start()
 
 
 def _in_worker(step: Step, log_path: str, threads: int):
     import torch
     torch.set_num_threads(threads)
+    _PARENT["busy"] = True
     try:
         with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
@@ -66,8 +74,7 @@ def _in_worker(step: Step, log_path: str, threads: int):
                 traceback.print_exc(file=log)  # the details; the scheduler reports one line
                 raise
     finally:
-        if _PARENT["pid"] is not None and os.getppid() != _PARENT["pid"]:
-            os._exit(1)  # the scheduler is gone: nobody will collect this result or send more work
+        _PARENT["busy"] = False
 
 
 def _check_order(steps: List[Step]) -> None:
