@@ -15,7 +15,7 @@ from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d
                               infer_d2_spec, read_d2_pkl, torchvision_to_d2_state, weights_spec,
                               write_d2_pkl)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 # sha256 of the sorted state names (BN counters excluded) of Detectron2's own build_resnet_backbone
 # at each depth, taken from Detectron2 itself; test_d2_engine.py re-checks against a live build.

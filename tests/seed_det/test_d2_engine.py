@@ -30,7 +30,7 @@ from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
 from seed_det.engines import RunOptions, main  # noqa: E402
 from seed_det.results import read_results  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_r*.yaml")) +  # the ResNet transfer-protocol configs
                  glob.glob(os.path.join(ROOT, "configs", "coco_r*.yaml")))
 CPU = ["MODEL.DEVICE", "cpu"]

@@ -21,7 +21,7 @@ from seed_core.yaml_config import flatten_cfg
 from seed_det.config import BASIC_BLOCK_ROI_HEAD, ConfigError, get_det_cfg, load_det_config
 from seed_det.convert import CheckpointError, convert_to_d2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "voc_r*.yaml")) +  # the ResNet transfer-protocol configs
                  glob.glob(os.path.join(ROOT, "configs", "coco_r*.yaml")))
 NAMES = [os.path.basename(c) for c in CONFIGS]

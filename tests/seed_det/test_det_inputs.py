@@ -19,7 +19,7 @@ from seed_det.data import DatasetSpec
 from seed_det.data.catalog import validate_dataset
 from seed_det.engines import RunOptions, main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 SIZE = 16
 
 

@@ -11,7 +11,7 @@ from seed_core.errors import SeedError
 from seed_det.results import CSV_FIELDS, default_csv_path, read_results, record_run, render_markdown, \
     split_config_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 BOX = {"AP": 50.123, "AP50": 80.0, "AP75": 55.5}
 
 

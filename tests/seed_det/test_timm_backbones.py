@@ -22,7 +22,7 @@ from seed_det.engines.tv.weights import WeightsError, load_weights
 from seed_det.timm_backbone import D2_PREFIX, check_timm_weights, timm_backbone_names
 from seed_det.data.synthetic.shapes import write_shapes_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 FAMILIES = ["mobilenetv3_large_100", "efficientnet_b0", "mobilenetv3_small_050"]
 SHORT = {"mnv3l": "mobilenetv3_large_100", "effb0": "efficientnet_b0"}
 TIMM_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "voc_*_fpn_*.yaml"))

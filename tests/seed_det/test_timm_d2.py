@@ -28,7 +28,7 @@ from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
 from seed_det.engines.d2.timm_fpn import verify_timm_backbone_loaded  # noqa: E402
 from seed_det.timm_backbone import D2_PREFIX, create_features, timm_backbone_names  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 FAMILIES = ["mobilenetv3_large_100", "efficientnet_b0", "mobilenetv3_small_050"]
 SHORT = {"mnv3l": "mobilenetv3_large_100", "effb0": "efficientnet_b0"}
 TIMM_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "voc_*_fpn_*.yaml"))

@@ -213,7 +213,7 @@ def test_class_count_mismatch(tmp_path, shapes):
 
 def test_shipped_configs_build(tmp_path):
     """Every detection config in configs/ is one the engine can honour; each distinct model builds."""
-    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     paths = sorted(p for p in os.listdir(root) if p.endswith(".yaml"))
     assert paths, "no detection configs found"
     built = set()
