@@ -111,8 +111,9 @@ def _describe(owner: dict) -> str:
             f"{owner.get('started', '?')}")
 
 
-# Locks this process holds, by folder: a step of this process that claims the folder its caller
-# already claimed (a cached stage running a distillation into it) shares the caller's lock.
+# Locks this process holds (lock path -> pid): a step of this process that claims the folder its
+# caller already claimed (a cached stage running a distillation into it) shares the caller's lock.
+# The pid keeps a forked child from taking its parent's locks for its own.
 _HELD: dict = {}
 
 
@@ -130,7 +131,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         key = os.path.realpath(self.path)
-        if key in _HELD:  # already ours: this process's caller claimed the folder
+        if _HELD.get(key) == os.getpid():  # already ours: this process's caller claimed the folder
             self.nested = True
             return self
         host = socket.gethostname()
@@ -147,7 +148,7 @@ class RunLock:
             with os.fdopen(fd, "w") as f:
                 f.write(json.dumps(owner) + "\n")
             self.held = True
-            _HELD[key] = self
+            _HELD[key] = os.getpid()
             return self
         raise RunFolderError(f"{self.label}: could not take its lock {self.path}; another run keeps "
                              "starting there. Wait for it, or choose another folder.")
