@@ -3,7 +3,7 @@ without being asked, never written by two runs at once, and the run's log file (
 
 The policy every tool and both detection engines follow is `claim_run_dir`:
 
-    with claim_run_dir(out, markers=("checkpoint.pth",), resume=args.resume, overwrite=args.overwrite):
+    with claim_run_dir(out, markers=(CHECKPOINT_FILE,), resume=args.resume, overwrite=args.overwrite):
         ...  # the run; no other run can write into `out` meanwhile
 
 - a path that is a file, or a folder that cannot be written, is refused (`ConfigError`);
