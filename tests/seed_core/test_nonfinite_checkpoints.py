@@ -56,7 +56,7 @@ def test_the_detection_tools_refuse_nan_weights_before_any_step(tmp_path):
     """MODEL.WEIGHTS with a NaN fails in the preflight of either engine, not at iteration 1."""
     import os
     from seed_det.engines import RunOptions, main
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
     path = tmp_path / "student_backbone.pth"
     torch.save(_resnet18_state("layer2.0.bn1.weight"), path)
     options = RunOptions(os.path.join(root, "configs", "voc_r18_random.yaml"), engine="torchvision",
