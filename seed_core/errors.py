@@ -31,3 +31,8 @@ class NonFiniteLossError(TrainingError):
 
 class PeerLostError(TrainingError):
     """Another process of a multi-process run died or stopped answering: stop instead of waiting forever."""
+
+
+class RunFolderError(ConfigError):
+    """An output folder that cannot take this run: it holds a finished run (and neither --resume nor
+    --overwrite was given), or another run is writing there now (its lock file names the owner)."""

@@ -17,16 +17,17 @@ from torch.utils.data import DataLoader
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .constants import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, META_FILE, METRICS_LOG_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
+from .errors import SeedError
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
-from .distributed import DistContext, init_distributed, shutdown, stop_if_peer_lost
+from .distributed import DistContext, broadcast_from_main, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
 from .monitoring import BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
 from .objectives import DistillationObjective, MoCoObjective
 from .precision import DTYPES, autocast, keep_large_allocations_on_heap, make_grad_scaler, resolve_precision
 from .queue import EmbeddingQueue
-from .run_dir import RunLog, ensure_output_dir, existing_run, move_aside
+from .run_dir import RunLog, claim_if_main, claim_run_dir
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
 from .teacher_precision import cast_teacher, resolve_teacher_precision
@@ -55,38 +56,40 @@ class Interrupted(Exception):
 
 def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, restart: bool = False) -> dict:
     """Run (or resume) a distillation described by `cfg`; returns a summary dict. An OUTPUT_DIR that
-    holds a run is continued (`resume`), moved aside (`restart`), or refused."""
+    holds a run is continued (`resume`), moved aside (`restart`), or refused; one another run is
+    writing is refused (seed_core.run_dir.claim_run_dir)."""
     ctx = init_distributed(cfg.TRAIN.DIST_TIMEOUT)
     try:
         validate_cfg(cfg, ctx.world_size)
-        claim_output_dir(cfg.OUTPUT_DIR, resume, restart, ctx.is_main)
-        with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main):
-            return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
+        with claim_output_dir(cfg.OUTPUT_DIR, resume, restart, ctx.is_main):
+            with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main):
+                return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()
 
 
-def claim_output_dir(out_dir: str, resume: bool, restart: bool, is_main: bool) -> None:
-    """Before any work: OUTPUT_DIR must be a writable folder, and a run already in it is never
-    overwritten without being asked (--resume continues it, --restart moves its files aside)."""
+def claim_output_dir(out_dir: str, resume: bool, restart: bool, is_main: bool):
+    """Before any work: OUTPUT_DIR must be a writable folder that no other run is writing, and a run
+    already in it is never overwritten without being asked (--resume continues it, --restart moves
+    its files aside). Only the main process checks and locks the folder; the others get its verdict.
+    Returns the folder's lock (a context manager; nothing on the other processes)."""
     if resume and restart:
         raise ConfigError("--resume continues the run in OUTPUT_DIR and --restart moves it aside: choose one")
-    if is_main:
-        ensure_output_dir(out_dir, "OUTPUT_DIR")
-        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
-            os.unlink(tmp)  # left by a checkpoint write that was killed
-    found = existing_run(out_dir, RUN_MARKERS)
-    if resume or not found:
-        return
-    if not restart:
-        raise ConfigError(f"OUTPUT_DIR {out_dir} already holds a run ({', '.join(found)}). Continue it with "
-                          f"--resume, or start over with --restart (its files are moved to "
-                          f"{os.path.join(out_dir, 'previous-<time>')}, nothing is deleted), or choose another "
-                          f"OUTPUT_DIR.")
+    lock, refused = None, None
     if is_main:
         epochs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir), "checkpoint_epoch*.pth")))
-        target = move_aside(out_dir, RUN_OUTPUTS + tuple(epochs))
-        logger.warning("--restart: the previous run's files were moved to %s", target)
+        try:
+            lock = claim_run_dir(out_dir, RUN_MARKERS, resume=resume, overwrite=restart,
+                                 outputs=RUN_OUTPUTS + tuple(epochs), overwrite_flag="--restart")
+        except SeedError as e:
+            refused = e
+        else:
+            for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
+                os.unlink(tmp)  # left by a checkpoint write that was killed (the folder is ours now)
+    refused = broadcast_from_main(refused)  # every process stops with the main one's reason
+    if refused is not None:
+        raise refused
+    return lock if lock is not None else claim_if_main(False)
 
 
 class Trainer:

@@ -32,6 +32,7 @@ from seed_core.checkpoint_io import atomic_write, load_untrusted, require_finite
 from seed_core.constants import META_FILE
 from seed_core.errors import CheckpointError
 from seed_core.resnet_spec import ResNetSpec, depth_of, stage_block_counts
+from seed_core.run_dir import claim_output_file
 from seed_det.timm_backbone import is_timm_arch
 
 logger = logging.getLogger(__name__)
@@ -368,8 +369,8 @@ def check_output_path(out_path: str, overwrite: bool = False) -> None:
         raise CheckpointError(f"output {out_path} must end in .pkl (Detectron2 reads numpy checkpoints "
                               "from .pkl files)")
     if os.path.exists(out_path) and not overwrite:
-        raise CheckpointError(f"output {out_path} exists already; pass --overwrite to replace it, or "
-                              "choose another name")
+        raise CheckpointError(f"output {out_path} exists already; pass --overwrite to replace it (the old file "
+                              "is moved to previous-<time>/ beside it), or choose another name")
 
 
 def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike, overwrite: bool = False) -> dict:
@@ -379,7 +380,9 @@ def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike, overw
     meta = _read_meta(in_path)
     if meta.get("arch") and is_timm_arch(str(meta["arch"])):  # MobileNetV3, EfficientNet, ...
         from seed_det.convert_timm import convert_timm_student
-        return convert_timm_student(in_path, out_path, str(meta["arch"]), load_user_checkpoint(in_path))
+        obj = load_user_checkpoint(in_path)
+        with claim_output_file(out_path, overwrite):
+            return convert_timm_student(in_path, out_path, str(meta["arch"]), obj)
     if meta.get("arch"):
         _check_arch(str(meta["arch"]), None, in_path)  # fail before reading a large non-ResNet file
     obj = load_user_checkpoint(in_path)
@@ -388,7 +391,8 @@ def convert_to_d2(in_path: str | os.PathLike, out_path: str | os.PathLike, overw
     if meta.get("arch"):
         _check_arch(str(meta["arch"]), spec, in_path)
     model = torchvision_to_d2_state(state)
-    write_d2_pkl(model, out_path)
+    with claim_output_file(out_path, overwrite):  # an existing output is moved aside, not deleted
+        write_d2_pkl(model, out_path)
     summary = {"input": in_path, "output": out_path, "source": kind, "arch": meta.get("arch", ""),
                "num_tensors": len(model), "config_overrides": spec.config_hint(), **asdict(spec)}
     logger.info("converted %s (%s, ResNet-%d) -> %s (%d tensors)", in_path, kind, spec.depth, out_path,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from seed_core.evaluation.knn import knn_evaluate
 from seed_core.evaluation.linear import OPTIMIZERS, train_linear_probe
 from seed_core.evaluation.results import record_accuracy
 from seed_core.results import check_results_file, results_path, write_json
+from seed_core.run_dir import claim_output_file
 from seed_core.worker_errors import plain_worker_errors
 from tools import cli
 
@@ -39,7 +41,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cache", action="store_true", help="always recompute features")
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
     g = parser.add_argument_group("output")
-    g.add_argument("--output", help="metrics JSON file to write")
+    g.add_argument("--output", help="metrics JSON file to write (an existing one is refused; see --overwrite)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="--output exists: move it to previous-<time>/ beside it and write a new one")
     g.add_argument("--results-csv", default=None,
                    help="CSV to append a row to (default output/results_<knn|linear>.csv; '' to skip)")
 
@@ -72,16 +76,24 @@ def _report(args, tool: str, backbone: LoadedBackbone, train: FeatureSet, val: F
     return out
 
 
-def _check_outputs(args, kind: str) -> None:
-    """Before any feature is computed: the results file must be ours (or new)."""
+def _check_outputs(args, kind: str):
+    """Before any feature is computed: the results file must be ours (or new), and --output a new
+    file (or --overwrite) that no other evaluation is writing. Returns the lock of --output."""
     if args.results_csv is None:
         args.results_csv = results_path("output", kind)
     if args.results_csv:
         check_results_file(args.results_csv, kind)
+    if args.output:
+        return claim_output_file(args.output, args.overwrite, what="--output")
+    return contextlib.nullcontext()
 
 
 def run_knn(args) -> dict:
-    _check_outputs(args, "knn")
+    with _check_outputs(args, "knn"):
+        return _run_knn(args)
+
+
+def _run_knn(args) -> dict:
     backbone = load_backbone(args.backbone, args.arch, args.random_init, args.seed)
     train, val = _features(args, backbone)
     acc = knn_evaluate(train.features, train.labels, val.features, val.labels, len(train.classes),
@@ -104,7 +116,11 @@ def add_linear_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_linear(args) -> dict:
-    _check_outputs(args, "linear")
+    with _check_outputs(args, "linear"):
+        return _run_linear(args)
+
+
+def _run_linear(args) -> dict:
     backbone = load_backbone(args.backbone, args.arch, args.random_init, args.seed)
     train, val = _features(args, backbone)
     res = train_linear_probe(train.features, train.labels, val.features, val.labels, len(train.classes),

@@ -5,8 +5,9 @@
     torchrun --nproc_per_node 8 tools/distill.py --config ... [KEY VALUE ...] [--resume | --restart]
 
 An OUTPUT_DIR (--output-dir DIR is OUTPUT_DIR DIR) that already holds a run is never overwritten:
-continue it with --resume, or start over with --restart (its files are first moved to
-OUTPUT_DIR/previous-<time>/). The log of the run goes to OUTPUT_DIR/log.txt. Installed as `seed-distill`.
+continue it with --resume, or start over with --restart (also spelt --overwrite; its files are first
+moved to OUTPUT_DIR/previous-<time>/). A folder another run is writing is refused (OUTPUT_DIR/.lock
+names it). The log of the run goes to OUTPUT_DIR/log.txt. Installed as `seed-distill`.
 """
 import argparse
 import os
@@ -22,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_config(p, "YAML config (see configs/distill/)")
     cli.add_output_dir(p, "output folder (the config's OUTPUT_DIR)")
     cli.add_resume(p, "continue from OUTPUT_DIR/checkpoint.pth")
-    p.add_argument("--restart", action="store_true",
+    p.add_argument("--restart", "--overwrite", dest="restart", action="store_true",
                    help="OUTPUT_DIR holds a run: move its files to OUTPUT_DIR/previous-<time>/ and start over")
     p.add_argument("--stop-at-iter", type=int, default=None,
                    help="checkpoint and stop after this iteration (the schedule is unchanged)")

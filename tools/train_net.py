@@ -8,6 +8,8 @@
 Trailing KEY VALUE pairs override the config (--output-dir DIR is OUTPUT_DIR DIR). Each run writes
 OUTPUT_DIR/metrics.json (eval-only: eval_metrics.json) and appends a row to the detection results
 file (RESULTS_CSV, default OUTPUT_DIR/../results_detection.csv); tools/results_table.py renders it.
+An OUTPUT_DIR that holds a run is refused unless --resume (continue it) or --overwrite (its files are
+moved to OUTPUT_DIR/previous-<time>/); one another run is writing is refused (OUTPUT_DIR/.lock).
 Installed as `seed-train-net`.
 """
 import argparse
@@ -29,12 +31,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--machine-rank", type=int, default=0)
     p.add_argument("--dist-url", default="auto", help="tcp://host:port of machine 0 for multi-node runs")
     cli.add_resume(p, "continue from OUTPUT_DIR/last_checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="OUTPUT_DIR holds a run: move its files to OUTPUT_DIR/previous-<time>/ and start over")
     p.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS, no training")
     return cli.parse_with_overrides(p, argv)
 
 
 def options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(config_file=args.config_file, engine=args.engine, opts=cli.overrides(args), resume=args.resume,
+                      overwrite=args.overwrite,
                       eval_only=args.eval_only, num_gpus=args.num_gpus, num_machines=args.num_machines,
                       machine_rank=args.machine_rank, dist_url=args.dist_url)
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import os
 
 from fvcore.common.config import CfgNode
 
+from seed_core.constants import (EVAL_METRICS_FILE, FINAL_MODEL_FILE, LAST_CHECKPOINT_FILE, METRICS_FILE,
+                                  TRAIN_LOG_FILE)
 from seed_core.errors import SeedError
+from seed_core.run_dir import LOCK_FILE, claim_if_main
 from seed_det.config import load_det_config
 from seed_det.engines.options import RunOptions
 from seed_det.engines.preflight import check_for_detectron2, preflight
@@ -79,15 +83,43 @@ def main(options: RunOptions) -> dict | None:
     return run_config(load_det_config(options.config_file, options.opts), options)
 
 
+# A folder holding one of these (not empty) holds a fine-tuning; an --eval-only run only refuses an
+# earlier evaluation (it is meant to write eval_metrics.json beside a training run's metrics.json).
+TRAIN_MARKERS = (METRICS_FILE, LAST_CHECKPOINT_FILE, FINAL_MODEL_FILE, TRAIN_LOG_FILE)
+EVAL_MARKERS = (EVAL_METRICS_FILE,)
+EVAL_OUTPUTS = (EVAL_METRICS_FILE, "inference")
+
+
+def _launching_process(options: RunOptions) -> bool:
+    """The process that claims OUTPUT_DIR: the one started on machine 0 (under torchrun, rank 0)."""
+    return options.machine_rank == 0 and os.environ.get("RANK", "0") == "0"
+
+
+def claim_output_dir(cfg: CfgNode, options: RunOptions):
+    """OUTPUT_DIR for this run, on both engines: a writable folder no other run is writing, whose
+    run is continued (--resume), moved aside (--overwrite) or refused - Detectron2 itself would
+    silently train over it. Returns its lock (held by the launching process only)."""
+    out = cfg.OUTPUT_DIR
+    if options.eval_only:
+        markers, outputs = EVAL_MARKERS, EVAL_OUTPUTS
+    else:
+        markers = TRAIN_MARKERS
+        outputs = [n for n in os.listdir(out) if n != LOCK_FILE and not n.startswith("previous-")] \
+            if os.path.isdir(out) else []
+    return claim_if_main(_launching_process(options), out, markers, resume=options.resume,
+                         overwrite=options.overwrite, outputs=outputs)
+
+
 def run_config(cfg: CfgNode, options: RunOptions) -> dict | None:
     """Run a detection config already built (`seed_det.config.load_det_config`) on the engine
     `options.engine`; `options.opts` is not read. Returns the metrics (main process)."""
     engine = resolve_engine(options.engine)
-    preflight(cfg, eval_only=options.eval_only, resume=options.resume)
+    preflight(cfg, eval_only=options.eval_only, resume=options.resume)  # reads only: nothing is created
     logger.info("engine: %s", engine)
     if engine == "detectron2":
         check_for_detectron2(cfg, options.eval_only)
         from seed_det.engines.d2.engine import run  # Detectron2 imports stay behind this line
     else:
         from seed_det.engines.tv.engine import run  # lazy: pulls in the detection models
-    return run(cfg, options)
+    with claim_output_dir(cfg, options):
+        return run(cfg, options)

@@ -19,6 +19,7 @@ class RunOptions:
     engine: str = "auto"                # auto | detectron2 | torchvision
     opts: tuple = ()                    # `KEY VALUE` overrides of the config file (read by `main`)
     resume: bool = False                # continue from OUTPUT_DIR/last_checkpoint
+    overwrite: bool = False             # OUTPUT_DIR holds a run: move it to OUTPUT_DIR/previous-<time>/
     eval_only: bool = False             # evaluate MODEL.WEIGHTS, no training
     num_gpus: int = 1                   # processes (GPUs) per machine
     num_machines: int = 1

@@ -89,8 +89,11 @@ def test_eval_linear_cli_end_to_end_reuses_cached_features(tmp_path, capsys):
     first = json.loads(out.read_text())
     cached = sorted(p.stat().st_mtime_ns for p in cache.glob("*.pt"))
     assert len(cached) == 2  # train and val
-    assert tool.main(args) == 0
+    assert tool.main(args) == 2  # the metrics file of the first run is not replaced silently
+    assert "exists already; pass --overwrite" in capsys.readouterr().err
+    assert tool.main(args + ["--overwrite"]) == 0
     second = json.loads(out.read_text())
+    assert [json.loads(p.read_text()) for p in tmp_path.glob("previous-*/lin.json")] == [first]  # moved aside
     assert sorted(p.stat().st_mtime_ns for p in cache.glob("*.pt")) == cached  # read, not rewritten
     assert first["tool"] == "eval_linear" and first["optimizer"] == "lbfgs"
     assert (first["num_train"], first["num_val"]) == (70, 30)

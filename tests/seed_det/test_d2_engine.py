@@ -3,6 +3,7 @@
 Needs Detectron2 (not on PyPI, absent in CI): every test here is skipped without it.
 Tiny data: 64-96 px images, 2 iterations, CPU.
 """
+import dataclasses
 import glob
 import json
 import os
@@ -233,10 +234,17 @@ def test_voc_train_two_iterations_then_eval_only(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["mode"] == "train"  # not replaced by the evaluation
     # TEST.EXPECTED_RESULTS is checked after an evaluation too (Detectron2's verify_results), not ignored
     expect = ["TEST.EXPECTED_RESULTS", "[['bbox', 'AP50', 101.0, 0.1]]"]
+    again_opts = opts[:-4] + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", str(out)] + expect
+    # OUTPUT_DIR reuse is loud, as on the torchvision engine: an evaluation is not replaced silently
+    with pytest.raises(SeedError, match=r"already holds a run \(eval_metrics.json\).*--overwrite"):
+        main(_args("voc_r18_seed.yaml", again_opts, eval_only=True))
     with pytest.raises(SystemExit):
-        main(_args("voc_r18_seed.yaml", opts[:-4] + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", str(out)] + expect,
-                   eval_only=True))
+        main(dataclasses.replace(_args("voc_r18_seed.yaml", again_opts, eval_only=True), overwrite=True))
     assert len(read_results(tmp_path / "runs" / "results_detection.csv")) == 2
+    assert glob.glob(str(out / "previous-*" / "eval_metrics.json"))  # the first evaluation, moved aside
+    with pytest.raises(SeedError, match=r"already holds a run \(metrics.json.*--resume.*--overwrite"):
+        main(_args("voc_r18_seed.yaml", opts))  # Detectron2 would train over the finished run
+    assert json.loads((out / "metrics.json").read_text())["mode"] == "train"
 
 
 def test_coco_json_mask_rcnn_two_iterations(tmp_path, monkeypatch):

@@ -1,8 +1,12 @@
 """The applications' run cache: a result is reused for the same parameters; a step that cannot
-resume never deletes a finished run made with other parameters."""
+resume never deletes a finished run made with other parameters; two processes never run one step at once."""
 import json
+import multiprocessing as mp
 import os
+import time
 
+from seed_core.errors import SeedError
+from seed_core.run_dir import LOCK_FILE
 from tools.pipeline.run_cache import MARKER, CachedRun
 
 
@@ -36,3 +40,36 @@ def test_a_finished_run_with_other_parameters_is_moved_aside_not_deleted(tmp_pat
     CachedRun(d, {"iters": 50}).run(lambda: _write(d, "out.txt", "50"), fresh=True)
     assert sorted(n for n in os.listdir(d) if not n.startswith("previous-")) == sorted([MARKER, "out.txt"])
     assert [n for n in os.listdir(d) if n.startswith("previous-")] == [previous]
+
+
+def _step_at_once(folder, barrier, results):
+    """One of several processes sharing a cache folder that start the same step at the same moment."""
+    def work():
+        with open(os.path.join(folder, "ran.txt"), "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)  # still running while the others try
+        return {"pid": os.getpid()}
+    barrier.wait()
+    try:
+        results.put(("done", CachedRun(folder, {"iters": 1}).run(work, fresh=True)["pid"]))
+    except SeedError as e:
+        results.put(("refused", str(e)))
+
+
+def test_two_processes_starting_one_step_at_once_never_both_run_it(tmp_path):
+    d = str(tmp_path / "step")
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_step_at_once, args=(d, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    (done,) = [o for o in outcomes if o[0] == "done"]
+    (refused,) = [o for o in outcomes if o[0] == "refused"]
+    assert "the folder of step step" in refused[1] and "in use by another run" in refused[1]
+    assert open(os.path.join(d, "ran.txt")).read() == f"{done[1]}\n"  # the step ran once
+    assert not os.path.exists(os.path.join(d, LOCK_FILE))
+    # the next process reuses the finished step instead of running it again
+    assert CachedRun(d, {"iters": 1}).run(lambda: {"pid": -1})["pid"] == done[1]

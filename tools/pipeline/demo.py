@@ -24,6 +24,7 @@ import torch
 from seed_core.config import CfgNode, load_cfg
 from seed_core.constants import METRICS_LOG_FILE
 from seed_core.errors import NonFiniteLossError
+from seed_core.run_dir import claim_run_dir
 from seed_det.config import load_det_config
 from seed_det.engines import RunOptions, engine_identity, run_config
 from tools.pipeline.run_cache import CachedRun, distill
@@ -320,8 +321,14 @@ def _file_digest(path: str) -> str:
 def run_demo(out_root: str = "demo_output", preset: str = "default", engine: str = "auto",
              workers: int = 2) -> dict:
     """Run (or continue) the demo; returns {init: {"runs": [metrics per seed], "AP": mean, "AP_std": ..}}
-    and writes the table, bar chart and loss curves."""
+    and writes the table, bar chart and loss curves. `out_root` is locked meanwhile: a second demo
+    on the same folder is refused (its finished stages are reused by the next run, not shared)."""
     p = load_preset(preset)
+    with claim_run_dir(out_root, what="--output-dir"):
+        return _run_demo(out_root, p, engine, workers)
+
+
+def _run_demo(out_root: str, p: dict, engine: str, workers: int) -> dict:
     # SEED's fine-tunings first: they wait longest for their backbone (teacher, then student)
     pre, done = run_pipeline(out_root, p, workers, lambda pre: [
         fine_tuning_step(out_root, pre, init, seed, engine) for init in ("seed", "moco", "random")

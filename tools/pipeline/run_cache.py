@@ -3,6 +3,8 @@ with the parameters that produced it. Running it again with the same parameters 
 different parameters, or a step that never finished, run again (a distillation resumes from its
 checkpoint: the trainer accepts that only if the config is unchanged). A step that cannot resume
 starts in an empty folder: a finished run it replaces is moved to `previous-<time>/`, not deleted.
+A step runs holding its folder's lock (seed_core.run_dir): two processes sharing a cache folder never
+write one step at once; the second is refused, or reuses the result if the first has finished.
 
 Used by the demo pipeline (one folder per stage) and the benchmarks (one folder per training run,
 named by a hash of every setting that changes its result).
@@ -21,7 +23,7 @@ from typing import Callable
 from seed_core.checkpoint_io import atomic_write_text
 from seed_core.config import CfgNode, flatten_cfg, load_cfg
 from seed_core.constants import CHECKPOINT_FILE, METRICS_LOG_FILE
-from seed_core.run_dir import move_aside
+from seed_core.run_dir import LOCK_FILE, claim_run_dir, move_aside
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +63,25 @@ class CachedRun:
         if result is not None:
             self.announce(f"[{self.name}] done before: reusing {self.dir}")
             return result
-        self.announce(f"[{self.name}] running ...")
-        start = time.time()
-        if fresh and os.path.isdir(self.dir):
-            self._clear()
-        os.makedirs(self.dir, exist_ok=True)
-        result = dict(fn())
-        result["seconds"] = round(time.time() - start, 1)
-        atomic_write_text(json.dumps({"params": self.params, "result": result}, indent=2) + "\n", self.marker)
+        with claim_run_dir(self.dir, what=f"the folder of step {self.name}"):
+            result = self.cached()  # another process may have finished it while we looked
+            if result is not None:
+                self.announce(f"[{self.name}] done before: reusing {self.dir}")
+                return result
+            self.announce(f"[{self.name}] running ...")
+            start = time.time()
+            if fresh:
+                self._clear()
+            result = dict(fn())
+            result["seconds"] = round(time.time() - start, 1)
+            atomic_write_text(json.dumps({"params": self.params, "result": result}, indent=2) + "\n", self.marker)
         self.announce(f"[{self.name}] finished in {result['seconds']:.0f} s")
         return result
 
     def _clear(self) -> None:
         """Before a fresh attempt: a finished run made with other parameters is moved to
         `previous-<time>/` (never deleted); leftovers of an attempt that never finished are removed."""
-        names = [n for n in os.listdir(self.dir) if not n.startswith("previous-")]
+        names = [n for n in os.listdir(self.dir) if not n.startswith("previous-") and n != LOCK_FILE]
         if not os.path.exists(self.marker):
             for name in names:
                 path = os.path.join(self.dir, name)
