@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CheckpointError", "ResNetSpec", "convert_to_d2", "torchvision_to_d2_state", "read_d2_pkl",
            "write_d2_pkl", "load_user_checkpoint", "extract_backbone_state", "infer_torchvision_spec",
            "infer_d2_spec", "weights_spec", "check_weights_depth", "d2_to_torchvision_name",
-           "d2_to_torchvision_state", "is_d2_detector", "has_d2_resnet", "WeightsFile", "read_weights_file",
+           "d2_to_torchvision_state", "is_d2_detector", "to_numpy", "has_d2_resnet", "WeightsFile", "read_weights_file",
            "TV_CHECKPOINT_TAG", "DETECTOR_KINDS"]
 
 SUPPORTED = ("resnet18/34/50/101/152 and their wide / ResNeXt / timm variants (torchvision key names: "
@@ -308,7 +308,8 @@ def _d2_name(tv_name: str) -> str | None:
     return None
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array for a Detectron2 .pkl, its values copied exactly."""
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
         t = t.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
@@ -329,7 +330,7 @@ def torchvision_to_d2_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
         if name is None:
             unknown.append(k)
             continue
-        out[name] = _to_numpy(v)
+        out[name] = to_numpy(v)
     if unknown:
         raise CheckpointError(f"keys with no Detectron2 ResNet counterpart: {unknown[:8]}"
                               f"{' ...' if len(unknown) > 8 else ''}. Only plain ResNets convert: {SUPPORTED}.")

@@ -21,6 +21,7 @@ import torch
 
 from seed_core.checkpoint_io import atomic_write, unwrap_state_dict
 from seed_core.errors import CheckpointError
+from seed_det.convert import to_numpy
 from seed_det.timm_backbone import ARCH_KEY, D2_PREFIX, match_report, timm_backbone_names
 
 logger = logging.getLogger(__name__)
@@ -89,16 +90,9 @@ def _feature_names(state: Dict[str, torch.Tensor], expected: Mapping[str, tuple]
     return out
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        t = t.float()  # numpy has no bfloat16; float32 holds every bfloat16 value exactly
-    return t.numpy().copy()
-
-
 def timm_to_d2_state(state: Mapping[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     """timm names -> `backbone.bottom_up.<timm name>`, values as numpy arrays, copied exactly."""
-    return {D2_PREFIX + k: _to_numpy(v) for k, v in state.items()}
+    return {D2_PREFIX + k: to_numpy(v) for k, v in state.items()}
 
 
 def write_timm_pkl(model: Mapping[str, np.ndarray], arch: str, out_path: str | os.PathLike) -> None:
