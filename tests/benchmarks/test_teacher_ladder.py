@@ -8,8 +8,8 @@ import pytest
 from conftest import load_script
 
 from tools.benchmarking.ladder_report import ladder_table, paired_difference
-from tools.benchmarking.teacher_ladder import (Arm, Settings, check_settings, plan_cells, render_report, run_ladder,
-                                       tiny_settings, write_report)
+from tools.benchmarking.teacher_ladder import (Arm, Settings, check_settings, mobile_settings, plan_cells,
+                                               render_report, run_ladder, tiny_settings, write_report)
 
 
 @pytest.mark.parametrize("arms, says", [
@@ -18,7 +18,8 @@ from tools.benchmarking.teacher_ladder import (Arm, Settings, check_settings, pl
     (("mocov2:resnet18", "dino:resnet18"), "not one of random, mocov2, seed, l2"),
     (("mocov2:resnet18", "seed:resnet18"), "needs a teacher"),
     (("mocov2:resnet18:resnet50",), "has no teacher"),
-    (("mocov2:resnet18", "seed:mobilenetv3_small_050:resnet50"), "cannot be fine-tuned"),
+    (("mocov2:resnet18", "seed:resnet50:resnet50"), "cannot be fine-tuned"),
+    (("mocov2:resnet18", "seed:mobilenetv3_small_050:mobilenetv3_large_100"), "not a ResNet the ladder trains"),
     (("seed:resnet18:resnet50",), "needs the arm mocov2:resnet18"),
     (("mocov2:resnet18", "seed"), "INIT:STUDENT"),
 ])
@@ -27,6 +28,32 @@ def test_a_bad_ladder_is_refused_before_any_stage_runs(tmp_path, arms, says):
     with pytest.raises(ValueError, match=says):
         run_ladder(s)
     assert not (tmp_path / "work").exists()
+
+
+def test_a_mobile_ladder_needs_its_own_baseline_and_an_fpn(tmp_path):
+    s = mobile_settings(str(tmp_path / "work"))
+    check_settings(s)
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="needs the arm mocov2:mobilenetv3_small_050"):
+        run_ladder(replace(s, arms=("mocov2:resnet18", "seed:mobilenetv3_small_050:resnet50")))
+    with pytest.raises(ValueError, match="add the arm mocov2:resnet18"):  # the R18 teacher is that student
+        run_ladder(replace(s, arms=("mocov2:mobilenetv3_small_050", "seed:mobilenetv3_small_050:resnet18")))
+    with pytest.raises(ValueError, match="fine-tuned on an FPN only"):
+        run_ladder(replace(s, detectors=("c4",)))
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_mobile_student_is_fine_tuned_on_an_fpn_in_both_splits_and_never_as_c4():
+    s = mobile_settings()
+    from dataclasses import replace
+    s = replace(s, detectors=("fpn", "c4"), engines=("torchvision", "detectron2"))
+    cells = plan_cells(s, check_settings(s))
+    assert {(c.engine, c.detector, c.split) for c in cells} == {
+        (e, "fpn", x) for e in ("torchvision", "detectron2") for x in ("train", "train_small")}
+    assert all(seeds == (0, 1, 2, 3, 4) for c, seeds in cells.items() if c.engine == "torchvision")
+    assert all(seeds == (0,) for c, seeds in cells.items() if c.engine == "detectron2")
+    assert {c.arm for c in cells} == {Arm("random", "mobilenetv3_small_050"), Arm("mocov2", "mobilenetv3_small_050"),
+                                      Arm("seed", "mobilenetv3_small_050", "resnet50")}
 
 
 def test_the_cli_answers_a_bad_ladder_with_one_line(tmp_path, capsys):
@@ -116,3 +143,20 @@ def test_tiny_ladder_runs_every_kind_of_stage_and_resumes_from_its_cache(tmp_pat
     again = run_ladder(s)
     assert sorted(map(str, again["runs"])) == sorted(map(str, runs))
     assert all(os.path.getmtime(tmp_path / "work" / d / "run.json") == t for d, t in stamp.items())
+
+
+@pytest.mark.slow
+def test_tiny_mobile_ladder_fine_tunes_a_timm_student_and_reports_against_its_own_baselines(tmp_path):
+    s = tiny_settings(str(tmp_path / "work"), like=mobile_settings())
+    result = run_ladder(s)
+    student = "mobilenetv3_small_050"
+    assert {(r["init"], r["student_arch"], r["teacher_arch"]) for r in result["runs"]} == {
+        ("random", student, None), ("mocov2", student, None), ("seed", student, "resnet34"), ("l2", student, "resnet34")}
+    assert all(r["ap50"] is not None for r in result["runs"])
+    # each method at the mobile student's own lr (its lr sweep's winners), not the ResNet-18's
+    lrs = {(b["method"], b["arch"]): b.get("lr") for b in result["backbones"]}
+    assert lrs[("mocov2", student)] == 0.12 and lrs[("seed", student)] == 0.24 and lrs[("l2", student)] == 0.96
+    paths = write_report(result, tmp_path / "results")
+    assert paths["json"].endswith("mobile_students.json")
+    md = open(paths["md"]).read()
+    assert "AP50 − MoCo-v2 MNv3-S 0.5" in md and "SEED MNv3-S 0.5 ← R34" in md

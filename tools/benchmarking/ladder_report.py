@@ -12,7 +12,8 @@ from tools.pipeline.report import mean_std, mean_std_text
 DETECTOR_LABELS = {"fpn": "Faster R-CNN FPN", "c4": "Faster R-CNN C4"}
 INIT_LABELS = {"random": "random init", "mocov2": "MoCo-v2", "seed": "SEED", "l2": "L2 distillation"}
 INIT_ORDER = {"random": 0, "mocov2": 1, "seed": 2, "l2": 3}
-ARCH_SHORT = {"resnet18": "R18", "resnet34": "R34", "resnet50": "R50"}
+ARCH_SHORT = {"resnet18": "R18", "resnet34": "R34", "resnet50": "R50", "mobilenetv3_small_050": "MNv3-S 0.5",
+              "mobilenetv3_large_100": "MNv3-L", "efficientnet_b0": "EffNet-B0"}
 METRICS = ("ap", "ap50", "ap75")
 
 
@@ -86,8 +87,16 @@ def _knn_of(result: dict) -> dict:
     return {(b["method"], b["arch"], b.get("teacher_arch")): b["knn"] for b in result.get("backbones", [])}
 
 
+def primary_student(result: dict) -> str:
+    """The student whose MoCo-v2 and random-init arms are the references (ResNet-18 in the ladder)."""
+    return result.get("settings", {}).get("primary_student") or "resnet18"
+
+
 def ladder_table(result: dict) -> str:
-    lines = ["# SEED's premise: a teacher larger than its student (digit scenes)", ""]
+    student = primary_student(result)
+    title = ("SEED's premise: a teacher larger than its student" if student == "resnet18"
+             else f"Distilled {short(student)} students in detection")
+    lines = [f"# {title} (digit scenes)", ""]
     lines += _backbone_table(result)
     groups = group_runs(result)
     engines = sorted({k[0] for k in groups}, key=lambda e: e != "torchvision")
@@ -96,7 +105,7 @@ def ladder_table(result: dict) -> str:
             for labels in ("all", "10%"):
                 arms = groups.get((engine, det, labels))
                 if arms:
-                    lines += _cell_table(engine, det, labels, arms)
+                    lines += _cell_table(engine, det, labels, arms, student)
     lines += _footnote(result)
     return "\n".join(lines) + "\n"
 
@@ -106,9 +115,11 @@ def _backbone_table(result: dict) -> list[str]:
                                                              b.get("teacher_arch") or ""))
     if not bbs:
         return []
-    control = next((b["knn"] for b in bbs if b["method"] == "mocov2" and b["arch"] == "resnet18"), None)
+    student = primary_student(result)
+    control = next((b["knn"] for b in bbs if b["method"] == "mocov2" and b["arch"] == student), None)
     lines = ["## Backbones: k-NN top-1 on held-out digit crops", "",
-             "| backbone | role | epochs | batch | lr | k-NN top-1 | − MoCo-v2 R18 |", "|---|---|---:|---:|---:|---:|---:|"]
+             f"| backbone | role | epochs | batch | lr | k-NN top-1 | − MoCo-v2 {short(student)} |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for b in bbs:
         name = {"random": "random init", "mocov2": "MoCo-v2", "seed": "SEED", "l2": "L2 distillation"}[b["method"]]
         name += f" {short(b['arch'])}" + (f" ← {short(b['teacher_arch'])}" if b.get("teacher_arch") else "")
@@ -121,10 +132,11 @@ def _backbone_table(result: dict) -> list[str]:
     return lines + [""]
 
 
-def _cell_table(engine: str, det: str, labels: str, arms: dict) -> list[str]:
-    base = {k: arms.get(k) for k in (("mocov2", "resnet18", None), ("random", "resnet18", None))}
+def _cell_table(engine: str, det: str, labels: str, arms: dict, student: str) -> list[str]:
+    base = {k: arms.get(k) for k in (("mocov2", student, None), ("random", student, None))}
     lines = [f"## {DETECTOR_LABELS[det]}, {labels} labels ({engine} engine)", "",
-             "| backbone | seeds | AP | AP50 | AP75 | AP50 − MoCo-v2 R18 [95 % CI] | AP50 − random R18 [95 % CI] |",
+             f"| backbone | seeds | AP | AP50 | AP75 | AP50 − MoCo-v2 {short(student)} [95 % CI] "
+             f"| AP50 − random {short(student)} [95 % CI] |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for arm in sorted(arms, key=_arm_order):
         runs = arms[arm]
@@ -152,9 +164,9 @@ def _footnote(result: dict) -> list[str]:
             f"{c.get('train_small')}), {c.get('test')} test scenes of {p['scenes']['canvas']} px (C4: upscaled "
             f"2x), {p['det_iters']} iterations at batch {p['det_batch']}, lr {p['det_lr']}. Students: "
             f"{p['student_epochs']} epochs at batch {p['distill_batch']} on {c.get('pretrain')} unlabelled digit "
-            f"crops, each method at its own lr (MoCo-v2 {p['moco_student_lr']}, SEED {p['seed_student_lr']}, "
-            f"L2 {s.get('l2_student_lr')}); larger teachers: MoCo-v2, {s.get('teacher_epochs')} epochs at batch "
-            f"{s.get('teacher_batch')}. The R18 teacher is the MoCo-v2 R18 student."]
+            f"crops, each method at its own lr (the backbone table); larger teachers: MoCo-v2, "
+            f"{s.get('teacher_epochs')} epochs at batch {s.get('teacher_batch')}, lr {s.get('teacher_lr', 0.03)}. "
+            f"The R18 teacher is the MoCo-v2 R18 student."]
 
 
 def ladder_chart(result: dict, path: str | Path) -> None:
@@ -165,6 +177,7 @@ def ladder_chart(result: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    student = primary_student(result)
     groups = {k: v for k, v in group_runs(result).items() if k[0] == "torchvision"}
     panels = [(d, lab) for d in ("fpn", "c4") for lab in ("all", "10%") if ("torchvision", d, lab) in groups]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 3.8), squeeze=False)
@@ -179,20 +192,20 @@ def ladder_chart(result: dict, path: str | Path) -> None:
             m, sd = mean_std(vals)
             return m, (t_quantile(len(vals) - 1) * sd / math.sqrt(len(vals)) if len(vals) > 1 else 0.0)
 
-        for arm, color, label in ((("mocov2", "resnet18", None), "tab:orange", "MoCo-v2 R18"),
-                                  (("random", "resnet18", None), "tab:gray", "random init R18")):
+        for arm, color, label in ((("mocov2", student, None), "tab:orange", f"MoCo-v2 {short(student)}"),
+                                  (("random", student, None), "tab:gray", f"random init {short(student)}")):
             iv = interval(arms.get(arm, []))
             if iv:
                 ax.axhline(iv[0], color=color, lw=1.2, label=label)
                 ax.axhspan(iv[0] - iv[1], iv[0] + iv[1], color=color, alpha=0.15)
         for init, color, marker in (("seed", "tab:blue", "o"), ("l2", "tab:green", "s")):
-            pts = [(i, interval(arms[(init, "resnet18", t)])) for i, t in enumerate(teachers)
-                   if (init, "resnet18", t) in arms]
+            pts = [(i, interval(arms[(init, student, t)])) for i, t in enumerate(teachers)
+                   if (init, student, t) in arms]
             pts = [(i, iv) for i, iv in pts if iv]
             if pts:
                 ax.errorbar([i for i, _ in pts], [iv[0] for _, iv in pts], yerr=[iv[1] for _, iv in pts],
                             color=color, marker=marker, capsize=3, lw=1.2 if init == "seed" else 0,
-                            elinewidth=1.2, label=f"{INIT_LABELS[init]} R18 ← teacher")
+                            elinewidth=1.2, label=f"{INIT_LABELS[init]} {short(student)} ← teacher")
         ax.set_xticks(range(len(teachers)), [f"teacher\n{short(t)}" for t in teachers], fontsize=8)
         ax.set_xlim(-0.5, len(teachers) - 0.5)
         ax.set_title(f"{DETECTOR_LABELS[det]}, {lab} labels", fontsize=9)

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from tools.pipeline.demo import (Pretrained, _announce, _backbone_step, _converted, _knn, _stage, _trained,
                                  det_stage_name, finetune, load_preset, pretraining_opts, write_scenes)
 from tools.pipeline.side_by_side import Step, run_steps
-from .transfer_claim import DETECTORS, _tag
+from .transfer_claim import DETECTORS, Detector, _tag
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ INIT_LABELS = {"random": "random init", "mocov2": "MoCo-v2", "seed": "SEED", "l2
 LABELS = {"train": "all", "train_small": "10%"}      # a run record's `labels`
 DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50}  # what the R-CNN configs can fine-tune
 RESULTS_NAME = "teacher_ladder"
+# A timm student (MobileNetV3, EfficientNet, ...) is fine-tuned as Faster R-CNN with an FPN over its
+# last stages (configs/demo/digits_mnv3s_fpn.yaml, MODEL.TIMM.ARCH set to the student): no C4 form.
+TIMM_DETECTORS = {"fpn": Detector("digits_mnv3s_fpn.yaml", "Faster R-CNN timm-FPN")}
 
 
 class Arm(NamedTuple):
@@ -73,7 +76,15 @@ class Settings:
     # longer than their students); the ResNet-18 teacher is the MoCo-v2 student itself (the control).
     teacher_epochs: int = 48
     teacher_batch: int = 64
+    teacher_lr: float = 0.03        # SOLVER.BASE_LR of the larger teachers (per 256 images)
     l2_student_lr: float = 0.48     # ResNet-18 winner of benchmarks/lr_sweep.py (SEED 0.06, MoCo-v2 0.03: the preset's)
+    # Settings of each method's students over the preset's, e.g. another student's lr-sweep winners:
+    # (("mocov2", (("SOLVER.BASE_LR", 0.12),)), ...); L2 takes l2_student_lr unless named here.
+    student_recipes: tuple = ()
+    # The student every detector and label fraction fine-tunes, whose MoCo-v2 arm is the baseline and
+    # whose SEED arm from the largest teacher is the decisive comparison.
+    primary_student: str = "resnet18"
+    results_name: str = RESULTS_NAME
     detectors: tuple = ("fpn", "c4")
     splits: tuple = ("train", "train_small")
     # A student other than ResNet-18 is fine-tuned only in these (detector, split) cells.
@@ -91,12 +102,31 @@ class Settings:
     def arm_list(self) -> list[Arm]:
         return [Arm.parse(a) if isinstance(a, str) else Arm(*a) for a in self.arms]
 
+    def student_recipe(self, init: str) -> dict:
+        return dict(dict(self.student_recipes).get(init, ()))
 
-def tiny_settings(work_dir: str) -> Settings:
+
+def mobile_settings(work_dir: str = "output/teacher_ladder") -> Settings:
+    """The ladder's protocol with the digits harness's MobileNetV3-Small student (its lr-sweep winners:
+    benchmarks/results/lr_sweep_mobilenetv3_small_050.md) taught by the ladder's largest teacher, in
+    the ladder's work folder so that the teacher is trained once."""
+    student = "mobilenetv3_small_050"
+    return Settings(work_dir=work_dir, results_name="mobile_students", primary_student=student,
+                    arms=(f"random:{student}", f"mocov2:{student}", f"seed:{student}:resnet50"),
+                    student_recipes=(("mocov2", (("SOLVER.BASE_LR", 0.12), ("LOSS.MOCO_MOMENTUM", 0.999))),
+                                     ("seed", (("SOLVER.BASE_LR", 0.24),)), ("l2", (("SOLVER.BASE_LR", 0.96),))),
+                    detectors=("fpn",), decisive_seeds=())
+
+
+def tiny_settings(work_dir: str, like: Settings | None = None) -> Settings:
     """Every kind of stage once, in seconds, on the tiny preset: a ResNet-34 teacher, SEED and L2
-    students, two paired fine-tuning seeds (the pipeline check `make test` runs)."""
-    return Settings(preset="tiny", work_dir=work_dir, arms=("random:resnet18", "mocov2:resnet18",
-                                                            "seed:resnet18:resnet34", "l2:resnet18:resnet34"),
+    students of the primary student of `like` (ResNet-18 by default), two paired fine-tuning seeds (the
+    pipeline check `make test` runs)."""
+    like = like or Settings()
+    st = like.primary_student
+    return Settings(preset="tiny", work_dir=work_dir, arms=(f"random:{st}", f"mocov2:{st}", f"seed:{st}:resnet34",
+                                                            f"l2:{st}:resnet34"),
+                    primary_student=st, results_name=like.results_name, student_recipes=like.student_recipes,
                     teacher_epochs=1, teacher_batch=16, detectors=("fpn",), splits=("train_small",), seeds=(0, 1),
                     decisive_seeds=(), workers=0, processes=1)
 
@@ -108,6 +138,12 @@ def model_size(arch: str) -> int:
     from seed_core.encoders import build_backbone
     net, _ = build_backbone(arch)
     return sum(p.numel() for p in net.parameters())
+
+
+def is_timm_student(arch: str) -> bool:
+    """A student the ladder fine-tunes through timm (an FPN over its feature stages), not a ResNet."""
+    from seed_det.timm_backbone import is_timm_arch
+    return arch not in DEPTHS and is_timm_arch(arch)
 
 
 def check_settings(s: Settings) -> list[Arm]:
@@ -129,10 +165,11 @@ def check_settings(s: Settings) -> list[Arm]:
     for a in arms:
         if a.init not in INITS:
             raise ValueError(f"arm {a}: init {a.init!r} is not one of {', '.join(INITS)}")
-        if a.student not in DEPTHS or a.student == "resnet50":
+        if not is_timm_student(a.student) and (a.student not in DEPTHS or a.student == "resnet50"):
             size(a.student)  # an unknown name is refused as unknown first
             raise ValueError(f"arm {a}: student {a.student!r} cannot be fine-tuned by the ladder's R-CNN configs "
-                             f"(ResNet-18 or ResNet-34 with BasicBlocks)")
+                             f"(ResNet-18 or ResNet-34 with BasicBlocks, or a timm network such as "
+                             f"mobilenetv3_small_050 on an FPN)")
         if a.init in ("seed", "l2"):
             if not a.teacher:
                 raise ValueError(f"arm {a}: {a.init} needs a teacher (INIT:STUDENT:TEACHER)")
@@ -146,11 +183,16 @@ def check_settings(s: Settings) -> list[Arm]:
                                  f"distils a larger network into a smaller one")
         elif a.teacher:
             raise ValueError(f"arm {a}: {a.init} has no teacher; write {a.init}:{a.student}")
-    if not any(a.init == "mocov2" and a.student == "resnet18" for a in arms):
-        raise ValueError("the ladder needs the arm mocov2:resnet18: it is the baseline and the ResNet-18 teacher")
+    if not any(a.init == "mocov2" and a.student == s.primary_student for a in arms):
+        raise ValueError(f"the ladder needs the arm mocov2:{s.primary_student}: it is the baseline"
+                         + (" and the ResNet-18 teacher" if s.primary_student == "resnet18" else ""))
+    if any(a.teacher == "resnet18" for a in arms) and Arm("mocov2", "resnet18") not in arms:
+        raise ValueError("the ResNet-18 teacher is the MoCo-v2 ResNet-18 student: add the arm mocov2:resnet18")
     unknown = [d for d in s.detectors if d not in ("fpn", "c4")]
     if unknown:
         raise ValueError(f"detectors {unknown}: the ladder fine-tunes fpn and c4")
+    if is_timm_student(s.primary_student) and "fpn" not in s.detectors:
+        raise ValueError(f"the student {s.primary_student} is fine-tuned on an FPN only: include the detector fpn")
     bad_splits = [x for x in s.splits if x not in LABELS]
     if bad_splits:
         raise ValueError(f"splits {bad_splits}: choose from {', '.join(LABELS)}")
@@ -165,26 +207,26 @@ def backbone_stages(p: dict, data: dict, arms: list[Arm], s: Settings) -> dict:
     """{stage name: (opts, teacher (stage, opts) or None)} of every network the arms need."""
     common = pretraining_opts(p, data, s.workers)
     student = {**common, "SOLVER.EPOCHS": p["student_epochs"]}
-    moco18 = {**student, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": "resnet18",
-              "SOLVER.BASE_LR": float(p["moco_student_lr"])}
-    stages: dict = {"mocov2_resnet18": (moco18, None)}
+    lrs = {"mocov2": float(p["moco_student_lr"]), "seed": float(p["seed_student_lr"]), "l2": float(s.l2_student_lr)}
+    stages: dict = {}
+
+    def student_opts(a: Arm) -> dict:
+        return {**student, "MODEL.STUDENT.ARCH": a.student, "SOLVER.BASE_LR": lrs[a.init],
+                "LOSS.NAME": "moco" if a.init == "mocov2" else a.init, **s.student_recipe(a.init)}
 
     def teacher(arch: str) -> tuple[str, dict]:
         if arch == "resnet18":  # the control: the MoCo-v2 student is the ResNet-18 teacher
-            return "mocov2_resnet18", moco18
+            moco18 = Arm("mocov2", "resnet18")
+            return moco18.name, stages.setdefault(moco18.name, (student_opts(moco18), None))[0]
         opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": arch, "SOLVER.EPOCHS": s.teacher_epochs,
-                "SOLVER.BATCH_SIZE": s.teacher_batch}
+                "SOLVER.BATCH_SIZE": s.teacher_batch, "SOLVER.BASE_LR": s.teacher_lr}
         stages[teacher_stage(arch)] = (opts, None)
         return teacher_stage(arch), opts
 
-    lrs = {"mocov2": float(p["moco_student_lr"]), "seed": float(p["seed_student_lr"]), "l2": float(s.l2_student_lr)}
-    for a in arms:
-        if a.init == "random" or a.name in stages:
-            continue
-        opts = {**student, "MODEL.STUDENT.ARCH": a.student, "SOLVER.BASE_LR": lrs[a.init],
-                "LOSS.NAME": "moco" if a.init == "mocov2" else a.init}
-        stages[a.name] = (opts, None) if a.init == "mocov2" else (
-            {**opts, "MODEL.TEACHER.ARCH": a.teacher}, teacher(a.teacher))
+    for a in sorted((a for a in arms if a.init != "random"), key=lambda a: a.init != "mocov2"):
+        if a.name not in stages:
+            stages[a.name] = (student_opts(a), None) if a.init == "mocov2" else (
+                {**student_opts(a), "MODEL.TEACHER.ARCH": a.teacher}, teacher(a.teacher))
     return stages
 
 
@@ -212,17 +254,19 @@ class Cell(NamedTuple):
 def plan_cells(s: Settings, arms: list[Arm]) -> dict[Cell, tuple]:
     """{cell: its fine-tuning seeds}: every ResNet-18 arm in every detector and split, other students
     in `other_student_cells`; Detectron2 the first seed of every cell; the decisive cells all their seeds."""
-    largest = max((a.teacher for a in arms if a.init == "seed" and a.student == "resnet18"),
+    largest = max((a.teacher for a in arms if a.init == "seed" and a.student == s.primary_student),
                   key=lambda t: DEPTHS[t], default=None)
-    decisive = {Arm("mocov2", "resnet18"), Arm("seed", "resnet18", largest)}
+    decisive = {Arm("mocov2", s.primary_student), Arm("seed", s.primary_student, largest)}
     cells = {}
     for engine in s.engines:
         for det in s.detectors:
             for split in s.splits:
                 for a in arms:
-                    if a.student != "resnet18" and (det, split) not in s.other_student_cells:
+                    if a.student != s.primary_student and (det, split) not in s.other_student_cells:
                         continue
-                    if a in decisive and split == "train_small":
+                    if is_timm_student(a.student) and det not in TIMM_DETECTORS:
+                        continue
+                    if a in decisive and split == "train_small" and s.decisive_seeds:
                         seeds = tuple(dict.fromkeys(s.seeds + s.decisive_seeds))
                     else:
                         seeds = s.seeds if engine == "torchvision" else s.seeds[:1]
@@ -231,7 +275,14 @@ def plan_cells(s: Settings, arms: list[Arm]) -> dict[Cell, tuple]:
 
 
 def _extra(a: Arm) -> dict:
+    if is_timm_student(a.student):
+        return {"MODEL.TIMM.ARCH": a.student}
     return {"MODEL.RESNETS.DEPTH": DEPTHS[a.student]} if a.student != "resnet18" else {}
+
+
+def detector_of(det: str, a: Arm) -> Detector:
+    """The detection config that fine-tunes `a`'s student as detector `det`."""
+    return (TIMM_DETECTORS if is_timm_student(a.student) else DETECTORS)[det]
 
 
 def _weights_name(a: Arm) -> str:
@@ -271,10 +322,10 @@ def run_ladder(s: Settings, on_progress=lambda result: None) -> dict:
         tag = _run_tag(c.engine, c.detector, c.split, p)
         name = det_stage_name(c.arm.name, seed, tag)
         ft_names[name] = (c, seed)
+        d = detector_of(c.detector, c.arm)
         steps.append(Step(name, _finetune_arm, (s.work_dir, pre, _weights_name(c.arm), seed, c.engine),
-                          dict(tag=tag, det_config=DETECTORS[c.detector].config, split=c.split, extra=_extra(c.arm),
-                               det_iters=DETECTORS[c.detector].iterations(p),
-                               input_scale=DETECTORS[c.detector].input_scale, stage_init=c.arm.name),
+                          dict(tag=tag, det_config=d.config, split=c.split, extra=_extra(c.arm),
+                               det_iters=d.iterations(p), input_scale=d.input_scale, stage_init=c.arm.name),
                           after=(c.arm.name,) if c.arm.init != "random" else ()))
     if s.stages:
         steps = _only(steps, set(s.stages))
@@ -389,11 +440,13 @@ def read_results(path: str | Path) -> dict | None:
 
 
 def write_report(result: dict, out_dir: str | Path) -> dict:
-    """Merge `result` into `<out_dir>/teacher_ladder.json` and render its md and png from that json."""
+    """Merge `result` into `<out_dir>/<results name>.json` (teacher_ladder.json unless the settings name
+    another) and render its md and png from that json."""
     from seed_core.checkpoint_io import atomic_write_text
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: out / f"{RESULTS_NAME}.{k}" for k in ("json", "md", "png")}
+    name = result.get("settings", {}).get("results_name") or RESULTS_NAME
+    paths = {k: out / f"{name}.{k}" for k in ("json", "md", "png")}
     merged = merge_results(read_results(paths["json"]), result)
     atomic_write_text(json.dumps(merged, indent=1) + "\n", paths["json"])
     render_report(paths["json"])
