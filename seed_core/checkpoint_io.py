@@ -1,6 +1,7 @@
 """Safe, atomic checkpoint files."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import pickletools
@@ -12,6 +13,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .errors import CheckpointError
+
+try:  # POSIX advisory locks keep concurrent writers apart; absent on Windows
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 
 # Containers that wrap a state dict in common checkpoints (ours keep the student under "student").
@@ -167,3 +173,19 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str):
+    """Hold an exclusive lock on a folder (created if needed) while other processes that take the
+    same lock wait: a file that is replaced, or not yet written, cannot carry the lock itself."""
+    os.makedirs(folder, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
