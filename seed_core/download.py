@@ -7,6 +7,7 @@ exists only when it is whole and verified. Progress goes to a callback: librarie
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -57,7 +58,7 @@ def download(url: str, dest: str, checksum: str | None = None, progress: Progres
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     try:
         _fetch_into(url, partial, progress, timeout)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # ValueError: a bad URL
         reason = getattr(e, "reason", None) or e
         kept = os.path.getsize(partial) if os.path.exists(partial) else 0
         resume = f" {kept} bytes are kept in {partial}; run again to resume." if kept else ""
