@@ -1,6 +1,7 @@
 """Safe, atomic checkpoint files."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import pickle
@@ -93,7 +94,10 @@ def _load_weights_only(path: str, map_location) -> Any:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before refusing non-torch pickles; the refusal is enough.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            # Many self-supervised checkpoints (DINO's full ones among them) keep their command line as
+            # an argparse.Namespace: plain attributes, nothing executed, so it is allowed too.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line] or _pickled_globals(path)
         if not unsafe:  # not a pickle of objects at all: garbage or a torn file
