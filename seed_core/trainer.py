@@ -156,11 +156,10 @@ class Trainer:
         self.memory_format = fmt
         # The teacher first: MODEL.STUDENT.HEAD_DIM 0 takes the width of its embeddings. Its random
         # initialisation (overwritten by its weights) must not change the student's.
-        teacher = None
+        teacher, self.head_dim = None, cfg.MODEL.STUDENT.HEAD_DIM  # > 0 without a teacher (validate_cfg)
         if not self.moco:
             with torch.random.fork_rng(devices=[]):
-                teacher = self._load_teacher()
-        self.head_dim = cfg.MODEL.STUDENT.HEAD_DIM or embedding_dim(teacher)
+                teacher, self.head_dim = self._load_teacher()
         try:
             student = build_student(cfg.MODEL.STUDENT.ARCH, self.head_dim, cfg.MODEL.STUDENT.HEAD_HIDDEN_DIM)
         except ConfigError as e:
@@ -196,6 +195,7 @@ class Trainer:
             self.model = self.student
 
     def _load_teacher(self):
+        """The frozen teacher and the width of its embeddings (which the student head must have)."""
         cfg = self.cfg
         teacher = load_teacher(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH,
                                cfg.MODEL.TEACHER.FORMAT, cfg.MODEL.TEACHER.USE_HEAD)
@@ -204,7 +204,7 @@ class Trainer:
             raise ConfigError(f"the teacher's embeddings are {t_dim}-d but the student head outputs "
                               f"MODEL.STUDENT.HEAD_DIM = {cfg.MODEL.STUDENT.HEAD_DIM}: set "
                               f"MODEL.STUDENT.HEAD_DIM {t_dim} (or 0: the teacher's width)")
-        return teacher
+        return teacher, t_dim
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self, next_iter: int) -> dict:
