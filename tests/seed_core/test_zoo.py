@@ -131,3 +131,25 @@ def test_the_catalogue_is_consistent():
         if e.checksum:
             parse_checksum(e.checksum)
     assert zoo.CATALOGUE["mocov2_r50_800ep"].checksum == "md5:a04e12f8"  # as MoCo's README prints it
+
+
+def test_processes_fetching_at_once_download_once(cache, file_server, monkeypatch):
+    """The ranks of a run all ask for the teacher: the cache folder's lock lets the first download
+    while the others wait, then find the file (threads stand in for processes: flock locks each
+    open of the folder separately)."""
+    import threading
+    _entry(monkeypatch, file_server, data=PAYLOAD * 50)
+    paths, errors = [], []
+
+    def fetch():
+        try:
+            paths.append(zoo.fetch("toy"))
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(paths)) == 1 and len(paths) == 3
+    assert len(file_server.requests) == 1
