@@ -1,6 +1,8 @@
 """Safe, atomic checkpoint files."""
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 import pickletools
@@ -12,6 +14,11 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .errors import CheckpointError
+
+try:  # POSIX advisory locks keep concurrent writers apart; absent on Windows
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 
 # Containers that wrap a state dict in common checkpoints (ours keep the student under "student").
@@ -87,7 +94,10 @@ def _load_weights_only(path: str, map_location) -> Any:
         with warnings.catch_warnings():
             # torch warns about pickle protocols before refusing non-torch pickles; the refusal is enough.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            # Many self-supervised checkpoints (DINO's full ones among them) keep their command line as
+            # an argparse.Namespace: plain attributes, nothing executed, so it is allowed too.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line] or _pickled_globals(path)
         if not unsafe:  # not a pickle of objects at all: garbage or a torn file
@@ -167,3 +177,19 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str):
+    """Hold an exclusive lock on a folder (created if needed) while other processes that take the
+    same lock wait: a file that is replaced, or not yet written, cannot carry the lock itself."""
+    os.makedirs(folder, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

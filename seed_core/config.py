@@ -9,6 +9,7 @@ from fvcore.common.config import CfgNode as _CfgNode
 from .augmentations import CHOICES as AUGMENTATION_CHOICES
 from .constants import TEACHER_PRECISIONS
 from .errors import ConfigError
+from . import zoo
 from .yaml_config import cfg_value, flatten_cfg, merge_file, merge_overrides  # noqa: F401 - flatten_cfg is part of this API
 
 SCHEMA = "seed_core/config.py"
@@ -26,12 +27,13 @@ def get_default_cfg() -> CfgNode:
     C.MODEL = CfgNode()
     C.MODEL.STUDENT = CfgNode()
     C.MODEL.STUDENT.ARCH = "resnet18"        # torchvision ResNet or any timm model name
-    C.MODEL.STUDENT.HEAD_DIM = 128           # must equal the teacher's embedding dimension
+    C.MODEL.STUDENT.HEAD_DIM = 128           # the teacher's embedding width; 0: follow the teacher
     C.MODEL.STUDENT.HEAD_HIDDEN_DIM = 0      # 0: the backbone's feature width (SEED's MLP)
     C.MODEL.TEACHER = CfgNode()
     C.MODEL.TEACHER.ARCH = "resnet50"
-    C.MODEL.TEACHER.WEIGHTS = ""             # required for loss seed / l2
-    C.MODEL.TEACHER.FORMAT = "auto"          # auto | moco | swav | simclr | torchvision | timm | seed
+    C.MODEL.TEACHER.WEIGHTS = ""             # a checkpoint file or zoo:NAME (seed_core/zoo.py); required for seed / l2
+    C.MODEL.TEACHER.FORMAT = "auto"          # auto | moco | swav | simclr | mmselfsup | dino | dinov2 | convnext |
+                                             # torchvision | timm | seed
     C.MODEL.TEACHER.USE_HEAD = True          # use the checkpoint's projection head when it has one
     C.MODEL.SYNC_BN = False                  # SyncBatchNorm in the student (multi-GPU)
 
@@ -85,7 +87,8 @@ def get_default_cfg() -> CfgNode:
 
 _CHOICES = {
     "LOSS.NAME": ("seed", "l2", "moco"),
-    "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "torchvision", "timm", "seed"),
+    "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "mmselfsup", "dino", "dinov2", "convnext",
+                             "torchvision", "timm", "seed"),
     "DATA.AUGMENTATION": AUGMENTATION_CHOICES,
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.TEACHER_PRECISION": TEACHER_PRECISIONS,
@@ -99,7 +102,7 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
         if cfg_value(cfg, key) not in choices:
             problems.append(f"{key} = {cfg_value(cfg, key)!r}: choose one of {', '.join(choices)}")
     positive = ["LOSS.STUDENT_TEMP", "LOSS.TEACHER_TEMP", "LOSS.MOCO_TEMP", "SOLVER.BASE_LR",
-                "SOLVER.BATCH_SIZE", "QUEUE.SIZE", "DATA.IMAGE_SIZE", "MODEL.STUDENT.HEAD_DIM",
+                "SOLVER.BATCH_SIZE", "QUEUE.SIZE", "DATA.IMAGE_SIZE",
                 "TRAIN.CHECKPOINT_PERIOD", "TRAIN.LOG_PERIOD", "TRAIN.DIST_TIMEOUT"]
     for key in positive:
         if not cfg_value(cfg, key) > 0:
@@ -124,6 +127,11 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
                         f"SOLVER.BATCH_SIZE = {cfg.SOLVER.BATCH_SIZE}: a batch would overwrite itself "
                         f"in the queue; raise QUEUE.SIZE or lower the batch")
     problems += _small_patch_problems(cfg)
+    if cfg.MODEL.STUDENT.HEAD_DIM < 0 or (cfg.MODEL.STUDENT.HEAD_DIM == 0 and cfg.LOSS.NAME == "moco"):
+        problems.append(f"MODEL.STUDENT.HEAD_DIM = {cfg.MODEL.STUDENT.HEAD_DIM} must be > 0 "
+                        f"(0, the teacher's width, only with a teacher: LOSS.NAME seed or l2)")
+    if cfg.LOSS.NAME in ("seed", "l2"):
+        problems += zoo.cfg_problems(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH, cfg.MODEL.TEACHER.FORMAT)
     if cfg.LOSS.NAME in ("seed", "l2") and not cfg.MODEL.TEACHER.WEIGHTS:
         problems.append(f"MODEL.TEACHER.WEIGHTS is empty but LOSS.NAME = {cfg.LOSS.NAME} needs a "
                         f"teacher checkpoint (or use LOSS.NAME moco to train without a teacher)")

@@ -67,7 +67,12 @@ def build_backbone(name: str) -> tuple[nn.Module, int]:
     if not timm.is_model(name):
         raise ConfigError(f"unknown backbone '{name}'. Use one of: {available_backbones()} "
                          f"(see timm.list_models()).")
-    net = timm.create_model(name, pretrained=False, num_classes=0)
+    kwargs = {}
+    if timm.models.model_entrypoint(name).__module__.endswith(".vision_transformer"):
+        # Any image size: patches padded to a whole number, position embeddings resampled (DINOv2's
+        # are for 518 px, distillation crops are 224 px).
+        kwargs = {"dynamic_img_size": True, "dynamic_img_pad": True}
+    net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
     # num_features is the pre-head width for some models (MobileNetV3): measure the real output.
     was_training = net.training
     net.eval()

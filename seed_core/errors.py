@@ -36,3 +36,12 @@ class PeerLostError(TrainingError):
 class RunFolderError(ConfigError):
     """An output folder that cannot take this run: it holds a finished run (and neither --resume nor
     --overwrite was given), or another run is writing there now (its lock file names the owner)."""
+
+
+class DownloadError(SeedError):
+    """A file that could not be downloaded (offline, server error, interrupted); the message gives
+    the URL and the path where the file can be placed by hand."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file whose checksum differs from the published (or first recorded) one."""

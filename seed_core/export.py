@@ -31,13 +31,15 @@ def write_backbone(student_state: dict, out_dir: str, meta: dict) -> str:
     return path
 
 
-def meta_from_cfg(cfg, feature_dim: int, iterations: int, epochs: float, augmentation: str | None = None) -> dict:
+def meta_from_cfg(cfg, feature_dim: int, iterations: int, epochs: float, augmentation: str | None = None,
+                  head_dim: int | None = None) -> dict:
     """What a backbone is: architecture, how it was trained (with the resolved augmentation
-    recipe, when DATA.AUGMENTATION is auto) and the full config."""
+    recipe, when DATA.AUGMENTATION is auto, and head width, when it followed the teacher's) and
+    the full config."""
     return {
         "arch": cfg.MODEL.STUDENT.ARCH,
         "feature_dim": feature_dim,
-        "head_dim": cfg.MODEL.STUDENT.HEAD_DIM,
+        "head_dim": head_dim or cfg.MODEL.STUDENT.HEAD_DIM,
         "loss": cfg.LOSS.NAME,
         "teacher": ({"arch": cfg.MODEL.TEACHER.ARCH, "weights": cfg.MODEL.TEACHER.WEIGHTS,
                      "format": cfg.MODEL.TEACHER.FORMAT} if cfg.LOSS.NAME != "moco" else None),
@@ -62,4 +64,6 @@ def export_from_checkpoint(checkpoint_path: str, out_dir: str) -> str:
     net.load_state_dict(state, strict=True)
     it = int(ckpt.get("iteration", 0))
     spe = max(1, int(ckpt.get("steps_per_epoch", 1)))
-    return write_backbone(ckpt["student"], out_dir, meta_from_cfg(cfg, dim, it, it / spe, ckpt.get("augmentation")))
+    head = ckpt["student"].get("head.2.weight")  # the head's output layer (build_mlp_head)
+    meta = meta_from_cfg(cfg, dim, it, it / spe, ckpt.get("augmentation"), head.shape[0] if head is not None else None)
+    return write_backbone(ckpt["student"], out_dir, meta)

@@ -15,7 +15,6 @@ its kind with `register_kind` where it defines its rows (seed_det.results: detec
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import io
@@ -26,13 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Hashable, Iterable, Mapping
 
-from .checkpoint_io import atomic_write_text
+from .checkpoint_io import atomic_write_text, folder_lock
 from .errors import SeedError
-
-try:  # POSIX advisory locks keep concurrent appenders from losing rows; absent on Windows
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +74,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
     `<name>.damaged-<time>`, and one holding JSON of another schema (not an object with the same
     keys) to `<name>.foreign-<time>`, with a warning: neither is overwritten."""
     path = os.fspath(path)
-    with _folder_lock(os.path.dirname(os.path.abspath(path))):
+    with folder_lock(os.path.dirname(os.path.abspath(path))):
         if os.path.isfile(path) and os.path.getsize(path):
             try:
                 with open(path, encoding="utf-8") as f:
@@ -104,21 +98,6 @@ def move_aside(path: str, why: str, reason: str) -> str:
     os.replace(path, target)
     logger.warning("%s: %s; moved it aside to %s and started a new file", path, reason, target)
     return target
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: str):
-    """Hold an exclusive lock on the CSV's folder: the file itself is replaced, so it cannot carry one."""
-    os.makedirs(folder, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _other_kinds_message() -> str:
@@ -243,7 +222,7 @@ def append_row(path: str | os.PathLike, kind: str, row: Mapping[str, object]) ->
     if row["mode"] not in MODES:
         raise ResultsError(f"results row mode must be one of {MODES}, not {row['mode']!r}")
     out = {c: _one_line(row[c]) for c in cols}  # one row, one line: a torn row is then a short line
-    with _folder_lock(os.path.dirname(os.path.abspath(path))):
+    with folder_lock(os.path.dirname(os.path.abspath(path))):
         if os.path.isdir(path):
             raise ResultsError(f"results file {path} is a directory; pass a .csv file path")
         kept: list[str] = []

@@ -1,5 +1,6 @@
-"""Frozen teachers from self-supervised checkpoints: MoCo v1/v2, SwAV, SimCLR, torchvision, timm,
-and this project's own training checkpoints. The format is detected from the key layout."""
+"""Frozen teachers from self-supervised checkpoints: MoCo v1/v2, SwAV, SimCLR, MMSelfSup, DINO and
+DINOv2 ViTs, ConvNeXt, torchvision, timm, and this project's own training checkpoints. The format is
+detected from the key layout; a `zoo:NAME` is fetched from the teacher zoo (seed_core/zoo.py)."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,8 @@ from torch import nn
 from .checkpoint_io import CheckpointError, key_mismatch_report, load_untrusted, unwrap_state_dict
 from .encoders import EmbeddingNet, build_backbone
 from .resnet_spec import torchvision_depth
+from .timm_layouts import describe_keys, detect_layout, dino_teacher, to_timm
+from . import zoo
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,14 @@ def detect_format(state: dict) -> str:
         return "moco"
     if any(re.match(r"(module\.)?(prototypes|projection_head)\.", k) for k in keys):
         return "swav"
-    if any(k.startswith(("backbone.", "head.")) for k in keys):
+    layout = detect_layout(keys)
+    if layout:
+        return layout
+    if any(k.startswith("backbone.") for k in keys):
+        others = [k for k in keys if not k.startswith("backbone.")]
+        # ours: the backbone and a numbered MLP `head.N.*`; anything else beside `backbone.` is MMSelfSup's
+        return "seed" if all(re.match(r"head\.\d+\.", k) for k in others) else "mmselfsup"
+    if any(k.startswith("head.") for k in keys):
         return "seed"
     stripped = [k[len("module."):] if k.startswith("module.") else k for k in keys]
     if "conv1.weight" in stripped and any(k.startswith("layer4.") for k in stripped):
@@ -45,9 +55,17 @@ def split_teacher_state(state: dict, fmt: str) -> tuple[dict, dict]:
             if not k.startswith("encoder_q."):
                 continue  # encoder_k, queue: not part of the teacher
             k = k[len("encoder_q."):]
-        if fmt == "seed" and k.startswith("backbone."):
+        if fmt == "mmselfsup":
+            if not k.startswith("backbone."):
+                # MMSelfSup's necks, predictors and momentum copies differ from method to method:
+                # the teacher's embedding is its pooled backbone feature.
+                continue
+            k = k[len("backbone."):]
+        if fmt in ("seed", "dino", "dinov2", "convnext") and k.startswith("backbone."):
             k = k[len("backbone."):]
         out[k] = v
+    if fmt in ("dino", "dinov2", "convnext"):
+        return OrderedDict(to_timm(out, fmt)), OrderedDict()
     head_prefix = _HEAD_PREFIXES.get(fmt)
     ignored = _IGNORED.get(fmt, ())
     backbone, head = OrderedDict(), OrderedDict()
@@ -83,13 +101,17 @@ def build_mlp_from_state(head_state: dict) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _load_exact(module: nn.Module, state: dict, what: str, path: str, optional_prefixes=()) -> None:
+def _load_exact(module: nn.Module, state: dict, what: str, path: str, optional_prefixes=(),
+                found: dict | None = None) -> None:
+    """Load `state` into `module` exactly; otherwise name what is missing, unexpected and
+    mis-shaped, and describe what the file holds (`found`: its keys as stored)."""
     own = module.state_dict()
     problems = key_mismatch_report(own, state, optional_prefixes)
     if problems:
         hint = guess_resnet_arch(state)
         hint = f" The checkpoint looks like a {hint}." if hint else ""
-        raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(problems) + "." + hint +
+        held = f" The file holds {describe_keys(found)}." if found is not None else ""
+        raise CheckpointError(f"{path} does not fit the {what}: " + "; ".join(problems) + "." + hint + held +
                               " Set MODEL.TEACHER.ARCH (or MODEL.TEACHER.FORMAT) to match the checkpoint.")
     module.load_state_dict({k: state[k] for k in own}, strict=True)
 
@@ -135,7 +157,9 @@ def fold_batchnorm(teacher: nn.Module) -> FrozenTeacher:
 
 
 def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True) -> FrozenTeacher:
-    ckpt = load_untrusted(path)
+    """The frozen teacher in checkpoint `path` (a file, or `zoo:NAME`, fetched if not cached)."""
+    path = zoo.resolve(path)
+    ckpt = dino_teacher(load_untrusted(path))
     state, container = unwrap_state_dict(ckpt)
     if fmt == "auto":
         fmt = "seed" if container == "student" else detect_format(state)
@@ -143,7 +167,7 @@ def load_teacher(path: str, arch: str, fmt: str = "auto", use_head: bool = True)
     backbone, _ = build_backbone(arch)
     # Classifiers (torchvision/SimCLR `fc`, timm heads) are not part of the representation.
     classifier = ("fc.", "classifier.", "head.fc.", "head.") if fmt in ("torchvision", "simclr", "timm") else ()
-    _load_exact(backbone, backbone_state, f"teacher backbone '{arch}' (format {fmt})", path, classifier)
+    _load_exact(backbone, backbone_state, f"teacher backbone '{arch}' (format {fmt})", path, classifier, found=state)
     head = build_mlp_from_state(head_state) if (use_head and head_state) else None
     if head is not None:
         _load_exact(head, head_state, f"teacher projection head (format {fmt})", path)

@@ -20,6 +20,7 @@ from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .errors import SeedError
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
+from .download import Progress
 from .distributed import DistContext, broadcast_from_main, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
@@ -34,6 +35,7 @@ from .teacher_precision import cast_teacher, resolve_teacher_precision
 from .teachers import embedding_dim, fold_batchnorm, load_teacher
 from .worker_errors import plain_worker_errors
 from .yaml_config import flatten_cfg
+from . import zoo
 
 logger = logging.getLogger(__name__)
 # Settings that may change between a run and its resume without changing the result.
@@ -54,13 +56,17 @@ class Interrupted(Exception):
         self.signum, self.iteration, self.path = signum, iteration, path
 
 
-def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, restart: bool = False) -> dict:
+def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, restart: bool = False,
+          download_progress: Progress | None = None) -> dict:
     """Run (or resume) a distillation described by `cfg`; returns a summary dict. An OUTPUT_DIR that
     holds a run is continued (`resume`), moved aside (`restart`), or refused; one another run is
-    writing is refused (seed_core.run_dir.claim_run_dir)."""
+    writing is refused (seed_core.run_dir.claim_run_dir). A `zoo:` teacher is fetched first (its
+    download reported to `download_progress` on the main process)."""
     ctx = init_distributed(cfg.TRAIN.DIST_TIMEOUT)
     try:
         validate_cfg(cfg, ctx.world_size)
+        if cfg.LOSS.NAME != "moco":
+            zoo.resolve(cfg.MODEL.TEACHER.WEIGHTS, download_progress if ctx.is_main else None)
         with claim_output_dir(cfg.OUTPUT_DIR, resume, restart, ctx.is_main):
             with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main):
                 return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
@@ -148,9 +154,14 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         fmt = torch.channels_last if cfg.TRAIN.CHANNELS_LAST else torch.contiguous_format
         self.memory_format = fmt
+        # The teacher first: MODEL.STUDENT.HEAD_DIM 0 takes the width of its embeddings. Its random
+        # initialisation (overwritten by its weights) must not change the student's.
+        teacher, self.head_dim = None, cfg.MODEL.STUDENT.HEAD_DIM  # > 0 without a teacher (validate_cfg)
+        if not self.moco:
+            with torch.random.fork_rng(devices=[]):
+                teacher, self.head_dim = self._load_teacher()
         try:
-            student = build_student(cfg.MODEL.STUDENT.ARCH, cfg.MODEL.STUDENT.HEAD_DIM,
-                                    cfg.MODEL.STUDENT.HEAD_HIDDEN_DIM)
+            student = build_student(cfg.MODEL.STUDENT.ARCH, self.head_dim, cfg.MODEL.STUDENT.HEAD_HIDDEN_DIM)
         except ConfigError as e:
             raise ConfigError(f"MODEL.STUDENT.ARCH: {e}") from None
         _check_batch_norm_batch(student, cfg, ctx.world_size)
@@ -158,17 +169,16 @@ class Trainer:
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
         self.student = student.to(self.device, memory_format=fmt)
         queue_gen = torch.Generator().manual_seed(cfg.SEED + 1)
-        self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM, queue_gen).to(self.device)
+        self.queue = EmbeddingQueue(cfg.QUEUE.SIZE, self.head_dim, queue_gen).to(self.device)
         self.small_queue = None
         if cfg.DATA.SMALL_PATCHES.NUM:
-            self.small_queue = EmbeddingQueue(cfg.QUEUE.SIZE, cfg.MODEL.STUDENT.HEAD_DIM,
+            self.small_queue = EmbeddingQueue(cfg.QUEUE.SIZE, self.head_dim,
                                               torch.Generator().manual_seed(cfg.SEED + 2)).to(self.device)
         self.teacher_format = None  # MoCo mode has no teacher
         if self.moco:
             splits = resolve_bn_splits(cfg.LOSS.MOCO_BN_SPLITS, cfg.SOLVER.BATCH_SIZE // ctx.world_size, ctx.world_size)
             self.objective = MoCoObjective(self.student, self.queue, cfg.LOSS.MOCO_TEMP, cfg.LOSS.MOCO_MOMENTUM, splits)
         else:
-            teacher = self._load_teacher()
             t_prec = resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, self.device.type)
             self.teacher_format = teacher.format
             logger.info("teacher precision: %s", t_prec)
@@ -185,15 +195,16 @@ class Trainer:
             self.model = self.student
 
     def _load_teacher(self):
+        """The frozen teacher and the width of its embeddings (which the student head must have)."""
         cfg = self.cfg
         teacher = load_teacher(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH,
                                cfg.MODEL.TEACHER.FORMAT, cfg.MODEL.TEACHER.USE_HEAD)
         t_dim = embedding_dim(teacher)
-        if t_dim != cfg.MODEL.STUDENT.HEAD_DIM:
+        if cfg.MODEL.STUDENT.HEAD_DIM and t_dim != cfg.MODEL.STUDENT.HEAD_DIM:
             raise ConfigError(f"the teacher's embeddings are {t_dim}-d but the student head outputs "
                               f"MODEL.STUDENT.HEAD_DIM = {cfg.MODEL.STUDENT.HEAD_DIM}: set "
-                              f"MODEL.STUDENT.HEAD_DIM {t_dim}")
-        return teacher
+                              f"MODEL.STUDENT.HEAD_DIM {t_dim} (or 0: the teacher's width)")
+        return teacher, t_dim
 
     # ----------------------------------------------------------------------------- checkpoints
     def state(self, next_iter: int) -> dict:
@@ -328,7 +339,7 @@ class Trainer:
                    "bad_images": self.bad_images.total, "precision": self.precision}
         if it >= self.total_iters and self.ctx.is_main:
             meta = meta_from_cfg(self.cfg, self.student.feature_dim, it, it / self.steps_per_epoch,
-                                 self.augmentation)
+                                 self.augmentation, self.head_dim)
             summary["backbone"] = write_backbone(self.student.state_dict(), self.out_dir, meta)
         return summary
 

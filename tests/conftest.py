@@ -87,3 +87,60 @@ def tiny_opts(images, teacher, out, **extra):
     for k, v in opts.items():
         flat += [k, str(v)]
     return flat
+
+
+class FileServer:
+    """Crafted files served over HTTP on 127.0.0.1 (never the internet), with Range requests, for
+    download tests. `files` maps URL paths to bytes; `requests` records (path, Range header);
+    `cut_after` bytes are sent before the next response is cut off; `honour_range` False answers
+    every request with the whole file."""
+
+    def __init__(self):
+        import http.server
+        import threading
+        self.files, self.requests, self.cut_after, self.honour_range = {}, [], None, True
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                server.requests.append((self.path, rng))
+                data = server.files.get(self.path)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = int(rng[len("bytes="):].rstrip("-")) if rng and server.honour_range else 0
+                if start >= len(data) and start:
+                    self.send_error(416)
+                    return
+                self.send_response(206 if start else 200)
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if server.cut_after is not None:
+                    body, server.cut_after = body[:server.cut_after], None
+                    self.close_connection = True
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()

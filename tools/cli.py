@@ -115,3 +115,28 @@ def run(body: Callable[[], int | None], errors: tuple = (SeedError,)) -> int:
         return error(e.message)
     except errors as e:
         return error(str(e))
+
+
+class DownloadBar:
+    """A progress bar on stderr for a library's download callback, progress(bytes done, total or
+    None); use it as a context manager so the bar is closed."""
+
+    def __init__(self, label: str):
+        self.label, self.bar = label, None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc=self.label, file=sys.stderr, dynamic_ncols=True)
+        else:
+            self.bar.update(done - self.bar.n)
+        if total is not None and done >= total:
+            self.bar.close()  # done: what the tool prints next starts on a line of its own
+
+    def __enter__(self) -> "DownloadBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

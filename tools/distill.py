@@ -7,7 +7,8 @@
 An OUTPUT_DIR (--output-dir DIR is OUTPUT_DIR DIR) that already holds a run is never overwritten:
 continue it with --resume, or start over with --restart (also spelt --overwrite; its files are first
 moved to OUTPUT_DIR/previous-<time>/). A folder another run is writing is refused (OUTPUT_DIR/.lock
-names it). The log of the run goes to OUTPUT_DIR/log.txt. Installed as `seed-distill`.
+names it). The log of the run goes to OUTPUT_DIR/log.txt. MODEL.TEACHER.WEIGHTS zoo:NAME names a
+public teacher (tools/zoo.py list), downloaded before the run starts. Installed as `seed-distill`.
 """
 import argparse
 import os
@@ -39,7 +40,9 @@ def _main(argv) -> int:
     cli.setup_logging()
     cfg = load_cfg(args.config_file or None, cli.overrides(args))
     try:
-        summary = train(cfg, resume=args.resume, stop_at_iter=args.stop_at_iter, restart=args.restart)
+        with cli.DownloadBar("teacher") as bar:  # a zoo:NAME teacher not yet cached
+            summary = train(cfg, resume=args.resume, stop_at_iter=args.stop_at_iter, restart=args.restart,
+                            download_progress=bar)
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
