@@ -36,3 +36,8 @@ class PeerLostError(TrainingError):
 class RunFolderError(ConfigError):
     """An output folder that cannot take this run: it holds a finished run (and neither --resume nor
     --overwrite was given), or another run is writing there now (its lock file names the owner)."""
+
+
+class ExportError(SeedError):
+    """A network that cannot be exported (an operator ONNX lacks, the export extra not installed) or
+    whose export does not compute what the network computes."""
