@@ -1,41 +1,20 @@
 """ONNX export of distilled backbones: onnxruntime's features equal torch's (within 1e-4) at other
 batch and image sizes than the traced ones, for a ResNet and a timm student; the refusals (an
 operator ONNX lacks, a frozen size, an existing output, a missing extra) say what to do."""
-import json
-import os
 import sys
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("onnxruntime")  # the `export` extra, part of `dev`
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-
-from seed_core import onnx_export  # noqa: E402
-from seed_core.encoders import build_backbone  # noqa: E402
-from seed_core.errors import ExportError  # noqa: E402
-from seed_core.evaluation.backbone_io import LoadedBackbone  # noqa: E402
-from seed_core.onnx_export import export_backbone_onnx, trace_to_onnx, unsupported_operator  # noqa: E402
-
-
-def write_backbone_export(folder, arch, seed=0):
-    """student_backbone.pth + meta.json of a randomly initialised `arch` whose BatchNorm statistics
-    are not the defaults (so an export that ignored them would show); returns the network."""
-    torch.manual_seed(seed)
-    net, dim = build_backbone(arch)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-    os.makedirs(folder, exist_ok=True)
-    torch.save(net.state_dict(), os.path.join(folder, "student_backbone.pth"))
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump({"arch": arch, "feature_dim": dim}, f)
-    return net.eval(), dim
+from conftest import write_backbone_export
+from seed_core import onnx_export
+from seed_core.errors import ExportError
+from seed_core.evaluation.backbone_io import LoadedBackbone
+from seed_core.onnx_export import export_backbone_onnx, trace_to_onnx, unsupported_operator
 
 
 def session(path):

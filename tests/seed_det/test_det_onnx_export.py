@@ -2,17 +2,15 @@
 the same detections as torch (count, classes, order; boxes, scores and masks within tolerance) on
 images of other sizes than the traced one; a file without detection heads is refused."""
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
-pytest.importorskip("onnxruntime")  # the `export` extra, part of `dev`
-import onnxruntime as ort  # noqa: E402
-
-from seed_core.errors import SeedError  # noqa: E402
-from seed_det.engines.tv.checkpoint import save_checkpoint  # noqa: E402
-from seed_det.engines.tv.model import build_model, set_input_sizes  # noqa: E402
-from seed_det.onnx_export import export_detector_onnx  # noqa: E402
-from test_tv_engine import make_cfg, shapes  # noqa: E402,F401  (the tiny shapes data set fixture)
+from seed_core.errors import SeedError
+from seed_det.engines.tv.checkpoint import save_checkpoint
+from seed_det.engines.tv.model import build_model, set_input_sizes
+from seed_det.onnx_export import export_detector_onnx
+from test_tv_engine import make_cfg, shapes  # noqa: F401  (the tiny shapes data set fixture)
 
 # Detections whose number depends on the image (a score threshold on spread scores) and, with FPN,
 # proposals too (NMS on 300 anchors; C4's res5 head on that many would be slow), so that a count
