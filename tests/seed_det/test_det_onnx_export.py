@@ -1,15 +1,19 @@
 """ONNX export of torchvision-engine detectors (C4 Faster R-CNN, FPN Mask R-CNN): onnxruntime finds
 the same detections as torch (count, classes, order; boxes, scores and masks within tolerance) on
 images of other sizes than the traced one; a file without detection heads is refused."""
+import os
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import ROOT
 from seed_core.errors import SeedError
+from seed_det.config import load_det_config
 from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.model import build_model, set_input_sizes
-from seed_det.onnx_export import export_detector_onnx
+from seed_det.onnx_export import compare_detections, export_detector_onnx
 from test_tv_engine import make_cfg, shapes  # noqa: F401  (the tiny shapes data set fixture)
 
 # Detections whose number depends on the image (a score threshold on spread scores) and, with FPN,
@@ -68,6 +72,18 @@ def test_detector_matches_torch_on_images_of_other_sizes(tmp_path, shapes, arch,
     assert len(counts) > 1  # the number of detections varied, and the graph followed it
 
 
+def test_timm_fpn_detector_matches_torch(tmp_path):
+    """A timm student's detector (the demo's MobileNetV3-Small FPN), through the export's own check."""
+    config = os.path.join(ROOT, "configs", "demo", "digits_mnv3s_fpn.yaml")
+    opts = ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96", "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]  # random heads: keep every candidate
+    torch.manual_seed(0)
+    model = build_model(load_det_config(config, opts, needs_test_set=False))
+    weights = save_checkpoint(str(tmp_path / "run"), "model_final.pth", model.eval())
+    summary = export_detector_onnx(weights, config, str(tmp_path / "d.onnx"), opts)
+    assert (tmp_path / "d.onnx").is_file() and min(summary["checked_detections"]) > 0
+
+
 def test_backbone_weights_are_not_a_detector(tmp_path, shapes):
     cfg, config_file = make_cfg(tmp_path, shapes, "c4")
     backbone = tmp_path / "r18.pth"
@@ -75,3 +91,17 @@ def test_backbone_weights_are_not_a_detector(tmp_path, shapes):
     with pytest.raises(SeedError, match="backbone only"):
         export_detector_onnx(str(backbone), config_file, str(tmp_path / "d.onnx"))
     assert not (tmp_path / "d.onnx").exists()
+
+
+def test_the_export_check_tells_different_detections_apart():
+    torch.manual_seed(0)
+    expected = {"boxes": torch.rand(3, 4) * 50, "labels": torch.tensor([1, 2, 1]), "scores": torch.rand(3)}
+    same = [expected[n].numpy().copy() for n in ("boxes", "labels", "scores")]
+    names = ["boxes", "labels", "scores"]
+    assert compare_detections(expected, same, names) == ""
+    assert "2 detections" in compare_detections(expected, [a[:2] for a in same], names)
+    assert "classes" in compare_detections(expected, [same[0], np.array([1, 1, 2]), same[2]], names)
+    moved = same[0].copy()
+    moved[1, 2] += 0.05  # px, above the 0.01 tolerance
+    assert "boxes differ" in compare_detections(expected, [moved, same[1], same[2]], names)
+    assert "scores differ" in compare_detections(expected, [same[0], same[1], same[2] + 1e-3], names)
