@@ -32,6 +32,7 @@ ONNX_OPSET = 17
 INSTALL_HINT = "pip install 'seed-transfer[export]' (onnx and onnxruntime)"
 BACKBONE_INPUT, BACKBONE_OUTPUT = "images", "features"
 BACKBONE_TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted for a feature
+DEFAULT_IMAGE_SIZE = 224  # the backbone's traced image side: its training resolution
 
 
 def require_onnx():
@@ -147,7 +148,7 @@ def backbone_difference(model: nn.Module, session, shapes: Iterable[tuple], seed
     return worst
 
 
-def export_backbone_onnx(weights: str, out_path: str, arch: str | None = None, image_size: int = 224,
+def export_backbone_onnx(weights: str, out_path: str, arch: str | None = None, image_size: int = DEFAULT_IMAGE_SIZE,
                          overwrite: bool = False, batch: int = 2) -> Dict[str, object]:
     """Export a distilled backbone (student_backbone.pth + meta.json, or a .pth with `arch`) to
     `out_path`: input `images` (N, 3, H, W), normalised RGB (torchvision's ImageNet statistics),

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from seed_core.onnx_export import DEFAULT_IMAGE_SIZE, export_backbone_onnx
 from tools import cli
 
 FORMATS = ("onnx",)
@@ -44,21 +45,21 @@ def _main(argv) -> int:
                    help="the file to write (default: beside WEIGHTS, with the format's suffix)")
     p.add_argument("--overwrite", action="store_true", help="replace the output if it exists (moved aside)")
     p.add_argument("--arch", default=None, help="backbone architecture when WEIGHTS has no meta.json beside it")
-    p.add_argument("--image-size", type=int, default=224, help="backbone: the image side traced (default 224)")
+    p.add_argument("--image-size", type=int, default=None, help=f"backbone: the image side traced (default {DEFAULT_IMAGE_SIZE})")
     args = cli.parse_with_overrides(p, argv)
     if args.opts and not args.config_file:
         p.error(f"KEY VALUE overrides ({' '.join(args.opts)}) apply to a detector's --config only")
-    if args.config_file and args.arch:
-        p.error("--arch names a backbone; a detector's architecture comes from --config")
+    if args.config_file and (args.arch or args.image_size):
+        p.error("--arch and --image-size are a backbone's; a detector's architecture and test size come from "
+                "--config")
     cli.setup_logging()
     output = args.output or default_output(args.weights, args.format)
     if args.config_file:
         from seed_det.onnx_export import export_detector_onnx
         summary = export_detector_onnx(args.weights, args.config_file, output, args.opts, overwrite=args.overwrite)
     else:
-        from seed_core.onnx_export import export_backbone_onnx
-        summary = export_backbone_onnx(args.weights, output, arch=args.arch, image_size=args.image_size,
-                                       overwrite=args.overwrite)
+        summary = export_backbone_onnx(args.weights, output, arch=args.arch,
+                                       image_size=args.image_size or DEFAULT_IMAGE_SIZE, overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -30,7 +30,8 @@ def test_backbone_folder_exported_beside_it_then_kept_without_overwrite(tmp_path
 
 @pytest.mark.parametrize("argv,message", [
     (["w.pth", "MODEL.MASK_ON", "True"], "--config only"),
-    (["w.pth", "--config", "c.yaml", "--arch", "resnet18"], "--arch names a backbone"),
+    (["w.pth", "--config", "c.yaml", "--arch", "resnet18"], "--arch and --image-size are a backbone's"),
+    (["w.pth", "--config", "c.yaml", "--image-size", "64"], "--arch and --image-size are a backbone's"),
     (["missing_folder"], "does not exist"),
     (["w.pth", "--format", "tflite"], "invalid choice"),
 ])
