@@ -45,3 +45,8 @@ class DownloadError(SeedError):
 
 class ChecksumError(DownloadError):
     """A downloaded file whose checksum differs from the published (or first recorded) one."""
+
+
+class ExportError(SeedError):
+    """A network that cannot be exported (an operator ONNX lacks, the export extra not installed) or
+    whose export does not compute what the network computes."""

@@ -261,10 +261,11 @@ def merge_det_config(cfg: CfgNode, path: str | os.PathLike, opts: Sequence[str] 
     return cfg
 
 
-def load_det_config(path: str | os.PathLike, opts: Iterable[str] = ()) -> CfgNode:
-    """Portable config: defaults + YAML (with `_BASE_`) + overrides, validated. Needs no Detectron2."""
+def load_det_config(path: str | os.PathLike, opts: Iterable[str] = (), needs_test_set: bool = True) -> CfgNode:
+    """Portable config: defaults + YAML (with `_BASE_`) + overrides, validated. Needs no Detectron2.
+    `needs_test_set=False` for what reads no data (an export of the model)."""
     cfg = merge_det_config(get_det_cfg(), path, tuple(opts))
-    validate_det_config(cfg)
+    validate_det_config(cfg, needs_test_set)
     return cfg
 
 
@@ -274,7 +275,7 @@ def _check_entries(entries, fields: tuple[str, ...], key: str) -> None:
             raise ConfigError(f"{key} entries must be [{', '.join(fields)}]; got {entry!r}")
 
 
-def validate_det_config(cfg: CfgNode) -> None:
+def validate_det_config(cfg: CfgNode, needs_test_set: bool = True) -> None:
     """Engine-independent checks that catch silent mistakes before any model is built."""
     validate_timm_config(cfg, get_det_cfg())
     r = cfg.MODEL.RESNETS
@@ -300,5 +301,5 @@ def validate_det_config(cfg: CfgNode) -> None:
                           f"{cfg.DATALOADER.SAMPLER_TRAIN}); set that sampler or leave the threshold 0.0.")
     _check_entries(cfg.DATASETS.COCO_JSON, ("name", "json_file", "image_root"), "DATASETS.COCO_JSON")
     _check_entries(cfg.DATASETS.VOC, ("name", "dirname", "split", "year"), "DATASETS.VOC")
-    if not cfg.DATASETS.TEST:
+    if needs_test_set and not cfg.DATASETS.TEST:
         raise ConfigError("DATASETS.TEST is empty: name at least one dataset to evaluate on.")

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 
@@ -144,3 +145,21 @@ def file_server():
     server = FileServer()
     yield server
     server.close()
+
+
+def write_backbone_export(folder, arch, seed=0):
+    """student_backbone.pth + meta.json of a randomly initialised `arch` whose BatchNorm statistics
+    are not the defaults (so an export that ignored them would show); returns the network."""
+    from seed_core.encoders import build_backbone
+    torch.manual_seed(seed)
+    net, dim = build_backbone(arch)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    os.makedirs(folder, exist_ok=True)
+    torch.save(net.state_dict(), os.path.join(folder, "student_backbone.pth"))
+    with open(os.path.join(folder, "meta.json"), "w") as f:
+        json.dump({"arch": arch, "feature_dim": dim}, f)
+    return net.eval(), dim

@@ -54,10 +54,13 @@ class RoIPooler(nn.Module):
         if len(feats) == 1:
             return roi_align(feats[0], rois, self.output_size, self.scales[0], self.sampling_ratio, self.aligned)
         levels = self._levels(rois[:, 1:])
-        out = rois.new_zeros((len(rois), feats[0].shape[1], self.output_size, self.output_size))
+        # Sizes from .shape and no skipped level while traced (ONNX export): the graph must hold
+        # for any number of boxes per level, not the numbers of the example input.
+        tracing = torch.jit.is_tracing()
+        out = rois.new_zeros((rois.shape[0], feats[0].shape[1], self.output_size, self.output_size))
         for lvl, (feat, scale) in enumerate(zip(feats, self.scales)):
             idx = torch.where(levels == lvl)[0]
-            if len(idx):
+            if tracing or len(idx):
                 out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio, self.aligned)
         return out
 
@@ -144,7 +147,7 @@ class D2RoIHeads(RoIHeads):
         """Detectron2's fast_rcnn_inference: proposals with finite boxes and scores, one candidate
         per foreground class above SCORE_THRESH_TEST, clipped to the image, class-wise NMS, the
         best DETECTIONS_PER_IMAGE. Labels are 1..K (0 is background)."""
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]  # .shape, not len(): traced as a size, not a constant
         per_image = zip(self.box_coder.decode(box_regression, proposals).split(counts),
                         F.softmax(class_logits, -1).split(counts), image_shapes)
         found = ([], [], [])
@@ -153,7 +156,8 @@ class D2RoIHeads(RoIHeads):
             boxes, scores = boxes[finite], scores[finite]
             num_classes = scores.shape[1] - 1
             boxes = box_ops.clip_boxes_to_image(boxes[:, 1:].reshape(-1, 4), shape)  # background dropped
-            labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
+            # expand_as, not repeat(len(scores)): an ONNX trace keeps the count of boxes variable
+            labels = torch.arange(1, num_classes + 1, device=scores.device).expand_as(scores[:, 1:]).reshape(-1)
             scores = scores[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
