@@ -17,10 +17,9 @@ from torch.utils.data import DataLoader
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .constants import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, META_FILE, METRICS_LOG_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
-from .errors import SeedError
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
-from .distributed import DistContext, broadcast_from_main, init_distributed, shutdown, stop_if_peer_lost
+from .distributed import DistContext, decided_by_main, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
 from .monitoring import BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
@@ -75,20 +74,14 @@ def claim_output_dir(out_dir: str, resume: bool, restart: bool, is_main: bool):
     Returns the folder's lock (a context manager; nothing on the other processes)."""
     if resume and restart:
         raise ConfigError("--resume continues the run in OUTPUT_DIR and --restart moves it aside: choose one")
-    lock, refused = None, None
-    if is_main:
+    def claim():
         epochs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir), "checkpoint_epoch*.pth")))
-        try:
-            lock = claim_run_dir(out_dir, RUN_MARKERS, resume=resume, overwrite=restart,
-                                 outputs=RUN_OUTPUTS + tuple(epochs), overwrite_flag="--restart")
-        except SeedError as e:
-            refused = e
-        else:
-            for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
-                os.unlink(tmp)  # left by a checkpoint write that was killed (the folder is ours now)
-    refused = broadcast_from_main(refused)  # every process stops with the main one's reason
-    if refused is not None:
-        raise refused
+        lock = claim_run_dir(out_dir, RUN_MARKERS, resume=resume, overwrite=restart,
+                             outputs=RUN_OUTPUTS + tuple(epochs), overwrite_flag="--restart")
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
+            os.unlink(tmp)  # left by a checkpoint write that was killed (the folder is ours now)
+        return lock
+    lock = decided_by_main(is_main, claim)
     return lock if lock is not None else claim_if_main(False)
 
 
