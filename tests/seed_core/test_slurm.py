@@ -40,14 +40,18 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path, 
     out = str(tmp_path / "job")
     job = submit(load_cfg(None, tiny_opts(images, moco_teacher, out, **extra)),
                  SlurmOptions(nodes=1, gpus_per_node=1, time="10"), cluster="local")
-    deadline = time.time() + 120
-    while _logged_steps(out) < 3 and not job.done():
-        assert time.time() < deadline, job.stderr()
-        time.sleep(0.02)
-    assert not job.done(), f"the job ended before it could be preempted:\n{job.stderr()}"
-    for pid in _task_pids(job._process.pid):
-        os.kill(pid, signal.SIGUSR2)  # what SLURM sends before a preemption or the time limit
-    job.wait()
+    try:
+        deadline = time.time() + 120
+        while _logged_steps(out) < 3 and not job.done():
+            assert time.time() < deadline, job.stderr()
+            time.sleep(0.02)
+        assert not job.done(), f"the job ended before it could be preempted:\n{job.stderr()}"
+        for pid in _task_pids(job._process.pid):
+            os.kill(pid, signal.SIGUSR2)  # what SLURM sends before a preemption or the time limit
+        job.wait()
+    finally:
+        if not job.done():
+            job.cancel()
     assert job.state == "FINISHED", job.stderr()
     log = job.stdout() + (job.stderr() or "")
     assert "Requeued job" in log, log[-3000:]
