@@ -53,7 +53,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path, 
         if not job.done():
             job.cancel()
     assert job.state == "FINISHED", job.stderr()
-    log = job.stdout() + (job.stderr() or "")
+    log = (job.stdout() or "") + (job.stderr() or "")
     assert "Requeued job" in log, log[-3000:]
     with open(os.path.join(out, "log.txt")) as f:
         run_log = f.read()
