@@ -74,6 +74,7 @@ def claim_output_dir(out_dir: str, resume: bool, restart: bool, is_main: bool):
     Returns the folder's lock (a context manager; nothing on the other processes)."""
     if resume and restart:
         raise ConfigError("--resume continues the run in OUTPUT_DIR and --restart moves it aside: choose one")
+
     def claim():
         epochs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir), "checkpoint_epoch*.pth")))
         lock = claim_run_dir(out_dir, RUN_MARKERS, resume=resume, overwrite=restart,
