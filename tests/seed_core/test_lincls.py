@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from conftest import ROOT, load_script, write_images
 from seed_core.data import sample_seed
-from seed_core.errors import CheckpointError
+from seed_core.errors import CheckpointError, DatasetError
 from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -147,10 +147,10 @@ def test_bad_input_is_one_error_line(data, capsys, extra, message):
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
 
 
-def test_val_classes_must_match_train(data, capsys):
+def test_val_classes_must_match_train(data):
     tmp_path, weights = data
     write_images(str(tmp_path / "val4"), 8, size=40, classes=4)
-    with pytest.raises(Exception, match="class folders"):
+    with pytest.raises(DatasetError, match="class folders"):
         run_linear_evaluation(options(tmp_path, weights, val=str(tmp_path / "val4"), batch_size=4, epochs=1))
 
 
