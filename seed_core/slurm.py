@@ -115,7 +115,7 @@ def submit(cfg: CfgNode, opts: SlurmOptions, resume: bool = False, restart: bool
         raise ConfigError("--slurm: sbatch is not on PATH; submit from a SLURM login node")
     with claim_output_dir(cfg.OUTPUT_DIR, resume, restart, is_main=True):
         pass  # refused, or free for the job (a --restart has moved the old run aside)
-    executor = submitit.AutoExecutor(folder=os.path.join(cfg.OUTPUT_DIR, SUBMITIT_FOLDER, "%j"), cluster=cluster)
+    executor = submitit.AutoExecutor(folder=os.path.join(cfg.OUTPUT_DIR, SUBMITIT_FOLDER), cluster=cluster)
     executor.update_parameters(**params)
     job = executor.submit(DistillJob(cfg.dump()))
     logger.info("submitted job %s: %d node(s) x %d task(s); logs in %s", job.job_id, opts.nodes,
