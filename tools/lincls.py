@@ -9,13 +9,19 @@ classifier trained by SGD on augmented images, top-1 / top-5 on val after every 
 Defaults are MoCo's: 100 epochs, global batch 256, lr 30 (x0.1 at epochs 60 and 80), momentum 0.9,
 weight decay 0, RandomResizedCrop 224 + flip / Resize 256 + CenterCrop 224. The output folder gets
 checkpoint.pth (continue with --resume), model_best.pth (the best top-1 epoch's classifier),
-metrics.json (every epoch) and log.txt. For a quick number from cached features, use
+metrics.json (every epoch) and log.txt; a finished run adds a row (optimizer "lincls", the last
+epoch's top-1 / top-5) to --results-csv. For a quick number from cached features, use
 tools/eval_linear.py. Installed as `seed-lincls`.
 """
 import os
 import sys
+from datetime import datetime, timezone
+
+import torch
 
 from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
+from seed_core.evaluation.results import record_accuracy
+from seed_core.results import check_results_file, results_path
 from tools import cli
 
 DEFAULTS = LinclsOptions(train="", val="", output_dir="")
@@ -50,6 +56,8 @@ def parse_args(argv=None):
     g.add_argument("--checkpoint-period", type=int, default=DEFAULTS.checkpoint_period,
                    help="iterations between checkpoints (one is also written after every epoch)")
     g.add_argument("--stop-at-iter", type=int, default=None, help="checkpoint and stop after this iteration")
+    g.add_argument("--results-csv", default=results_path("output", "linear"),
+                   help="CSV a finished run appends its row to ('' to skip)")
     args = p.parse_args(argv)
     if not args.output_dir:
         p.error("--output-dir is required")
@@ -69,9 +77,16 @@ def _main(argv) -> int:
         momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size, workers=args.workers,
         image_size=args.image_size, resize_size=args.resize_size, seed=args.seed,
         checkpoint_period=args.checkpoint_period)
+    if args.results_csv:
+        check_results_file(args.results_csv, "linear")  # before any work: the file must be ours (or new)
     summary = run_linear_evaluation(opts, resume=args.resume, overwrite=args.overwrite, stop_at_iter=args.stop_at_iter)
     if os.environ.get("RANK", "0") != "0":
         return 0
+    if summary["finished"] and args.results_csv:
+        row = {**summary, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "optimizer": "lincls", "epochs": args.epochs}
+        record_accuracy(args.results_csv, "linear", row, output=summary["metrics"],
+                        device="cuda" if torch.cuda.is_available() else "cpu")
     if summary["epochs_done"]:
         print(f"lincls after {summary['epochs_done']} epochs: top-1 {summary['top1']:.2f}  top-5 {summary['top5']:.2f}"
               f"  (best top-1 {summary['best_top1']:.2f} at epoch {summary['best_epoch']}); {summary['metrics']}")

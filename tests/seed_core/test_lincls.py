@@ -17,6 +17,7 @@ from conftest import ROOT, load_script, write_images
 from seed_core.data import sample_seed
 from seed_core.errors import CheckpointError, DatasetError
 from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
+from seed_core.results import read_rows
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -141,7 +142,7 @@ def test_bad_input_is_one_error_line(data, capsys, extra, message):
             f.write(b"x")
     argv = ["--backbone", weights, "--arch", "resnet18", "--train", str(tmp_path / "train"), "--val",
             str(tmp_path / "val"), "--output-dir", out, "--image-size", "32", "--resize-size", "36",
-            "--batch-size", "4", "--epochs", "1", "--workers", "0", *extra]
+            "--batch-size", "4", "--epochs", "1", "--workers", "0", "--results-csv", "", *extra]
     assert tool.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
@@ -168,7 +169,7 @@ def test_two_processes_under_torchrun_train_the_same_classifier_as_one(data):
             "--epochs", "2", "--schedule", "1", "--lr", "1.0", "--workers", "0", "--seed", "3"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), os.path.join(ROOT, "tools", "lincls.py"), *args,
-           "--output-dir", str(tmp_path / "ddp")]
+           "--output-dir", str(tmp_path / "ddp"), "--results-csv", str(tmp_path / "results_linear.csv")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -178,3 +179,6 @@ def test_two_processes_under_torchrun_train_the_same_classifier_as_one(data):
     for key in ("weight", "bias"):  # the frozen backbone makes each image's features independent of the split
         torch.testing.assert_close(a["classifier"][key], b["classifier"][key], rtol=1e-5, atol=1e-6)
     assert [e["top1"] for e in a["history"]] == pytest.approx([e["top1"] for e in b["history"]])
+    _, rows = read_rows(str(tmp_path / "results_linear.csv"))  # one row, from the main process
+    assert len(rows) == 1 and rows[0]["optimizer"] == "lincls" and rows[0]["epochs"] == "2"
+    assert rows[0]["top1"] == f"{a['history'][-1]['top1']:.2f}"

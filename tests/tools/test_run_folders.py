@@ -57,7 +57,7 @@ def _argv(tool, tmp_path, out):
         return ["--output-dir", out, "--preset", "tiny", "--engine", "torchvision"]
     if tool == "lincls":
         return ["--arch", "resnet18", "--random-init", "--train", str(tmp_path / "no_train"),
-                "--val", str(tmp_path / "no_val"), "--output-dir", out]
+                "--val", str(tmp_path / "no_val"), "--results-csv", "", "--output-dir", out]
     if tool in ("eval_knn", "eval_linear"):
         return ["--arch", "resnet18", "--random-init", "--train", str(tmp_path / "no_train"),
                 "--val", str(tmp_path / "no_val"), "--results-csv", "", "--no-progress", "--output", out]
