@@ -29,6 +29,7 @@ from .queue import EmbeddingQueue
 from .run_dir import RunLog, claim_if_main, claim_run_dir
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
+from .stop_signals import Interrupted, StopSignals  # noqa: F401 (Interrupted: what train() raises)
 from .teacher_precision import cast_teacher, resolve_teacher_precision
 from .teachers import embedding_dim, fold_batchnorm, load_teacher
 from .worker_errors import plain_worker_errors
@@ -42,15 +43,6 @@ RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "
 RUN_MARKERS = (CHECKPOINT_FILE, METRICS_LOG_FILE)
 # What a run writes into OUTPUT_DIR; --restart moves these aside (epoch checkpoints are globbed).
 RUN_OUTPUTS = RUN_MARKERS + (CONFIG_FILE, LOG_FILE, "tb", BACKBONE_FILE, META_FILE)
-
-
-class Interrupted(Exception):
-    """Raised after a SIGTERM/SIGINT once a checkpoint is safely written."""
-
-    def __init__(self, signum: int, iteration: int, path: str):
-        super().__init__(f"stopped by signal {signal.Signals(signum).name} after iteration {iteration}; "
-                         f"checkpoint written to {path}; continue with --resume")
-        self.signum, self.iteration, self.path = signum, iteration, path
 
 
 def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, restart: bool = False) -> dict:
@@ -106,7 +98,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.peak_lr,
                                          momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         self.scaler = make_grad_scaler(self.precision, self.device)
-        self.stop_signal: int | None = None
+        self.stop = StopSignals()
 
     # ----------------------------------------------------------------------------- building
     def _build_data(self) -> None:
@@ -276,7 +268,7 @@ class Trainer:
         self.bad_images = BadImageCounter(self.dataset.files, self.cfg.DATA.MAX_BAD_FRACTION, self.cfg.DATA.ROOT)
         self.nonfinite = NonFiniteGuard(self.cfg.LOSS.MAX_NONFINITE, self.ckpt_path)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_handling_stop_signals(self._on_signal))
+            stack.enter_context(self.stop)
             metrics = MetricsLog(self.out_dir, start, enabled=self.ctx.is_main)
             stack.callback(metrics.close)
             progress = _progress_bar(self.ctx.is_main and self.cfg.TRAIN.PROGRESS, self.total_iters, start)
@@ -300,7 +292,7 @@ class Trainer:
                 self.bad_images.add(stats.bad_images)
                 if stats.stop_requested:  # every rank stops at the same step
                     self.save(it + 1)
-                    raise Interrupted(self.stop_signal or signal.SIGTERM, it + 1, self.ckpt_path)
+                    raise Interrupted(self.stop.signum or signal.SIGTERM, it + 1, self.ckpt_path)
                 self.nonfinite.observe(stats, it, self._lr())
                 it += 1
                 report.step_done(it, stats, self._lr(), self.bad_images.total, end)
@@ -343,7 +335,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, to_enqueue = self.objective(self.model, images, autocast(self.precision, self.device))
-        stats = StepStats.gather(loss, self.stop_signal is not None, new_bad, self.device)
+        stats = StepStats.gather(loss, self.stop.signum is not None, new_bad, self.device)
         if not stats.finite:
             return stats  # skipped on every rank: no update, the queue stays clean (NonFiniteGuard decides)
         self.optimizer.zero_grad(set_to_none=True)
@@ -352,13 +344,6 @@ class Trainer:
         self.scaler.update()
         self.objective.after_step(self.model, to_enqueue)
         return stats
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        self.stop_signal = signum
-        logger.warning("received %s: finishing this iteration, writing a checkpoint, then stopping",
-                       signal.Signals(signum).name)
 
 
 def _check_batch_norm_batch(student: nn.Module, cfg: CfgNode, world_size: int) -> None:
@@ -370,16 +355,6 @@ def _check_batch_norm_batch(student: nn.Module, cfg: CfgNode, world_size: int) -
                           f"BatchNorm layers of {cfg.MODEL.STUDENT.ARCH} one image per batch, from which they "
                           f"cannot compute statistics: use at least 2 images per process"
                           f"{' (or MODEL.SYNC_BN True)' if world_size > 1 else ''}")
-
-
-@contextlib.contextmanager
-def _handling_stop_signals(handler):
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

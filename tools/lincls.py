@@ -22,6 +22,7 @@ import torch
 from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
 from seed_core.evaluation.results import record_accuracy
 from seed_core.results import check_results_file, results_path
+from seed_core.stop_signals import Interrupted
 from tools import cli
 
 DEFAULTS = LinclsOptions(train="", val="", output_dir="")
@@ -79,7 +80,12 @@ def _main(argv) -> int:
         checkpoint_period=args.checkpoint_period)
     if args.results_csv:
         check_results_file(args.results_csv, "linear")  # before any work: the file must be ours (or new)
-    summary = run_linear_evaluation(opts, resume=args.resume, overwrite=args.overwrite, stop_at_iter=args.stop_at_iter)
+    try:
+        summary = run_linear_evaluation(opts, resume=args.resume, overwrite=args.overwrite,
+                                        stop_at_iter=args.stop_at_iter)
+    except Interrupted as e:  # SIGTERM / SIGINT: the checkpoint is written
+        print(str(e), file=sys.stderr)
+        return 128 + int(e.signum)
     if os.environ.get("RANK", "0") != "0":
         return 0
     if summary["finished"] and args.results_csv:

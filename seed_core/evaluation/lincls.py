@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,7 @@ from ..distributed import (DistContext, all_reduce_sum, decided_by_main, init_di
 from ..errors import ConfigError, DatasetError
 from ..results import write_json
 from ..run_dir import RunLog, claim_if_main, claim_run_dir
+from ..stop_signals import Interrupted, StopSignals
 from .backbone_io import load_backbone
 from .features import build_eval_transform, open_image_folder
 from .metrics import topk_correct
@@ -177,6 +179,7 @@ class LinearEvaluation:
         self.history: list[dict] = []       # one entry per finished epoch
         self.best: dict | None = None       # the history entry with the best top-1
         self.epoch_loss = [0.0, 0]          # this process's loss sum and steps in the current epoch
+        self.stop = StopSignals()
 
     def _build_data(self) -> None:
         opts, ctx = self.opts, self.ctx
@@ -239,22 +242,28 @@ class LinearEvaluation:
     def run(self, resume: bool = False, stop_at_iter: int | None = None) -> dict:
         it = self.load() if resume else 0
         end = self.total_iters if stop_at_iter is None else min(self.total_iters, stop_at_iter)
-        while it < end:
-            epoch, step = divmod(it, self.steps_per_epoch)
-            self.sampler.set_position(epoch, step)
-            lr = lr_at_epoch(self.opts, epoch)
-            for images, labels in self.loader:
-                with stop_if_peer_lost(f"at iteration {it}", f"Continue with --resume ({self.ckpt_path})."):
-                    loss = self.step(images, labels, lr)
-                self.epoch_loss = [self.epoch_loss[0] + loss.item(), self.epoch_loss[1] + 1]
-                it += 1
-                if it % self.steps_per_epoch == 0:
-                    self._end_epoch(epoch, lr)
-                    self.save(it)
-                elif it % self.opts.checkpoint_period == 0 or it == end:
-                    self.save(it)
-                if it >= end:
-                    break
+        with self.stop:  # SIGTERM / SIGINT: finish the step, checkpoint, raise Interrupted
+            while it < end:
+                epoch, step = divmod(it, self.steps_per_epoch)
+                self.sampler.set_position(epoch, step)
+                lr = lr_at_epoch(self.opts, epoch)
+                for images, labels in self.loader:
+                    with stop_if_peer_lost(f"at iteration {it}", f"Continue with --resume ({self.ckpt_path})."):
+                        loss = self.step(images, labels, lr)
+                        # every process stops at the same step, whichever received the signal
+                        stop = bool(all_reduce_sum(torch.tensor([int(self.stop.signum is not None)],
+                                                                device=self.device)).item())
+                    self.epoch_loss = [self.epoch_loss[0] + loss.item(), self.epoch_loss[1] + 1]
+                    it += 1
+                    if it % self.steps_per_epoch == 0:
+                        self._end_epoch(epoch, lr)
+                        self.save(it)
+                    elif it % self.opts.checkpoint_period == 0 or it == end or stop:
+                        self.save(it)
+                    if stop:
+                        raise Interrupted(self.stop.signum or signal.SIGTERM, it, self.ckpt_path)
+                    if it >= end:
+                        break
         return self.summary(it)
 
     def _end_epoch(self, epoch: int, lr: float) -> None:

@@ -2,6 +2,7 @@
 exact resume, bad input, and DDP under torchrun."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from torchvision import transforms
 from conftest import ROOT, load_script, write_images
 from seed_core.data import sample_seed
 from seed_core.errors import CheckpointError, DatasetError
-from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
+from seed_core.evaluation.lincls import LinclsOptions, LinearEvaluation, run_linear_evaluation
 from seed_core.results import read_rows
+from seed_core.stop_signals import Interrupted
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -110,6 +112,27 @@ def test_a_resumed_run_ends_exactly_as_an_uninterrupted_one(data):
     with open(whole["metrics"]) as f1, open(resumed["metrics"]) as f2:
         m1, m2 = json.load(f1), json.load(f2)
     assert {k: v for k, v in m1.items() if k != "settings"} == {k: v for k, v in m2.items() if k != "settings"}
+
+
+def test_sigterm_checkpoints_at_the_step_and_resume_ends_as_an_uninterrupted_run(data, monkeypatch):
+    tmp_path, weights = data
+    kw = dict(epochs=2, schedule=(1,), lr=1.0, batch_size=4)
+    whole = run_linear_evaluation(options(tmp_path, weights, "whole", **kw))
+    step, calls = LinearEvaluation.step, []
+
+    def step_then_sigterm(self, *args):  # a preemption arriving during the second step
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, *args)
+    monkeypatch.setattr(LinearEvaluation, "step", step_then_sigterm)
+    with pytest.raises(Interrupted, match="after iteration 2"):
+        run_linear_evaluation(options(tmp_path, weights, "parts", **kw))
+    assert torch.load(str(tmp_path / "parts" / "checkpoint.pth"), weights_only=True)["iteration"] == 2
+    monkeypatch.setattr(LinearEvaluation, "step", step)
+    resumed = run_linear_evaluation(options(tmp_path, weights, "parts", **kw), resume=True)
+    a, b = (torch.load(s["checkpoint"], weights_only=True)["classifier"] for s in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_with_other_settings_or_weights_is_refused(data):
