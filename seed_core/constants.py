@@ -11,6 +11,9 @@ BACKBONE_FILE = "student_backbone.pth"      # the exported student: torchvision 
 META_FILE = "meta.json"                     # beside BACKBONE_FILE: architecture, feature width, origin
 METRICS_LOG_FILE = "metrics.jsonl"          # one JSON line per logged step (seed_core.monitoring)
 
+# A linear evaluation (seed_core.evaluation.lincls): CHECKPOINT_FILE to resume, METRICS_FILE per epoch.
+BEST_CLASSIFIER_FILE = "model_best.pth"     # the classifier of the epoch with the best val top-1
+
 # A detection fine-tuning, on either engine (seed_det.engines).
 METRICS_FILE = "metrics.json"               # the run's results (seed_det.results)
 EVAL_METRICS_FILE = "eval_metrics.json"     # an --eval-only run's results; metrics.json stays

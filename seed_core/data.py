@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation: the same on any worker, rank or resume."""
+    return hash((seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def list_images(root: str) -> list[str]:
     """All image files below `root` (ImageFolder class folders or a flat folder), sorted so every
     rank sees the same order. Labels are not needed for distillation."""
@@ -87,7 +92,7 @@ class UnlabeledImages(Dataset):
         else:
             raise DatasetError("no image in the dataset could be read")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
             views = [self.transform(img) for _ in range(self.views)]
             main = views[0] if self.views == 1 else torch.stack(views)
             if not self.small_views:

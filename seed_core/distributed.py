@@ -114,6 +114,22 @@ def broadcast_from_main(obj: Any) -> Any:
     return box[0]
 
 
+def decided_by_main(is_main: bool, decide: Callable[[], Any]) -> Any:
+    """Run `decide` (a check before any work, e.g. claiming the output folder) on the main process
+    only; a SeedError it raises is raised on every process, so all stop with the main one's reason.
+    Returns its value on the main process, None on the others."""
+    value, refused = None, None
+    if is_main:
+        try:
+            value = decide()
+        except SeedError as e:
+            refused = e
+    refused = broadcast_from_main(refused)
+    if refused is not None:
+        raise refused
+    return value
+
+
 @torch.no_grad()
 def broadcast_buffers(module: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm statistics drift apart under DDP: each rank

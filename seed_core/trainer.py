@@ -17,11 +17,10 @@ from torch.utils.data import DataLoader
 from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
 from .constants import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, META_FILE, METRICS_LOG_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
-from .errors import SeedError
 from .augmentations import build_transform, resolve_recipe
 from .data import ResumableSampler, UnlabeledImages, collate, list_images
 from .download import Progress
-from .distributed import DistContext, broadcast_from_main, init_distributed, shutdown, stop_if_peer_lost
+from .distributed import DistContext, decided_by_main, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
 from .export import meta_from_cfg, write_backbone
 from .monitoring import BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
@@ -31,6 +30,7 @@ from .queue import EmbeddingQueue
 from .run_dir import RunLog, claim_if_main, claim_run_dir
 from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
+from .stop_signals import Interrupted, StopSignals  # noqa: F401 (Interrupted: what train() raises)
 from .teacher_precision import cast_teacher, resolve_teacher_precision
 from .teachers import embedding_dim, fold_batchnorm, load_teacher
 from .worker_errors import plain_worker_errors
@@ -45,15 +45,6 @@ RESUME_MAY_CHANGE = {"DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD", "
 RUN_MARKERS = (CHECKPOINT_FILE, METRICS_LOG_FILE)
 # What a run writes into OUTPUT_DIR; --restart moves these aside (epoch checkpoints are globbed).
 RUN_OUTPUTS = RUN_MARKERS + (CONFIG_FILE, LOG_FILE, "tb", BACKBONE_FILE, META_FILE)
-
-
-class Interrupted(Exception):
-    """Raised after a SIGTERM/SIGINT once a checkpoint is safely written."""
-
-    def __init__(self, signum: int, iteration: int, path: str):
-        super().__init__(f"stopped by signal {signal.Signals(signum).name} after iteration {iteration}; "
-                         f"checkpoint written to {path}; continue with --resume")
-        self.signum, self.iteration, self.path = signum, iteration, path
 
 
 def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, restart: bool = False,
@@ -81,20 +72,15 @@ def claim_output_dir(out_dir: str, resume: bool, restart: bool, is_main: bool):
     Returns the folder's lock (a context manager; nothing on the other processes)."""
     if resume and restart:
         raise ConfigError("--resume continues the run in OUTPUT_DIR and --restart moves it aside: choose one")
-    lock, refused = None, None
-    if is_main:
+
+    def claim():
         epochs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(out_dir), "checkpoint_epoch*.pth")))
-        try:
-            lock = claim_run_dir(out_dir, RUN_MARKERS, resume=resume, overwrite=restart,
-                                 outputs=RUN_OUTPUTS + tuple(epochs), overwrite_flag="--restart")
-        except SeedError as e:
-            refused = e
-        else:
-            for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
-                os.unlink(tmp)  # left by a checkpoint write that was killed (the folder is ours now)
-    refused = broadcast_from_main(refused)  # every process stops with the main one's reason
-    if refused is not None:
-        raise refused
+        lock = claim_run_dir(out_dir, RUN_MARKERS, resume=resume, overwrite=restart,
+                             outputs=RUN_OUTPUTS + tuple(epochs), overwrite_flag="--restart")
+        for tmp in glob.glob(os.path.join(glob.escape(out_dir), f".{CHECKPOINT_FILE}.*.tmp")):
+            os.unlink(tmp)  # left by a checkpoint write that was killed (the folder is ours now)
+        return lock
+    lock = decided_by_main(is_main, claim)
     return lock if lock is not None else claim_if_main(False)
 
 
@@ -118,7 +104,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.peak_lr,
                                          momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
         self.scaler = make_grad_scaler(self.precision, self.device)
-        self.stop_signal: int | None = None
+        self.stop = StopSignals()
 
     # ----------------------------------------------------------------------------- building
     def _build_data(self) -> None:
@@ -293,7 +279,7 @@ class Trainer:
         self.bad_images = BadImageCounter(self.dataset.files, self.cfg.DATA.MAX_BAD_FRACTION, self.cfg.DATA.ROOT)
         self.nonfinite = NonFiniteGuard(self.cfg.LOSS.MAX_NONFINITE, self.ckpt_path)
         with contextlib.ExitStack() as stack:
-            stack.enter_context(_handling_stop_signals(self._on_signal))
+            stack.enter_context(self.stop)
             metrics = MetricsLog(self.out_dir, start, enabled=self.ctx.is_main)
             stack.callback(metrics.close)
             progress = _progress_bar(self.ctx.is_main and self.cfg.TRAIN.PROGRESS, self.total_iters, start)
@@ -317,7 +303,7 @@ class Trainer:
                 self.bad_images.add(stats.bad_images)
                 if stats.stop_requested:  # every rank stops at the same step
                     self.save(it + 1)
-                    raise Interrupted(self.stop_signal or signal.SIGTERM, it + 1, self.ckpt_path)
+                    raise Interrupted(self.stop.signum or signal.SIGTERM, it + 1, self.ckpt_path)
                 self.nonfinite.observe(stats, it, self._lr())
                 it += 1
                 report.step_done(it, stats, self._lr(), self.bad_images.total, end)
@@ -360,7 +346,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss, to_enqueue = self.objective(self.model, images, autocast(self.precision, self.device))
-        stats = StepStats.gather(loss, self.stop_signal is not None, new_bad, self.device)
+        stats = StepStats.gather(loss, self.stop.signum is not None, new_bad, self.device)
         if not stats.finite:
             return stats  # skipped on every rank: no update, the queue stays clean (NonFiniteGuard decides)
         self.optimizer.zero_grad(set_to_none=True)
@@ -369,13 +355,6 @@ class Trainer:
         self.scaler.update()
         self.objective.after_step(self.model, to_enqueue)
         return stats
-
-    def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
-        self.stop_signal = signum
-        logger.warning("received %s: finishing this iteration, writing a checkpoint, then stopping",
-                       signal.Signals(signum).name)
 
 
 def _check_batch_norm_batch(student: nn.Module, cfg: CfgNode, world_size: int) -> None:
@@ -387,16 +366,6 @@ def _check_batch_norm_batch(student: nn.Module, cfg: CfgNode, world_size: int) -
                           f"BatchNorm layers of {cfg.MODEL.STUDENT.ARCH} one image per batch, from which they "
                           f"cannot compute statistics: use at least 2 images per process"
                           f"{' (or MODEL.SYNC_BN True)' if world_size > 1 else ''}")
-
-
-@contextlib.contextmanager
-def _handling_stop_signals(handler):
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

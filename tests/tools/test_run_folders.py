@@ -17,7 +17,7 @@ from conftest import load_script, tiny_opts
 from seed_core.run_dir import LOCK_FILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FOLDER_TOOLS = ("distill", "train_net", "demo")        # write a run folder
+FOLDER_TOOLS = ("distill", "train_net", "demo", "lincls")  # write a run folder
 FILE_TOOLS = ("eval_knn", "eval_linear", "convert")     # write one output file
 
 
@@ -55,6 +55,9 @@ def _argv(tool, tmp_path, out):
                 "RESULTS_CSV", str(tmp_path / "results_detection.csv"), "--output-dir", out]
     if tool == "demo":
         return ["--output-dir", out, "--preset", "tiny", "--engine", "torchvision"]
+    if tool == "lincls":
+        return ["--arch", "resnet18", "--random-init", "--train", str(tmp_path / "no_train"),
+                "--val", str(tmp_path / "no_val"), "--results-csv", "", "--output-dir", out]
     if tool in ("eval_knn", "eval_linear"):
         return ["--arch", "resnet18", "--random-init", "--train", str(tmp_path / "no_train"),
                 "--val", str(tmp_path / "no_val"), "--results-csv", "", "--no-progress", "--output", out]
@@ -121,7 +124,8 @@ def test_an_output_another_run_is_writing_is_refused_by_every_tool(tool, tmp_pat
 
 @pytest.mark.parametrize("tool,marker,flag", [
     ("distill", "checkpoint.pth", "--restart"), ("train_net", "metrics.json", "--overwrite"),
-    ("train_net", "last_checkpoint", "--overwrite"), ("eval_knn", None, "--overwrite"),
+    ("train_net", "last_checkpoint", "--overwrite"), ("lincls", "checkpoint.pth", "--overwrite"),
+    ("eval_knn", None, "--overwrite"),
     ("eval_linear", None, "--overwrite"), ("convert", None, "--overwrite")])
 def test_a_finished_run_is_refused_without_resume_or_overwrite(tool, marker, flag, tmp_path, capsys, stub_engine):
     out = _out(tool, tmp_path)
