@@ -29,6 +29,10 @@ class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the message names the iteration."""
 
 
+class TooManyBadImagesError(TrainingError):
+    """More unreadable images than the training set tolerates (DATA.MAX_BAD_FRACTION and the like)."""
+
+
 class PeerLostError(TrainingError):
     """Another process of a multi-process run died or stopped answering: stop instead of waiting forever."""
 

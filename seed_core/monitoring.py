@@ -13,14 +13,10 @@ import torch
 from .checkpoint_io import atomic_write_text
 from .constants import METRICS_LOG_FILE
 from .distributed import all_reduce_sum
-from .errors import NonFiniteLossError, TrainingError
+from .errors import NonFiniteLossError, TooManyBadImagesError
 from .results import move_aside
 
 logger = logging.getLogger(__name__)
-
-
-class TooManyBadImagesError(TrainingError):
-    pass
 
 
 @dataclass
