@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import warnings
 from typing import Iterator, Sequence
 
@@ -59,8 +60,9 @@ def _opened(path: str) -> Iterator[Image.Image]:
         raise _unreadable(path, "it does not exist (or is a broken link)") from None
     except PermissionError:
         raise _unreadable(path, "permission denied") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # PIL's own check, in open
-        raise _too_large(path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own check, in open
+        pixels = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds limit ..."
+        raise _too_large(path, pixels.group(1) if pixels else "") from None
     except UnidentifiedImageError:
         raise _unreadable(path, "it is not an image PIL can open (another kind of file, or a damaged "
                                 "header)") from None
@@ -68,8 +70,8 @@ def _opened(path: str) -> Iterator[Image.Image]:
         raise _unreadable(path, f"it is truncated or damaged ({type(e).__name__}: {e})") from None
 
 
-def _too_large(path: str, size: str = "") -> UnreadableImageError:
-    return _unreadable(path, f"it has {size + ' ' if size else ''}pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+def _too_large(path: str, size: str) -> UnreadableImageError:
+    return _unreadable(path, f"it has {size or 'more'} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
                              "(a possible decompression bomb): downscale it")
 
 # Modes PIL converts to RGB faithfully (8 bits per channel, or fewer).

@@ -13,7 +13,8 @@ import os
 from typing import Mapping
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (MetadataCatalog, build_detection_test_loader, build_detection_train_loader,
+                             get_detection_dataset_dicts)
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
 from detectron2.utils import comm
@@ -21,9 +22,11 @@ from detectron2.utils import comm
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
 from seed_core.constants import TRAIN_LOG_FILE
 from seed_core.errors import NonFiniteLossError, SeedError
+from seed_core.images import SkippedImages
 from seed_core.run_dir import RunLog
 from seed_det import RUN_LOGGERS
 from seed_det.convert import read_d2_pkl, read_weights_file
+from seed_det.data.catalog import MAX_BAD_KEY, readable_training_records
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
@@ -59,10 +62,19 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return d2_evaluator(cfg, dataset_name, output_folder)
 
-    # Images go through the suite's one decoder, as in the torchvision engine.
+    # Images go through the suite's one decoder and its policy for unreadable files, as in the
+    # torchvision engine: training images that do not open are left out (and counted) before sampling.
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True))
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        name = "+".join(cfg.DATASETS.TRAIN)
+        dicts = readable_training_records(dicts, cfg.DATALOADER.MAX_BAD_FRACTION, name)
+        skipped = SkippedImages(len(dicts), cfg.DATALOADER.MAX_BAD_FRACTION, f"training set '{name}'", MAX_BAD_KEY)
+        return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True, skipped=skipped),
+                                            dataset=dicts)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
