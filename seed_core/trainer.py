@@ -32,7 +32,7 @@ from .schedule import lr_at, scaled_lr, warmup_epochs
 from .shuffle_bn import resolve_bn_splits
 from .teacher_precision import cast_teacher, resolve_teacher_precision
 from .teachers import embedding_dim, fold_batchnorm, load_teacher
-from .worker_errors import plain_worker_errors
+from .worker_errors import plain_process_errors, plain_worker_errors
 from .yaml_config import flatten_cfg
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,10 @@ def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, r
     try:
         validate_cfg(cfg, ctx.world_size)
         with claim_output_dir(cfg.OUTPUT_DIR, resume, restart, ctx.is_main):
-            with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main):
+            # Under DDP an unexpected error of a rank is one line naming it; its traceback goes to the log.
+            with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main), \
+                    plain_process_errors(ctx.rank, ctx.world_size, os.path.join(cfg.OUTPUT_DIR, LOG_FILE),
+                                         passing=(Interrupted,)):
                 return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()
