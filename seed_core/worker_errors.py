@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 import traceback
 from typing import Iterator, Optional
@@ -102,3 +103,28 @@ def plain_worker_errors(log_path: Optional[str] = None) -> Iterator[None]:
         except Exception:  # noqa: BLE001 - a subclass with another constructor: keep the message
             plain = SeedError(with_details(message, log_path))
         raise plain from None
+
+
+_RAISED = re.compile(r"^(?P<type>[A-Za-z_][\w.]*\.[A-Za-z_]\w*): (?P<message>.*)$")
+
+
+def raised_in_spawned_process(error: BaseException) -> Optional[SeedError]:
+    """The SeedError a process started by torch.multiprocessing raised (Detectron2's launcher starts
+    its processes so), rebuilt from the traceback text torch puts in the message of its
+    ProcessRaisedException ("-- Process 1 terminated with the following error: Traceback ...
+    <module>.<Type>: <message>"); None when that process raised something else."""
+    lines = str(error).rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        match = _RAISED.match(lines[i])
+        if not match:
+            continue
+        module, _, name = match["type"].rpartition(".")
+        cls = getattr(sys.modules.get(module), name, None)
+        if not (isinstance(cls, type) and issubclass(cls, SeedError)):
+            return None
+        message = one_line(" ".join([match["message"], *lines[i + 1:]]))
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - a subclass with another constructor: keep the message
+            return SeedError(message)
+    return None

@@ -12,7 +12,7 @@ from conftest import ROOT, load_script, tiny_opts, write_images
 from seed_core.config import load_cfg
 from seed_core.errors import DatasetError, ProcessFailedError, SeedError
 from seed_core.trainer import train
-from seed_core.worker_errors import original_message, plain_process_errors, plain_worker_errors
+from seed_core.worker_errors import original_message, plain_process_errors, plain_worker_errors, raised_in_spawned_process
 
 
 class Broken(Dataset):
@@ -127,3 +127,25 @@ def test_an_unexpected_error_on_a_ddp_rank_reaches_the_user_as_one_line(images, 
     assert procs[0].returncode == 2 and "lost contact with the other processes" in err[0].strip().splitlines()[-1]
     assert not any("Traceback" in e for e in err), err
     assert "Traceback" in open(log).read() and "a key that is not there" in open(log).read()
+
+
+def _raise_in_process(index):
+    raise ProcessFailedError("the process of rank 1 failed: KeyError: 'k' (details: out/log.txt)")
+
+
+def _fail_in_process(index):
+    {}["not ours"]
+
+
+def test_a_seed_error_of_a_spawned_process_gets_its_one_line_back():
+    """Detectron2's launcher (torch.multiprocessing) puts the process's whole traceback in its message."""
+    from torch.multiprocessing import ProcessRaisedException, start_processes
+    with pytest.raises(ProcessRaisedException) as caught:
+        start_processes(_raise_in_process, nprocs=1, start_method="spawn")
+    assert "Traceback" in str(caught.value)
+    plain = raised_in_spawned_process(caught.value)
+    assert type(plain) is ProcessFailedError
+    assert str(plain) == "the process of rank 1 failed: KeyError: 'k' (details: out/log.txt)"
+    with pytest.raises(ProcessRaisedException) as caught:
+        start_processes(_fail_in_process, nprocs=1, start_method="spawn")
+    assert raised_in_spawned_process(caught.value) is None  # not ours: left as it is

@@ -7,6 +7,8 @@ import dataclasses
 import glob
 import json
 import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -590,3 +592,46 @@ def test_detectron2_skips_an_unreadable_training_image_and_refuses_one_to_test(t
     assert DecodingMapper(cfg, is_train=True, skipped=skipped)(record) is None and len(skipped.skipped) == 1
     with pytest.raises(UnreadableImageError, match=r"cut\.jpg cannot be read: it is truncated"):
         DecodingMapper(cfg, is_train=False)(record)
+
+
+D2_BROKEN_RANK = """
+import sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+import time
+from detectron2.utils import comm
+import seed_det.engines.d2.engine as d2_engine
+
+
+def broken(cfg, options):
+    if comm.get_rank() == 1:
+        {{}}["a key that is not there"]  # a bug, not the user's fault: not a SeedError
+    time.sleep(60)  # rank 0 waits: the launcher stops it once rank 1 has failed
+
+
+d2_engine._train_or_test = broken  # made at import: the processes Detectron2 spawns import this script too
+if __name__ == "__main__":
+    from conftest import load_script
+    sys.exit(load_script("tools/train_net.py").main())
+"""
+
+
+def test_an_unexpected_error_of_one_of_two_processes_is_one_line(tmp_path):
+    """Detectron2's own launcher (2 processes, gloo on the CPU): the failing rank's one line, not the
+    traceback text torch.multiprocessing wraps in its exception."""
+    voc = make_tiny_voc(tmp_path / "VOCtiny")
+    runner = tmp_path / "broken_rank.py"
+    runner.write_text(D2_BROKEN_RANK.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    out = tmp_path / "out"
+    opts = TINY + ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
+                   "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
+                   "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(out)]
+    res = subprocess.run([sys.executable, str(runner), "--config", os.path.join(ROOT, "configs", "voc_r18_random.yaml"),
+                          "--engine", "detectron2", "--num-gpus", "2", *opts], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = out / "log.txt"
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1] == (f"error: the process of rank 1 failed: KeyError: "
+                                                   f"'a key that is not there' (details: {log})")
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "a key that is not there" in log.read_text()
