@@ -106,8 +106,8 @@ def _metric_record(line: bytes) -> dict | None:
         rec = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
-    ok = isinstance(rec, dict) and isinstance(rec.get("iteration"), int) and not isinstance(rec["iteration"], bool)
-    return rec if ok else None
+    iteration = rec.get("iteration") if isinstance(rec, dict) else None
+    return rec if isinstance(iteration, int) and not isinstance(iteration, bool) else None
 
 
 def resumed_metrics_lines(path: str, start_iter: int) -> list[str]:
@@ -125,8 +125,9 @@ def resumed_metrics_lines(path: str, start_iter: int) -> list[str]:
         logger.warning("%s: its last line (line %d) is torn, as a run killed while writing it leaves it; "
                        "dropped it", path, len(lines))
     elif bad:
-        move_aside(path, "damaged", f"line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} "
-                                    f"({len(bad)} of {len(lines)}) are not metric records")
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        move_aside(path, "damaged", f"line{'s' if len(bad) > 1 else ''} {shown} ({len(bad)} of {len(lines)}) "
+                                    "are not metric records")
     kept = [line.decode("utf-8").rstrip() + "\n" for line, rec in zip(lines, records)
             if rec is not None and rec["iteration"] <= start_iter]
     later = sum(1 for rec in records if rec is not None and rec["iteration"] > start_iter)

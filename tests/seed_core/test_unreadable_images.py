@@ -98,3 +98,14 @@ def test_feature_evaluations_refuse_an_unreadable_image_before_any_feature(tmp_p
     assert err.count("\n") == 1 and err.startswith("error: image folder ") and "Traceback" not in err
     assert f"{os.sep}{split}{os.sep}class1{os.sep}bad.jpg cannot be read: " in err and REASONS[kind] in err
     assert not list(cache.glob("*.pt")) and not out.exists()  # nothing computed, nothing written
+
+
+def test_every_image_file_is_opened_by_the_one_decoder():
+    """No library or tool opens an image file itself: the policy above holds wherever images are read."""
+    from conftest import ROOT
+    for package in ("seed_core", "seed_det", "tools", "benchmarks"):
+        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+            for name in (n for n in names if n.endswith(".py")):
+                path = os.path.join(folder, name)
+                if path != os.path.join(ROOT, "seed_core", "images.py"):
+                    assert "Image.open(" not in open(path).read(), path

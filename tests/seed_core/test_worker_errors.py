@@ -12,7 +12,8 @@ from conftest import ROOT, load_script, tiny_opts, write_images
 from seed_core.config import load_cfg
 from seed_core.errors import DatasetError, ProcessFailedError, SeedError
 from seed_core.trainer import train
-from seed_core.worker_errors import original_message, plain_process_errors, plain_worker_errors, raised_in_spawned_process
+from seed_core.worker_errors import (original_message, plain_process_errors, plain_worker_errors,
+                                     raised_in_spawned_process)
 
 
 class Broken(Dataset):
