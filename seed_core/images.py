@@ -153,7 +153,7 @@ def verify_image(path: str) -> None:
 def _reason(path: str) -> str:
     try:
         verify_image(path)
-    except UnreadableImageError as e:
+    except DatasetError as e:  # unreadable, or a mode or value range the decoder refuses
         return str(e)
     return ""
 
@@ -212,15 +212,15 @@ def skip_unreadable(paths: Sequence[str], max_fraction: float, what: str, key: s
 
 
 class SkippedImages:
-    """Training images whose decoding failed although their header read (truncated or damaged data):
-    each is named in a warning and skipped; more than `max_fraction` of `total` is a
-    TooManyBadImagesError. Each process (data-loading worker) counts its own."""
+    """Training images whose decoding failed although their header read (truncated or damaged data,
+    a mode the decoder refuses): each is named in a warning and skipped; more than `max_fraction` of
+    `total` is a TooManyBadImagesError. Each process (data-loading worker) counts its own."""
 
     def __init__(self, total: int, max_fraction: float, what: str, key: str):
         self.total, self.max_fraction, self.what, self.key = total, max_fraction, what, key
         self.skipped: list[str] = []
 
-    def skip(self, error: UnreadableImageError) -> None:
+    def skip(self, error: DatasetError) -> None:
         self.skipped.append(str(error))
         if len(self.skipped) > self.max_fraction * self.total:
             raise _too_many(len(self.skipped), self.total, self.max_fraction, self.what, self.key, self.skipped[0])

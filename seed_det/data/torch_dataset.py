@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
-from seed_core.images import SkippedImages, UnreadableImageError, read_rgb
+from seed_core.images import SkippedImages, read_rgb
 
 from .catalog import MAX_BAD_KEY, readable_training_records
 from .records import Dataset, DatasetError, check_image_size, training_records
@@ -59,22 +59,20 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _image(self, record: Dict) -> np.ndarray:
-        arr = read_rgb(record["file_name"], "BGR" if self.bgr else "RGB")
-        check_image_size(record, arr.shape[1], arr.shape[0])
-        return arr
-
     def _readable(self, idx: int) -> tuple[int, np.ndarray]:
         """(index, image) of the first record from `idx` on whose image decodes (training); evaluation
-        gets the decoder's error."""
+        gets the decoder's error. An image of another size than its record is an error either way."""
         for attempt in range(len(self.records)):
             i = (idx + attempt) % len(self.records)
             try:
-                return i, self._image(self.records[i])
-            except UnreadableImageError as e:
+                arr = read_rgb(self.records[i]["file_name"], "BGR" if self.bgr else "RGB")
+            except DatasetError as e:  # unreadable, or a mode the decoder refuses
                 if not self.train:
                     raise
                 self.skipped.skip(e)
+                continue
+            check_image_size(self.records[i], arr.shape[1], arr.shape[0])
+            return i, arr
         raise DatasetError(f"no image of training set '{self.dataset.spec.name}' can be read")
 
     def __getitem__(self, idx: int):

@@ -109,3 +109,18 @@ def test_every_image_file_is_opened_by_the_one_decoder():
                 path = os.path.join(folder, name)
                 if path != os.path.join(ROOT, "seed_core", "images.py"):
                     assert "Image.open(" not in open(path).read(), path
+
+
+def test_an_image_the_decoder_refuses_is_named_by_evaluation_and_skipped_by_training(tmp_path):
+    from PIL import Image
+    from seed_core.errors import DatasetError
+    from seed_core.images import unreadable_images
+    path = str(tmp_path / "far.tif")
+    Image.fromarray(np.full((4, 4), 1e6, dtype=np.float32), mode="F").save(path)  # no meaning as a picture
+    [reason] = unreadable_images([path])  # a message, not an exception (it may come from a worker process)
+    assert "far.tif" in reason and "rescale it" in reason
+    with pytest.raises(DatasetError) as refused:
+        open_rgb(path)
+    skipped = SkippedImages(total=1, max_fraction=1.0, what="training set 't'", key="KEY")
+    skipped.skip(refused.value)
+    assert skipped.skipped == [str(refused.value)]

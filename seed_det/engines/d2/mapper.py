@@ -13,7 +13,8 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from seed_core.images import SkippedImages, UnreadableImageError, read_rgb
+from seed_core.errors import DatasetError
+from seed_core.images import SkippedImages, read_rgb
 from seed_det.data.records import check_image_size
 
 
@@ -31,7 +32,7 @@ class DecodingMapper(DatasetMapper):
         record = copy.deepcopy(dataset_dict)
         try:
             image = read_rgb(record["file_name"], self.image_format)
-        except UnreadableImageError as e:
+        except DatasetError as e:  # unreadable, or a mode the decoder refuses
             if self.skipped is None:
                 raise
             self.skipped.skip(e)
