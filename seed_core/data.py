@@ -8,7 +8,7 @@ import os
 from typing import Iterator
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .errors import DatasetError
@@ -86,7 +86,7 @@ class UnlabeledImages(Dataset):
             try:
                 img = self._open(self.files[i])
                 break
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            except DatasetError as e:  # the decoder names every file it cannot read (seed_core.images)
                 logger.debug("skipping unreadable image %s: %s", self.files[i], e)
                 bad.append(i)
         else:

@@ -29,6 +29,16 @@ class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the message names the iteration."""
 
 
+class TooManyBadImagesError(TrainingError):
+    """More unreadable images than the training set tolerates (DATA.MAX_BAD_FRACTION and the like)."""
+
+
+class ProcessFailedError(TrainingError):
+    """A process of a multi-process run failed with an error that is not a SeedError (a bug, memory
+    exhausted, a library's own failure): its one line names the rank, the error and the run log,
+    which holds the traceback."""
+
+
 class PeerLostError(TrainingError):
     """Another process of a multi-process run died or stopped answering: stop instead of waiting forever."""
 

@@ -4,13 +4,75 @@ detection engines) becomes 8-bit RGB here, EXIF orientation applied as Detectron
 PIL's own `convert("RGB")` saturates 16-bit images to white and turns float images black; here
 16-bit integers are scaled by 255/65535, floats in [0, 1] by 255 (floats already in [0, 255] are
 kept), and a mode or value range that has no meaning as a picture is refused by name.
+
+It also holds the one policy for files that cannot be decoded (missing, empty, not an image,
+truncated or damaged, or larger than MAX_IMAGE_PIXELS, a possible decompression bomb), whatever the
+format: each becomes an `UnreadableImageError` naming the file. Training skips and counts them
+(`skip_unreadable`, `SkippedImages`; an error above a set fraction); evaluation refuses them before
+any work (`refuse_unreadable`), since a skipped test image changes the metric.
 """
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image, ImageOps
+import contextlib
+import logging
+import os
+import re
+import warnings
+from typing import Iterator, Sequence
 
-from .errors import DatasetError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import DatasetError, SeedError, TooManyBadImagesError
+
+logger = logging.getLogger(__name__)
+
+# PIL warns above this many pixels and fails above twice as many; here it is one explicit limit,
+# refused from the header before any pixel is decoded (~0.27 GB as 8-bit RGB, e.g. 9459 x 9459).
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+class UnreadableImageError(DatasetError):
+    """An image file that cannot be decoded: missing, empty, not an image, truncated or damaged, too large."""
+
+
+def _unreadable(path: str, reason: str) -> UnreadableImageError:
+    return UnreadableImageError(f"image {path} cannot be read: {reason}")
+
+
+@contextlib.contextmanager
+def _opened(path: str) -> Iterator[Image.Image]:
+    """Image.open under the suite's limits; whatever PIL raises for a bad file, while opening or while
+    decoding inside the `with` block, becomes one UnreadableImageError naming the file."""
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise _unreadable(path, "the file is empty (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise _too_large(path, f"{width}x{height} = {width * height}")
+                yield img
+    except SeedError:
+        raise
+    except FileNotFoundError:
+        raise _unreadable(path, "it does not exist (or is a broken link)") from None
+    except PermissionError:
+        raise _unreadable(path, "permission denied") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own check, in open
+        pixels = re.search(r"\((\d+) pixels\)", str(e))  # "Image size (N pixels) exceeds limit ..."
+        raise _too_large(path, pixels.group(1) if pixels else "") from None
+    except UnidentifiedImageError:
+        raise _unreadable(path, "it is not an image PIL can open (another kind of file, or a damaged "
+                                "header)") from None
+    except Exception as e:  # noqa: BLE001 - PIL's plugins raise many kinds (OSError, SyntaxError, EOFError, ...)
+        raise _unreadable(path, f"it is truncated or damaged ({type(e).__name__}: {e})") from None
+
+
+def _too_large(path: str, size: str) -> UnreadableImageError:
+    return _unreadable(path, f"it has {size or 'more'} pixels, more than the limit of {MAX_IMAGE_PIXELS} "
+                             "(a possible decompression bomb): downscale it")
 
 # Modes PIL converts to RGB faithfully (8 bits per channel, or fewer).
 _EIGHT_BIT = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "La", "CMYK", "YCbCr")
@@ -54,8 +116,9 @@ def to_rgb(img: Image.Image, path: str = "image") -> Image.Image:
 
 
 def open_rgb(path: str) -> Image.Image:
-    """Read an image file as an upright 8-bit RGB PIL image (see `to_rgb`)."""
-    with Image.open(path) as img:
+    """Read an image file as an upright 8-bit RGB PIL image (see `to_rgb`); UnreadableImageError
+    for a file that cannot be decoded."""
+    with _opened(path) as img:
         img.load()
         return to_rgb(img, path)
 
@@ -69,8 +132,96 @@ def read_rgb(path: str, channel_order: str = "RGB") -> np.ndarray:
 
 
 def upright_size(path: str) -> tuple[int, int]:
-    """(width, height) the decoded image will have, from the header only (EXIF rotation counted)."""
-    with Image.open(path) as img:
+    """(width, height) the decoded image will have, from the header only (EXIF rotation counted);
+    UnreadableImageError for a file that is missing, empty, not an image or too large."""
+    with _opened(path) as img:
         width, height = img.size
         orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation; 5..8 swap the axes
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def verify_image(path: str) -> None:
+    """Decode the whole file as `open_rgb` would, or raise its UnreadableImageError. A JPEG is decoded
+    at 1/8 scale: every byte is still read (truncation is found) at a fraction of the cost."""
+    with _opened(path) as img:
+        if img.format == "JPEG":
+            img.draft(None, (1, 1))
+        img.load()
+        to_rgb(img, path)
+
+
+def _reason(path: str) -> str:
+    try:
+        verify_image(path)
+    except DatasetError as e:  # unreadable, or a mode or value range the decoder refuses
+        return str(e)
+    return ""
+
+
+def _reasons(paths: list[str]) -> list[str]:  # a DataLoader's collate_fn: runs in its workers
+    return [_reason(p) for p in paths]
+
+
+def unreadable_images(paths: Sequence[str], num_workers: int = 0) -> list[str]:
+    """The errors of the files in `paths` that cannot be decoded (each decoded whole), in order;
+    `num_workers` > 0 decodes in up to that many processes (for a few hundred images starting
+    them costs more than it saves)."""
+    num_workers = min(num_workers, os.cpu_count() or 1) if len(paths) >= 256 else 0
+    if num_workers > 0:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(list(paths), batch_size=32, num_workers=num_workers, collate_fn=_reasons)
+        reasons = [r for batch in loader for r in batch]
+    else:
+        reasons = [_reason(p) for p in paths]
+    return [r for r in reasons if r]
+
+
+def refuse_unreadable(paths: Sequence[str], what: str, num_workers: int = 0) -> None:
+    """Evaluation's policy: every image decodes, or one error naming the first bad file, before any
+    work (a skipped test image would change the metric)."""
+    bad = unreadable_images(paths, num_workers)
+    if bad:
+        raise UnreadableImageError(f"{what}: {len(bad)} of {len(paths)} images cannot be read, and evaluation "
+                                   f"skips none (that would change the metric): {bad[0]}"
+                                   f"{f' (+{len(bad) - 1} more)' if len(bad) > 1 else ''}; replace or "
+                                   "remove the file(s) before evaluating")
+
+
+def _too_many(count: int, total: int, max_fraction: float, what: str, key: str, example: str):
+    return TooManyBadImagesError(f"{what}: {count} of {total} images cannot be read, more than {key} = "
+                                 f"{max_fraction}; for example {example}. Fix or remove them, or raise {key}")
+
+
+def skip_unreadable(paths: Sequence[str], max_fraction: float, what: str, key: str) -> dict[int, tuple[int, int]]:
+    """Training's policy, from the headers (cheap enough for a whole training set): {index: upright
+    (width, height)} of the files that open; the others are skipped and counted in one warning, and
+    more than `max_fraction` of them is a TooManyBadImagesError naming one and `key`."""
+    sizes, bad = {}, []
+    for i, path in enumerate(paths):
+        try:
+            sizes[i] = upright_size(path)
+        except UnreadableImageError as e:
+            bad.append(str(e))
+    if len(bad) > max_fraction * len(paths):
+        raise _too_many(len(bad), len(paths), max_fraction, what, key, bad[0])
+    if bad:
+        logger.warning("%s: skipping %d of %d images that cannot be read (%s = %g), e.g. %s", what, len(bad),
+                       len(paths), key, max_fraction, bad[0])
+    return sizes
+
+
+class SkippedImages:
+    """Training images whose decoding failed although their header read (truncated or damaged data,
+    a mode the decoder refuses): each is named in a warning and skipped; more than `max_fraction` of
+    `total` is a TooManyBadImagesError. Each process (data-loading worker) counts its own."""
+
+    def __init__(self, total: int, max_fraction: float, what: str, key: str):
+        self.total, self.max_fraction, self.what, self.key = total, max_fraction, what, key
+        self.skipped: list[str] = []
+
+    def skip(self, error: DatasetError) -> None:
+        self.skipped.append(str(error))
+        if len(self.skipped) > self.max_fraction * self.total:
+            raise _too_many(len(self.skipped), self.total, self.max_fraction, self.what, self.key, self.skipped[0])
+        logger.warning("%s: %s; skipped it (%d so far in this process)", self.what, error, len(self.skipped))

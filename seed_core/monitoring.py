@@ -10,15 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .checkpoint_io import atomic_write_text
 from .constants import METRICS_LOG_FILE
 from .distributed import all_reduce_sum
-from .errors import NonFiniteLossError, TrainingError
+from .errors import NonFiniteLossError, TooManyBadImagesError
+from .results import move_aside
 
 logger = logging.getLogger(__name__)
-
-
-class TooManyBadImagesError(TrainingError):
-    pass
 
 
 @dataclass
@@ -102,9 +100,46 @@ class BadImageCounter:
         return ", ".join(names) + (f" (+{more} more)" if more > 0 else "") if names else "(seen by another process)"
 
 
+def _metric_record(line: bytes) -> dict | None:
+    """A metrics.jsonl line as its record, or None when it is not one (torn, binary, another schema)."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    iteration = rec.get("iteration") if isinstance(rec, dict) else None
+    return rec if isinstance(iteration, int) and not isinstance(iteration, bool) else None
+
+
+def resumed_metrics_lines(path: str, start_iter: int) -> list[str]:
+    """The lines of an existing metrics log a run resumed at `start_iter` keeps (records up to it).
+
+    Nothing is lost silently: a torn last line (a run killed while writing it) is dropped with a
+    warning; any other line that is not a record (garbage, binary, another tool's file) has the whole
+    file moved aside to `<name>.damaged-<time>` with a warning, and its good records are kept."""
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    records = [_metric_record(line) for line in lines]
+    bad = [n for n, rec in enumerate(records, 1) if rec is None and lines[n - 1].strip()]
+    torn_last = bad == [len(lines)] and not lines[-1].endswith(b"\n")
+    if torn_last:
+        logger.warning("%s: its last line (line %d) is torn, as a run killed while writing it leaves it; "
+                       "dropped it", path, len(lines))
+    elif bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        move_aside(path, "damaged", f"line{'s' if len(bad) > 1 else ''} {shown} ({len(bad)} of {len(lines)}) "
+                                    "are not metric records")
+    kept = [line.decode("utf-8").rstrip() + "\n" for line, rec in zip(lines, records)
+            if rec is not None and rec["iteration"] <= start_iter]
+    later = sum(1 for rec in records if rec is not None and rec["iteration"] > start_iter)
+    if later:
+        logger.info("%s: %d records past the resumed iteration %d dropped (they are run again)", path, later,
+                    start_iter)
+    return kept
+
+
 class MetricsLog:
     """metrics.jsonl (+ TensorBoard) on rank 0; on resume, records past the checkpoint are dropped
-    so the log matches the resumed run."""
+    so the log matches the resumed run (a damaged log: see `resumed_metrics_lines`)."""
 
     def __init__(self, out_dir: str, start_iter: int, enabled: bool):
         self.enabled = enabled
@@ -112,17 +147,8 @@ class MetricsLog:
         if not enabled:
             return
         self.path = os.path.join(out_dir, METRICS_LOG_FILE)
-        kept = []
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                for line in f:
-                    try:
-                        if json.loads(line)["iteration"] <= start_iter:
-                            kept.append(line)
-                    except (ValueError, KeyError):
-                        continue  # a torn last line from a killed run
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        kept = resumed_metrics_lines(self.path, start_iter) if os.path.exists(self.path) else []
+        atomic_write_text("".join(kept), self.path)
         try:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(out_dir, "tb"))

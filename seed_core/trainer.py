@@ -33,7 +33,7 @@ from .shuffle_bn import resolve_bn_splits
 from .stop_signals import Interrupted, StopSignals  # noqa: F401 (Interrupted: what train() raises)
 from .teacher_precision import cast_teacher, resolve_teacher_precision
 from .teachers import embedding_dim, fold_batchnorm, load_teacher
-from .worker_errors import plain_worker_errors
+from .worker_errors import plain_process_errors, plain_worker_errors
 from .yaml_config import flatten_cfg
 from . import zoo
 
@@ -59,7 +59,10 @@ def train(cfg: CfgNode, resume: bool = False, stop_at_iter: int | None = None, r
         if cfg.LOSS.NAME != "moco":
             zoo.resolve(cfg.MODEL.TEACHER.WEIGHTS, download_progress if ctx.is_main else None)
         with claim_output_dir(cfg.OUTPUT_DIR, resume, restart, ctx.is_main):
-            with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main):
+            # Under DDP an unexpected error of a rank is one line naming it; its traceback goes to the log.
+            with RunLog(cfg.OUTPUT_DIR, ["seed_core"], enabled=ctx.is_main), \
+                    plain_process_errors(ctx.rank, ctx.world_size, os.path.join(cfg.OUTPUT_DIR, LOG_FILE),
+                                         passing=(Interrupted,)):
                 return Trainer(cfg, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()

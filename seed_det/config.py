@@ -21,6 +21,10 @@ DATASETS.VOC                     list of [name, dirname, split, year]: PASCAL-VO
                                  (dirname holds Annotations/, JPEGImages/, ImageSets/Main/<split>.txt).
 RESULTS_CSV                      detection results file to append to; "" means
                                  OUTPUT_DIR/../results_detection.csv (format: seed_core.results).
+DATALOADER.MAX_BAD_FRACTION      fraction of a training set that may be unreadable images (missing,
+                                 empty, not an image, truncated, too large): they are skipped and
+                                 counted; above it training stops naming one (default 0.01, as
+                                 distillation's DATA.MAX_BAD_FRACTION). Test sets skip none.
 DIST_TIMEOUT                     seconds a process of a multi-process run waits in a collective for
                                  the others before stopping with an error (default 1800, the timeout
                                  of Detectron2's launch).
@@ -238,6 +242,7 @@ def add_seed_config(cfg: CfgNode) -> CfgNode:
     cfg.MODEL.TIMM.NORM = "SyncBN"
     cfg.DATASETS.COCO_JSON = []
     cfg.DATASETS.VOC = []
+    cfg.DATALOADER.MAX_BAD_FRACTION = 0.01
     cfg.RESULTS_CSV = ""
     cfg.DIST_TIMEOUT = 1800
     return cfg
@@ -299,6 +304,9 @@ def validate_det_config(cfg: CfgNode, needs_test_set: bool = True) -> None:
         raise ConfigError(f"DATALOADER.REPEAT_THRESHOLD is {cfg.DATALOADER.REPEAT_THRESHOLD} but only "
                           f"DATALOADER.SAMPLER_TRAIN {REPEAT_FACTOR_SAMPLER} reads it (the sampler is "
                           f"{cfg.DATALOADER.SAMPLER_TRAIN}); set that sampler or leave the threshold 0.0.")
+    if not 0 <= cfg.DATALOADER.MAX_BAD_FRACTION <= 1:
+        raise ConfigError(f"DATALOADER.MAX_BAD_FRACTION is {cfg.DATALOADER.MAX_BAD_FRACTION}; it is a fraction "
+                          "of the training images: use a value in [0, 1].")
     _check_entries(cfg.DATASETS.COCO_JSON, ("name", "json_file", "image_root"), "DATASETS.COCO_JSON")
     _check_entries(cfg.DATASETS.VOC, ("name", "dirname", "split", "year"), "DATASETS.VOC")
     if needs_test_set and not cfg.DATASETS.TEST:

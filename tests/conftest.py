@@ -39,6 +39,34 @@ def write_images(folder, n, size=32, seed=0, classes=2):
     return paths
 
 
+# Files the image policy (seed_core.images) must turn into one error naming the file: the kinds a
+# user meets, each in the format given by the path's extension.
+BAD_IMAGE_KINDS = ("zero-byte", "truncated", "not-an-image", "oversize")
+
+
+def write_bad_image(path, kind, size=(32, 24)):
+    """Write an unreadable image of `kind` (BAD_IMAGE_KINDS) at `path`; returns the path as a string."""
+    from PIL import Image
+    path = str(path)
+    if kind == "zero-byte":
+        open(path, "wb").close()
+    elif kind == "not-an-image":
+        with open(path, "w") as f:
+            f.write("<html>a saved web page, not a picture</html>")
+    elif kind == "truncated":  # a whole header, half the pixel data: only a full decode finds it
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+        with open(path, "wb") as f:
+            f.write(raw[:len(raw) * 2 // 3])
+    elif kind == "oversize":  # a decompression bomb: small on disk, 90 M pixels (1 bit each) in memory
+        Image.new("1", (10_000, 9_000)).save(path, format="PNG")
+    else:
+        raise ValueError(kind)
+    return path
+
+
 def moco_state(arch="resnet18", head_dim=128, v2=True, seed=0):
     """A MoCo checkpoint with the real key layout (module.encoder_q.* / encoder_k / queue)."""
     from seed_core.encoders import build_backbone

@@ -12,7 +12,8 @@ import torch
 
 from seed_core.errors import SeedError
 from seed_core.evaluation.backbone_io import LoadedBackbone, load_backbone
-from seed_core.evaluation.features import FeatureSet, default_resize, load_or_compute_features
+from seed_core.evaluation.features import (FeatureSet, default_resize, load_or_compute_features,
+                                           refuse_unreadable_images)
 from seed_core.evaluation.knn import knn_evaluate
 from seed_core.evaluation.linear import OPTIMIZERS, train_linear_probe
 from seed_core.evaluation.results import record_accuracy
@@ -52,6 +53,8 @@ def _features(args, backbone: LoadedBackbone) -> tuple[FeatureSet, FeatureSet]:
     common = dict(image_size=args.image_size, resize_size=args.resize_size, batch_size=args.batch_size,
                   num_workers=args.workers, device=args.device,
                   cache_dir=None if args.no_cache else args.cache_dir, progress=not args.no_progress)
+    for root in (args.train, args.val):  # both splits, before any feature is computed
+        refuse_unreadable_images(root, args.workers)
     with plain_worker_errors():  # a SeedError of a --workers process: its own message, no traceback text
         train = load_or_compute_features(backbone, args.train, **common)
         val = load_or_compute_features(backbone, args.val, **common)

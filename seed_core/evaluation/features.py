@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..checkpoint_io import atomic_save, load_untrusted
 from ..errors import CheckpointError
 from ..constants import IMAGENET_MEAN, IMAGENET_STD
-from ..images import open_rgb
+from ..images import open_rgb, refuse_unreadable
 from ..run_dir import ensure_output_dir
 from .backbone_io import LoadedBackbone
 
@@ -66,6 +66,13 @@ def open_image_folder(root: str | Path, transform=None) -> datasets.ImageFolder:
         raise FileNotFoundError(f"image directory {root} does not exist: expected ImageFolder layout "
                                 f"{root}/<class>/<image>.")
     return datasets.ImageFolder(str(root), transform=transform, loader=open_rgb)
+
+
+def refuse_unreadable_images(root: str | Path, num_workers: int = 0) -> None:
+    """Evaluation's image policy for an ImageFolder (seed_core.images): every image decodes, or one
+    error naming the file, before any feature is computed: a skipped image would change the metric."""
+    dataset = open_image_folder(root)
+    refuse_unreadable([path for path, _ in dataset.samples], f"image folder {root}", num_workers)
 
 
 def dataset_listing(dataset: datasets.ImageFolder) -> list:

@@ -10,7 +10,7 @@ import os
 from typing import Dict, List
 
 from .coco_json import load_coco_json
-from seed_core.images import upright_size
+from seed_core.images import refuse_unreadable, skip_unreadable, upright_size
 
 from .records import Dataset, DatasetError, DatasetSpec, check_image_size, require_annotations, training_records
 from .voc import VOC_CLASSES, load_voc
@@ -111,30 +111,41 @@ def load_dataset(name: str) -> Dataset:
     return dataset
 
 
-def check_image_files(dataset: Dataset) -> None:
-    """Every image exists, opens, and has the size its record says (headers only, EXIF counted)."""
+MAX_BAD_KEY = "DATALOADER.MAX_BAD_FRACTION"
+
+
+def check_test_images(dataset: Dataset, num_workers: int = 0) -> None:
+    """Evaluation's image policy: every image decodes whole and has the size its record says, or one
+    error naming the file, before any work (seed_core.images.refuse_unreadable)."""
+    refuse_unreadable([r["file_name"] for r in dataset.records], f"test set '{dataset.spec.name}'", num_workers)
     for record in dataset.records:
-        path = record["file_name"]
-        try:
-            width, height = upright_size(path)
-        except FileNotFoundError:
-            raise DatasetError(f"dataset '{dataset.spec.name}': image {path} (image id {record['image_id']}) "
-                               "does not exist; check the image folder in the config") from None
-        except OSError as e:
-            raise DatasetError(f"dataset '{dataset.spec.name}': image {path} (image id {record['image_id']}) "
-                               f"cannot be read: {e}") from None
-        check_image_size(record, width, height)
+        check_image_size(record, *upright_size(record["file_name"]))
 
 
-def validate_dataset(spec: DatasetSpec, for_training: bool, filter_empty: bool = True) -> Dataset:
+def readable_training_records(records: List[Dict], max_bad_fraction: float, name: str) -> List[Dict]:
+    """Training's image policy: records whose image does not open (from the header) are skipped and
+    counted, an error above `max_bad_fraction` (seed_core.images.skip_unreadable); the others must have
+    the size their record says. Both engines train on what this returns."""
+    sizes = skip_unreadable([r["file_name"] for r in records], max_bad_fraction, f"training set '{name}'",
+                            MAX_BAD_KEY)
+    for i, (width, height) in sizes.items():
+        check_image_size(records[i], width, height)
+    return [records[i] for i in sorted(sizes)]
+
+
+def validate_dataset(spec: DatasetSpec, for_training: bool = False, filter_empty: bool = True,
+                     for_testing: bool = False, max_bad_fraction: float = 0.0, num_workers: int = 0) -> Dataset:
     """Read a dataset the way the engines will and check everything they rely on before any work:
-    annotation structure (in the readers), image files and sizes, and for training a non-empty set
-    of boxes after crowd/empty filtering. Both engines run this, so they accept the same data."""
+    annotation structure (in the readers), image files and sizes (a test set: every image decodes; a
+    training set: at most `max_bad_fraction` unreadable), and for training a non-empty set of boxes
+    after crowd/empty filtering. Both engines run this, so they accept the same data."""
     dataset = load_coco_json(spec) if spec.kind == "coco" else load_voc(spec)
     require_annotations(dataset)
-    check_image_files(dataset)
+    if for_testing:
+        check_test_images(dataset, num_workers)
     if for_training:
-        training_records(dataset, filter_empty)
+        records = readable_training_records(training_records(dataset, filter_empty), max_bad_fraction, spec.name)
+        training_records(Dataset(spec, records, dataset.class_names), filter_empty)  # something left to train on
     logger.info("dataset %s checked: %d images, %d annotations", spec.name, len(dataset.records),
                 dataset.num_annotations)
     return dataset

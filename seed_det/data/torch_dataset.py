@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_util
 
-from seed_core.images import read_rgb
+from seed_core.images import SkippedImages, read_rgb
 
+from .catalog import MAX_BAD_KEY, readable_training_records
 from .records import Dataset, DatasetError, check_image_size, training_records
 
 
@@ -28,15 +29,24 @@ def segmentation_to_mask(segm, height: int, width: int) -> np.ndarray:
 
 class DetectionDataset(torch.utils.data.Dataset):
     """Images in the config's INPUT.FORMAT channel order, 0..255 floats (the model normalises them
-    with MODEL.PIXEL_MEAN/STD, exactly like Detectron2), and targets with labels 1..K (0 = background)."""
+    with MODEL.PIXEL_MEAN/STD, exactly like Detectron2), and targets with labels 1..K (0 = background).
+
+    Images that cannot be read follow the suite's policy (seed_core.images): for training they are
+    skipped and counted, up to `max_bad_fraction` (from the headers when built, and when decoding
+    fails later, the next image instead); for evaluation (preflight has decoded every one) an error."""
 
     def __init__(self, dataset: Dataset, train: bool, image_format: str = "RGB", with_masks: bool = False,
-                 flip_prob: float = 0.5, filter_empty: bool = True):
+                 flip_prob: float = 0.5, filter_empty: bool = True, max_bad_fraction: float = 0.0):
         if image_format not in ("RGB", "BGR"):
             raise DatasetError(f"INPUT.FORMAT must be RGB or BGR for the torchvision engine, not '{image_format}'")
         self.dataset, self.train, self.bgr, self.with_masks = dataset, train, image_format == "BGR", with_masks
         self.flip_prob = flip_prob if train else 0.0
-        records = training_records(dataset, filter_empty) if train else dataset.records
+        records = dataset.records
+        if train:
+            records = readable_training_records(training_records(dataset, filter_empty), max_bad_fraction,
+                                                dataset.spec.name)
+            self.skipped = SkippedImages(len(records), max_bad_fraction, f"training set '{dataset.spec.name}'",
+                                         MAX_BAD_KEY)
         if with_masks and any("segmentation" not in a for r in records for a in r["annotations"]):
             raise DatasetError(f"MODEL.MASK_ON is True but dataset '{dataset.spec.name}' has annotations without "
                                "'segmentation': use a COCO json with masks or set MODEL.MASK_ON False")
@@ -49,17 +59,25 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _image(self, record: Dict) -> np.ndarray:
-        try:
-            arr = read_rgb(record["file_name"], "BGR" if self.bgr else "RGB")
-        except FileNotFoundError as e:
-            raise DatasetError(f"image {record['file_name']} of dataset '{self.dataset.spec.name}' does not exist") from e
-        check_image_size(record, arr.shape[1], arr.shape[0])
-        return arr
+    def _readable(self, idx: int) -> tuple[int, np.ndarray]:
+        """(index, image) of the first record from `idx` on whose image decodes (training); evaluation
+        gets the decoder's error. An image of another size than its record is an error either way."""
+        for attempt in range(len(self.records)):
+            i = (idx + attempt) % len(self.records)
+            try:
+                arr = read_rgb(self.records[i]["file_name"], "BGR" if self.bgr else "RGB")
+            except DatasetError as e:  # unreadable, or a mode the decoder refuses
+                if not self.train:
+                    raise
+                self.skipped.skip(e)
+                continue
+            check_image_size(self.records[i], arr.shape[1], arr.shape[0])
+            return i, arr
+        raise DatasetError(f"no image of training set '{self.dataset.spec.name}' can be read")
 
     def __getitem__(self, idx: int):
+        idx, arr = self._readable(idx)
         record = self.records[idx]
-        arr = self._image(record)
         h, w = arr.shape[:2]
         annos = record["annotations"]
         boxes = torch.tensor([a["bbox"] for a in annos], dtype=torch.float32).reshape(-1, 4)

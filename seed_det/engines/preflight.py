@@ -31,8 +31,9 @@ def _check_datasets(cfg: CfgNode, eval_only: bool) -> None:
         if spec is None:
             continue  # registered elsewhere (e.g. by the user's own code); the engine will complain
         check_present(name, spec)
-        validate_dataset(spec, for_training=name in train,
-                         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        validate_dataset(spec, for_training=name in train, for_testing=name in cfg.DATASETS.TEST,
+                         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                         max_bad_fraction=cfg.DATALOADER.MAX_BAD_FRACTION, num_workers=cfg.DATALOADER.NUM_WORKERS)
 
 
 def _check_eval_weights(cfg: CfgNode, resume: bool) -> None:

@@ -157,3 +157,27 @@ def test_max_nonfinite_skips_that_many_steps_in_a_row(images, tmp_path, monkeypa
         assert summary["finished"] and summary["iterations"] == 6
         losses = [json.loads(line)["loss"] for line in open(tmp_path / "o" / "metrics.jsonl")]
         assert math.isnan(losses[2]) and all(map(math.isfinite, losses[:2] + losses[3:]))  # iteration 3 skipped
+
+
+@pytest.mark.parametrize("damage,moved_aside", [
+    (b'{"iteration": 3, "lo', False),                      # torn last line of a killed run: dropped
+    (b"\x00\xff\xfe garbage\n", True),                        # bytes that are not text
+    (b'{"epoch": 1}\n["iteration", 3]\n', True),            # JSON of another schema
+])
+def test_a_torn_or_damaged_metrics_log_never_stops_a_resume(images, moco_teacher, tmp_path, caplog, damage,
+                                                            moved_aside):
+    out = tmp_path / "r"
+    run(images, moco_teacher, str(out), stop_at_iter=2)
+    log = out / "metrics.jsonl"
+    before = log.read_bytes()
+    log.write_bytes(before + damage)
+    with caplog.at_level("WARNING"):
+        run(images, moco_teacher, str(out), resume=True)
+    records = [json.loads(line) for line in open(log)]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4, 5, 6]  # the good rows kept, no garbage
+    aside = list(out.glob("metrics.jsonl.damaged-*"))
+    assert len(aside) == int(moved_aside)
+    if moved_aside:  # nothing lost: the damaged file is kept whole
+        assert aside[0].read_bytes() == before + damage and "moved it aside" in caplog.text
+    else:
+        assert "torn" in caplog.text and "line 3" in caplog.text

@@ -7,6 +7,8 @@ import dataclasses
 import glob
 import json
 import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -555,3 +557,81 @@ def test_torchvision_engine_lr_schedule_equals_detectron2s(opts):
         assert 0.1 * lr_factor(tv_cfg, it) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6), it
         optimizer.step()
         scheduler.step()
+
+
+@pytest.mark.parametrize("bad_in", ["train", "test"])
+def test_detectron2_skips_an_unreadable_training_image_and_refuses_one_to_test(tmp_path, bad_in):
+    """The image policy of the torchvision engine (tests/seed_det/test_det_images.py) on Detectron2:
+    training leaves out and counts an image that does not open, evaluation refuses it before work."""
+    from conftest import write_bad_image
+    from seed_core.images import UnreadableImageError
+    from seed_det.engines.d2.mapper import DecodingMapper
+    from seed_core.images import SkippedImages
+
+    good, bad = make_tiny_voc(tmp_path / "good"), make_tiny_voc(tmp_path / "bad")
+    write_bad_image(os.path.join(bad, "JPEGImages", "000003.jpg"), "zero-byte")
+    train, test = (bad, good) if bad_in == "train" else (good, bad)
+    out = tmp_path / "runs" / "out"
+    opts = TINY + ["DATASETS.VOC", f"[['bad_voc_train', '{train}', 'trainval', 2007], "
+                                   f"['bad_voc_test', '{test}', 'test', 2007]]",
+                   "DATASETS.TRAIN", "('bad_voc_train',)", "DATASETS.TEST", "('bad_voc_test',)",
+                   "DATALOADER.MAX_BAD_FRACTION", "0.25", "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(out)]
+    if bad_in == "test":
+        with pytest.raises(UnreadableImageError, match=r"test set 'bad_voc_test': 1 of 4 images cannot be read.*"
+                                                       r"000003\.jpg cannot be read: the file is empty"):
+            main(_args("voc_r18_random.yaml", opts))
+        assert not out.exists()
+        return
+    _finite_metrics(main(_args("voc_r18_random.yaml", opts)), ("AP", "AP50"))
+    assert "skipping 1 of 4 images" in (out / "log.txt").read_text()
+    # an image whose decoding fails later: the mapper skips it in training (Detectron2 maps another), not in testing
+    cfg = _cfg("voc_r18_random.yaml")
+    record = {"file_name": write_bad_image(tmp_path / "cut.jpg", "truncated", size=(64, 64)), "image_id": 1,
+              "height": 64, "width": 64, "annotations": []}
+    skipped = SkippedImages(total=4, max_fraction=0.25, what="training set 't'", key="DATALOADER.MAX_BAD_FRACTION")
+    assert DecodingMapper(cfg, is_train=True, skipped=skipped)(record) is None and len(skipped.skipped) == 1
+    with pytest.raises(UnreadableImageError, match=r"cut\.jpg cannot be read: it is truncated"):
+        DecodingMapper(cfg, is_train=False)(record)
+
+
+D2_BROKEN_RANK = """
+import sys
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+import time
+from detectron2.utils import comm
+import seed_det.engines.d2.engine as d2_engine
+
+
+def broken(cfg, options):
+    if comm.get_rank() == 1:
+        {{}}["a key that is not there"]  # a bug, not the user's fault: not a SeedError
+    time.sleep(60)  # rank 0 waits: the launcher stops it once rank 1 has failed
+
+
+d2_engine._train_or_test = broken  # made at import: the processes Detectron2 spawns import this script too
+if __name__ == "__main__":
+    from conftest import load_script
+    sys.exit(load_script("tools/train_net.py").main())
+"""
+
+
+def test_an_unexpected_error_of_one_of_two_processes_is_one_line(tmp_path):
+    """Detectron2's own launcher (2 processes, gloo on the CPU): the failing rank's one line, not the
+    traceback text torch.multiprocessing wraps in its exception."""
+    voc = make_tiny_voc(tmp_path / "VOCtiny")
+    runner = tmp_path / "broken_rank.py"
+    runner.write_text(D2_BROKEN_RANK.format(root=ROOT, tests=os.path.join(ROOT, "tests")))
+    out = tmp_path / "out"
+    opts = TINY + ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007]]",
+                   "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_trainval',)",
+                   "MODEL.WEIGHTS", "", "OUTPUT_DIR", str(out)]
+    res = subprocess.run([sys.executable, str(runner), "--config", os.path.join(ROOT, "configs", "voc_r18_random.yaml"),
+                          "--engine", "detectron2", "--num-gpus", "2", *opts], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = out / "log.txt"
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1] == (f"error: the process of rank 1 failed: KeyError: "
+                                                   f"'a key that is not there' (details: {log})")
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "a key that is not there" in log.read_text()

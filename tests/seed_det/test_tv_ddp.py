@@ -108,6 +108,19 @@ def test_under_torchrun_a_killed_peer_is_named(tmp_path, shapes):
     assert "lost contact with the other processes at iteration 2" in err0, err0[-3000:]
 
 
+@pytest.mark.slow
+def test_an_unexpected_error_of_a_process_is_one_line_naming_its_rank_and_the_log(tmp_path, shapes):
+    _, path = make_cfg(tmp_path, shapes, "c4")
+    res = _train_net(path, _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"]),
+                     env={"RAISE_RANK_AT": "1:1"})
+    log = tmp_path / "out" / "log.txt"
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1] == (f"error: the process of rank 1 failed: KeyError: "
+                                                   f"'a key that is not there' (details: {log})")
+    assert "Traceback" not in res.stderr
+    assert "Traceback" in log.read_text() and "a key that is not there" in log.read_text()
+
+
 def test_a_global_batch_that_does_not_split_is_refused(tmp_path, shapes):
     cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["SOLVER.IMS_PER_BATCH", "3"])
     args = RunOptions(config_file=path, eval_only=False, resume=False, opts=[], num_gpus=2, num_machines=1,

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 
+from seed_core.errors import TooManyBadImagesError
 from seed_det.config import ConfigError, load_det_config
 from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d2, d2_to_torchvision_name,
                               read_d2_pkl, read_weights_file, torchvision_to_d2_state, write_d2_pkl)
@@ -194,7 +195,8 @@ def test_missing_image_is_named(tmp_path, shapes):
     wrong_root = str(tmp_path)  # the json is right, the image folder is not
     registered = [["tr", f"{ann}/instances_train.json", wrong_root], ["te", f"{ann}/instances_val.json", wrong_root]]
     cfg, path = make_cfg(tmp_path, shapes, "c4", "coco", ["DATASETS.COCO_JSON", repr(registered)])
-    with pytest.raises(DatasetError, match="do not exist"):
+    # training skips missing images as it skips unreadable ones, and says so when too many are
+    with pytest.raises(TooManyBadImagesError, match=r"training set 'tr': 4 of 4 images cannot be read.*does not exist"):
         run(cfg, _args(path))
 
 

@@ -1,6 +1,7 @@
 """tools/train_net.py for the torchvision engine's multi-process tests, with an optional fault:
 
   KILL_RANK_AT=rank:iteration   that process SIGKILLs itself just before that training iteration
+  RAISE_RANK_AT=rank:iteration  that process raises a KeyError (a bug, not a SeedError) there
 
 The patch is made at import, so the processes `--num-gpus N` spawns (which import this script as
 their main module) carry it too.
@@ -23,6 +24,16 @@ if os.environ.get("KILL_RANK_AT"):
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no goodbye to the other processes
         return step(self, images, targets, it)
     tv_trainer.Trainer._step = faulty_step
+
+if os.environ.get("RAISE_RANK_AT"):
+    raise_rank, raise_at = (int(x) for x in os.environ["RAISE_RANK_AT"].split(":"))
+    step_before = tv_trainer.Trainer._step
+
+    def raising_step(self, images, targets, it):
+        if self.rank == raise_rank and it == raise_at:
+            {}["a key that is not there"]
+        return step_before(self, images, targets, it)
+    tv_trainer.Trainer._step = raising_step
 
 
 def sync_bn_half_batches(ctx, x, out_dir):

@@ -13,17 +13,22 @@ import os
 from typing import Mapping
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (MetadataCatalog, build_detection_test_loader, build_detection_train_loader,
+                             get_detection_dataset_dicts)
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
 from detectron2.utils import comm
+from torch.multiprocessing import ProcessRaisedException
 
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
-from seed_core.constants import TRAIN_LOG_FILE
+from seed_core.constants import LOG_FILE, TRAIN_LOG_FILE
 from seed_core.errors import NonFiniteLossError, SeedError
+from seed_core.images import SkippedImages
 from seed_core.run_dir import RunLog
+from seed_core.worker_errors import plain_process_errors, raised_in_spawned_process
 from seed_det import RUN_LOGGERS
 from seed_det.convert import read_d2_pkl, read_weights_file
+from seed_det.data.catalog import MAX_BAD_KEY, readable_training_records
 from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
@@ -59,10 +64,19 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return d2_evaluator(cfg, dataset_name, output_folder)
 
-    # Images go through the suite's one decoder, as in the torchvision engine.
+    # Images go through the suite's one decoder and its policy for unreadable files, as in the
+    # torchvision engine: training images that do not open are left out (and counted) before sampling.
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True))
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        name = "+".join(cfg.DATASETS.TRAIN)
+        dicts = readable_training_records(dicts, cfg.DATALOADER.MAX_BAD_FRACTION, name)
+        skipped = SkippedImages(len(dicts), cfg.DATALOADER.MAX_BAD_FRACTION, f"training set '{name}'", MAX_BAD_KEY)
+        return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True, skipped=skipped),
+                                            dataset=dicts)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -125,8 +139,11 @@ def _check_pretrained_loaded(cfg, model) -> None:
 def _worker(cfg, options: RunOptions) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
     _setup(cfg, options)
-    # Detectron2 logs to OUTPUT_DIR/log.txt itself; the suite's own records join it there.
-    with RunLog(cfg.OUTPUT_DIR, RUN_LOGGERS, enabled=comm.is_main_process(), quiet=True):
+    # Detectron2 logs to OUTPUT_DIR/log.txt itself; the suite's own records join it there. An error
+    # that is not a SeedError on one of several processes: one line naming its rank, traceback in the log.
+    log = os.path.join(cfg.OUTPUT_DIR, LOG_FILE)
+    with RunLog(cfg.OUTPUT_DIR, RUN_LOGGERS, enabled=comm.is_main_process(), quiet=True), \
+            plain_process_errors(comm.get_rank(), comm.get_world_size(), log):
         return _train_or_test(cfg, options)
 
 
@@ -165,6 +182,9 @@ def run(cfg, options: RunOptions) -> dict | None:
     world = options.num_gpus * options.num_machines
     if world <= 1:
         return _worker(cfg, options)  # Detectron2's launch() drops the return value of a single process
-    launch(_worker, options.num_gpus, num_machines=options.num_machines, machine_rank=options.machine_rank,
-           dist_url=options.dist_url, args=(cfg, options), timeout=datetime.timedelta(seconds=cfg.DIST_TIMEOUT))
+    try:
+        launch(_worker, options.num_gpus, num_machines=options.num_machines, machine_rank=options.machine_rank,
+               dist_url=options.dist_url, args=(cfg, options), timeout=datetime.timedelta(seconds=cfg.DIST_TIMEOUT))
+    except ProcessRaisedException as e:  # its message is the process's whole traceback: keep its one line
+        raise raised_in_spawned_process(e) or e from None
     return None

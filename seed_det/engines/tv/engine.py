@@ -20,7 +20,7 @@ from seed_core.constants import CONFIG_FILE, LOG_FILE
 from seed_core.distributed import (DistContext, broadcast_from_main, launch, launched_by_torchrun,
                                    requested_world_size)
 from seed_core.run_dir import RunLog
-from seed_core.worker_errors import plain_worker_errors
+from seed_core.worker_errors import plain_process_errors, plain_worker_errors
 from seed_det import RUN_LOGGERS
 from seed_det.data.catalog import register_from_config
 from seed_det.data.torch_dataset import DetectionDataset
@@ -73,9 +73,11 @@ def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions,
                  device: torch.device) -> Optional[Dict[str, float]]:
     """One process of the run (the only one, or one of several): train, evaluate, record."""
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    # A SeedError of a DataLoader worker reaches the user as its own message, with the log for details.
+    # A SeedError of a DataLoader worker reaches the user as its own message, with the log for details;
+    # any other error of one of several processes as one line naming its rank (traceback in the log).
+    log = os.path.join(cfg.OUTPUT_DIR, LOG_FILE)
     with RunLog(cfg.OUTPUT_DIR, RUN_LOGGERS, enabled=ctx.is_main, quiet=True), \
-            plain_worker_errors(os.path.join(cfg.OUTPUT_DIR, LOG_FILE)):
+            plain_process_errors(ctx.rank, ctx.world_size, log), plain_worker_errors(log):
         if ctx.is_main:
             with open(os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE), "w") as f:
                 f.write(cfg.dump())
@@ -108,7 +110,8 @@ def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions,
             train_data = DetectionDataset(
                 train_set, train=True, image_format=cfg.INPUT.FORMAT, with_masks=cfg.MODEL.MASK_ON,
                 flip_prob=0.5 if cfg.INPUT.RANDOM_FLIP == "horizontal" else 0.0,
-                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                max_bad_fraction=cfg.DATALOADER.MAX_BAD_FRACTION)
             if resume_from is None:
                 if cfg.MODEL.WEIGHTS:
                     load_weights(model, cfg.MODEL.WEIGHTS)
