@@ -50,13 +50,18 @@ def available_backbones() -> str:
     return ", ".join(TORCHVISION_RESNETS + tuple(SWAV_WIDE_RESNETS)) + ", or any timm model name"
 
 
-def build_backbone(name: str) -> tuple[nn.Module, int]:
-    """Return (backbone, feature_dim) for `name`; the classifier is removed (`fc` is Identity)."""
+def build_backbone(name: str, zero_init_residual: bool = False) -> tuple[nn.Module, int]:
+    """Return (backbone, feature_dim) for `name`; the classifier is removed (`fc` is Identity).
+    `zero_init_residual`: each residual block's last BatchNorm starts at zero, so that the block
+    starts as the identity (Goyal et al. 2017): torchvision ResNets only."""
+    if zero_init_residual and name not in TORCHVISION_RESNETS:
+        raise ConfigError(f"MODEL.STUDENT.ZERO_INIT_RESIDUAL is for torchvision ResNets ({', '.join(TORCHVISION_RESNETS)}), "
+                          f"not '{name}': set it to False")
     if name in SWAV_WIDE_RESNETS:
         net = SwAVWideResNet(SWAV_WIDE_RESNETS[name])
         return net, 2048 * SWAV_WIDE_RESNETS[name]
     if name in TORCHVISION_RESNETS:
-        net = getattr(torchvision.models, name)(weights=None)
+        net = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
         dim = net.fc.in_features
         net.fc = nn.Identity()
         return net, dim
@@ -105,7 +110,7 @@ class EmbeddingNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_student(arch: str, head_dim: int, head_hidden_dim: int = 0) -> EmbeddingNet:
-    backbone, feat_dim = build_backbone(arch)
+def build_student(arch: str, head_dim: int, head_hidden_dim: int = 0, zero_init_residual: bool = False) -> EmbeddingNet:
+    backbone, feat_dim = build_backbone(arch, zero_init_residual)
     hidden = head_hidden_dim or feat_dim
     return EmbeddingNet(backbone, build_mlp_head(feat_dim, hidden, head_dim), feat_dim)
