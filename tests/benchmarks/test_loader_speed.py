@@ -40,4 +40,4 @@ def test_photos_are_real_jpegs_of_the_requested_sizes(tmp_path):
     for path in files:
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.size == ((500, 375) if "500x375" in path else (375, 500))
-            assert len(im.convert("L").histogram()) == 256 and sum(c > 0 for c in im.convert("L").histogram()) > 100  # a photo
+            assert sum(c > 0 for c in im.convert("L").histogram()) > 100  # a photograph, not a flat fill
