@@ -7,7 +7,8 @@ torch seed gets the same crop box, jitter factors and order, grayscale, blur sig
 - the crop box is drawn from the header's size before decoding, so a JPEG whose crop is downscaled
   anyway is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, PIL's `draft`), the
   largest reduction that keeps the crop >= the output size;
-- crop and resize are one PIL resize of the box;
+- the crop is resized in one step (torch's 8-bit antialiased bilinear resampling, PIL's filter,
+  or PIL's resize of the fractional box of a reduced decoding);
 - hue is shifted with a few 8-bit LUT and multiply passes instead of PIL's HSV -> RGB conversion;
 - a grayscale view stays one channel until the end (blur and flip work on a third of the data);
 - the blur is a true Gaussian (scipy, written straight into float32) fused with the normalisation.
@@ -18,6 +19,7 @@ transform over many samples.
 """
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -82,8 +84,8 @@ class PhotoTransform:
         # ColorJitter's ranges; a strength of 0 is no draw at all, as there
         b, c, s, h = recipe.jitter
         self.jitter = [(max(0.0, 1 - v), 1 + v) if v else None for v in (b, c, s)] + [(-h, h) if h else None]
-        self.mean = torch.tensor(IMAGENET_MEAN) * 255
         self.inv_std = 1 / (torch.tensor(IMAGENET_STD) * 255)
+        self.shift = -torch.tensor(IMAGENET_MEAN) * 255 * self.inv_std   # (x - mean) / std = x * inv_std + shift
 
     def __repr__(self) -> str:
         return f"PhotoTransform(size={self.size}, scale={self.scale}, recipe={self.recipe})"
@@ -104,15 +106,31 @@ class PhotoTransform:
         """The largest JPEG decoding reduction (8, 4, 2 or 1) that keeps the crop >= the output size."""
         return next((k for k in _REDUCTIONS if min(crop.height, crop.width) >= k * self.size), 1)
 
+    def _crop_resize(self, img: Image.Image, crop: Crop) -> Image.Image:
+        """The crop, resized to the output size with PIL's antialiased bilinear filter."""
+        # A pixel of an image decoded at 1/k covers k x k full-size pixels (the last row and column
+        # fewer): the box scales by exactly 1/k, to fractions of a pixel, which PIL's resize takes.
+        k = max(1, round(crop.image_width / img.width))
+        if k > 1:
+            box = (crop.left / k, crop.top / k, (crop.left + crop.width) / k, (crop.top + crop.height) / k)
+            return img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        # Whole pixels: torch's 8-bit antialiased bilinear resampling, the same filter several times
+        # faster on one core.
+        import torch.nn.functional as F
+        with warnings.catch_warnings():  # a read-only view of PIL's pixels; torch only reads it
+            warnings.simplefilter("ignore", UserWarning)
+            pixels = torch.from_numpy(np.asarray(img)[crop.top:crop.top + crop.height,
+                                                      crop.left:crop.left + crop.width])
+        out = F.interpolate(pixels.permute(2, 0, 1)[None], size=(self.size, self.size), mode="bilinear",
+                            antialias=True, align_corners=False)[0]
+        planes = [Image.frombuffer("L", (self.size, self.size), plane.numpy(), "raw", "L", 0, 1) for plane in out]
+        return Image.merge("RGB", planes)
+
     # ------------------------------------------------------------------ the rest
     def render(self, img: Image.Image, crop: Crop) -> torch.Tensor:
         """`img` is the upright image `crop` was drawn for, at full size or reduced by the decoder."""
         import torchvision.transforms.functional as F
-        # A pixel of an image decoded at 1/k covers k x k full-size pixels (the last row and column
-        # fewer): the box scales by exactly 1/k.
-        k = max(1, round(crop.image_width / img.width))
-        box = (crop.left / k, crop.top / k, (crop.left + crop.width) / k, (crop.top + crop.height) / k)
-        img = img.resize((self.size, self.size), Image.BILINEAR, box=box)
+        img = self._crop_resize(img, crop)
         r = self.recipe
         if r.jitter_p and float(torch.rand(1)) < r.jitter_p:      # RandomApply([ColorJitter], p)
             order = torch.randperm(4).tolist()
@@ -139,9 +157,14 @@ class PhotoTransform:
         pixels = np.asarray(img)
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
-        pixels = torch.from_numpy(_gaussian_blur(pixels, sigma) if sigma is not None else pixels.copy())
-        # HWC -> normalised CHW; a grey view broadcasts to the three channels here.
-        return torch.sub(pixels, self.mean).mul_(self.inv_std).permute(2, 0, 1)
+        if sigma is not None:
+            pixels = torch.from_numpy(_gaussian_blur(pixels, sigma))
+        else:
+            with warnings.catch_warnings():  # read-only view, only read
+                warnings.simplefilter("ignore", UserWarning)
+                pixels = torch.from_numpy(pixels).float()
+        # HWC -> normalised CHW in one fused op; a grey view broadcasts to the three channels here.
+        return torch.addcmul(self.shift, pixels, self.inv_std).permute(2, 0, 1)
 
 
 def _gaussian_blur(pixels: np.ndarray, sigma: float) -> np.ndarray:
