@@ -278,7 +278,7 @@ def real_images(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
         tf = build_transform("glyphs", size)
         return torch.stack([tf(digit_to_image(pixels[int(order[i % len(order)])], size)) for i in range(n)])
     photos = [Image.fromarray(p) for p in load_sample_images().images]
-    tf = build_transform("mocov2", size)
+    tf = build_transform("mocov2", size, pipeline="torchvision")  # as when the TV figures were measured
     return torch.stack([tf(photos[i % len(photos)]) for i in range(n)])
 
 
