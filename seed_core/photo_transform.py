@@ -30,7 +30,7 @@ from .augmentations import Recipe
 from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 _REDUCTIONS = (8, 4, 2)        # the scales libjpeg decodes at besides 1
-_BLUR_TRUNCATE = 3.0           # kernel radius in sigmas (PIL's box approximation reaches about as far)
+_BLUR_TRUNCATE = 2.5           # kernel radius in sigmas: PIL's three box blurs reach about 2.3
 
 
 class Crop(NamedTuple):

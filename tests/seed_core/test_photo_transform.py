@@ -224,3 +224,6 @@ def test_glyph_and_plain_recipes_keep_torchvision_and_the_pipeline_is_checked():
     assert not isinstance(build_transform("mocov2", SIZE, pipeline="torchvision"), PhotoTransform)
     with pytest.raises(ValueError, match="fast, torchvision"):
         build_transform("mocov2", SIZE, pipeline="dali")
+    from seed_core.config import ConfigError, load_cfg, validate_cfg
+    with pytest.raises(ConfigError, match="DATA.PIPELINE"):
+        validate_cfg(load_cfg(None, ["DATA.PIPELINE", "dali", "DATA.ROOT", "x"]))
