@@ -80,8 +80,7 @@ class PhotoTransform:
                              "seed_core.augmentations.build_transform")
         self.recipe, self.size = recipe, size
         self.scale = tuple(crop_scale or recipe.crop_scale)
-        self.log_ratio = torch.log(torch.tensor(recipe.aspect))
-        # ColorJitter's ranges; a strength of 0 is no draw at all, as there
+        # ColorJitter's ranges; a strength of 0 draws nothing, as in ColorJitter
         b, c, s, h = recipe.jitter
         self.jitter = [(max(0.0, 1 - v), 1 + v) if v else None for v in (b, c, s)] + [(-h, h) if h else None]
         self.inv_std = 1 / (torch.tensor(IMAGENET_STD) * 255)
