@@ -100,9 +100,9 @@ class UnlabeledImages(Dataset):
         bad = []
         with torch.random.fork_rng(devices=[]):
             # Seeded before decoding: a planned transform draws its crops from the header. Only the
-            # CPU generator: torch.manual_seed also queues a seeding of every lazily initialised
-            # accelerator, with a stack trace each time, which in a data-loader worker (never
-            # initialising CUDA) costs ~1 ms per sample and grows without bound.
+            # CPU generator: torch.manual_seed also defers a seeding of every accelerator not
+            # started yet, formatting a stack trace each time: in a data-loader worker (which never
+            # starts CUDA) about 1 ms per sample.
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             for attempt in range(len(self.files)):
                 i = (index + attempt) % len(self.files)

@@ -227,3 +227,16 @@ def test_glyph_and_plain_recipes_keep_torchvision_and_the_pipeline_is_checked():
     from seed_core.config import ConfigError, load_cfg, validate_cfg
     with pytest.raises(ConfigError, match="DATA.PIPELINE"):
         validate_cfg(load_cfg(None, ["DATA.PIPELINE", "dali", "DATA.ROOT", "x"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_initialized(), reason="CUDA seeding is only deferred before CUDA starts")
+def test_sampling_seeds_only_the_cpu_generator(photos, monkeypatch):
+    """torch.manual_seed would also defer a seeding of each accelerator not started yet, formatting
+    a stack trace each time: in a data-loader worker, about a millisecond per sample."""
+    import traceback
+    stacks = []
+    monkeypatch.setattr(traceback, "format_stack", lambda *a, **k: stacks.append(1) or [])
+    ds = UnlabeledImages(photos, build_transform("mocov2", SIZE))
+    for i in range(5):
+        ds[(0, i)]
+    assert stacks == []
