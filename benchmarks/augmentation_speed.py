@@ -45,8 +45,9 @@ def main(argv=None) -> int:
         for name, recipe in RECIPES.items():
             if not recipe.blur_p:
                 continue
-            ours = build_transform(name, size)
-            theirs = build_transform(name, size)
+            # The torchvision pipeline (DATA.PIPELINE torchvision): its blur is the one compared here.
+            ours = build_transform(name, size, pipeline="torchvision")
+            theirs = build_transform(name, size, pipeline="torchvision")
             kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
             for i, step in enumerate(theirs.transforms):   # the same recipe with torchvision's blur
                 inner = getattr(step, "transforms", [None])

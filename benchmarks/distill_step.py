@@ -13,7 +13,10 @@ and the share of queue + similarity + loss in our step. Variants are timed inter
 
     python benchmarks/distill_step.py                       # R18 <- R50, K 65536, batch 64, 112 px
     python benchmarks/distill_step.py --teacher resnet152 --queue-size 4096
-    python benchmarks/distill_step.py --with-data           # + end-to-end throughput with data loading
+    python benchmarks/distill_step.py --with-data --image-size 224
+        # + end to end: the training DataLoader on ImageNet-sized photo JPEGs, and its share of the step
+    python benchmarks/distill_step.py --device cuda [--compile]
+        # on a GPU: AMP (bf16, or fp16 with loss scaling), channels_last, optionally torch.compile
     python benchmarks/distill_step.py --small-patches 6     # + the cost of SEED's small patches
 
 Teacher precision instead of speed: the total-variation distance between SEED's teacher targets with
@@ -39,10 +42,12 @@ import torch.nn.functional as F
 from seed_core.config import get_default_cfg
 from seed_core.encoders import build_student
 from seed_core.objectives import DistillationObjective
-from seed_core.precision import DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap, resolve_precision
+from seed_core.precision import (DTYPES, autocast, cpu_supports_bf16, keep_large_allocations_on_heap,
+                                 make_grad_scaler, resolve_precision)
 from seed_core.queue import EmbeddingQueue
 from seed_core.teacher_precision import cast_teacher, resolve_teacher_precision
 from seed_core.teachers import FrozenTeacher, fold_batchnorm
+from tools.benchmarking.photos import IMAGENET_LIKE_SIZES
 
 LOSS = get_default_cfg().LOSS  # the paper's temperatures, tau_S and tau_T
 TEACHER_PRECISION = get_default_cfg().TRAIN.TEACHER_PRECISION  # the trainer's default
@@ -55,58 +60,73 @@ def make_teacher(arch, dim, seed=1):
 
 
 class OursStep:
-    """Our training step; with `small_patches`, inputs are (main views, small patches) and a
-    second queue holds the small patches' teacher embeddings."""
+    """Our training step, on any device (the trainer's code path: AMP autocast, a GradScaler for
+    fp16, channels_last, optionally a compiled student); with `small_patches`, inputs are (main
+    views, small patches) and a second queue holds the small patches' teacher embeddings."""
 
-    def __init__(self, student, teacher, queue_init, precision, channels_last=True, small_patches=False):
-        self.precision = precision
+    def __init__(self, student, teacher, queue_init, precision, channels_last=True, small_patches=False,
+                 device=torch.device("cpu"), compile_student=False):
+        self.precision, self.device = precision, device
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.student = student.to(memory_format=self.fmt)
-        self.queue = _queue_from(queue_init)
-        small_queue = _queue_from(queue_init) if small_patches else None
+        self.student = student.to(device, memory_format=self.fmt)
+        self.queue = _queue_from(queue_init, device)
+        small_queue = _queue_from(queue_init, device) if small_patches else None
         # The teacher prepared and the objective built as in training (the objective gives each
         # queue its reduced-precision copy).
-        t_net, t_dtype = cast_teacher(teacher, resolve_teacher_precision(TEACHER_PRECISION), fold_batchnorm, self.fmt)
+        t_prec = resolve_teacher_precision(TEACHER_PRECISION, device.type)
+        t_net, t_dtype = cast_teacher(teacher.to(device), t_prec, fold_batchnorm, self.fmt)
         self.objective = DistillationObjective(t_net, self.queue, "seed", LOSS.STUDENT_TEMP, LOSS.TEACHER_TEMP,
                                                teacher_dtype=t_dtype, student_dtype=DTYPES[precision],
                                                small_queue=small_queue)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        self.scaler = make_grad_scaler(precision, device)
+        self.forward_student = torch.compile(self.student) if compile_student else self.student
 
     def _inputs(self, x):
+        to = dict(device=self.device, non_blocking=True)
         if isinstance(x, tuple):
-            return x[0].contiguous(memory_format=self.fmt), x[1]
-        return x.contiguous(memory_format=self.fmt)
+            return x[0].to(**to).contiguous(memory_format=self.fmt), x[1].to(**to)
+        return x.to(**to).contiguous(memory_format=self.fmt)
 
     def loss_only(self, x):
         with torch.no_grad():
-            loss, _ = self.objective(self.student, self._inputs(x), autocast(self.precision, torch.device("cpu")))
+            loss, _ = self.objective(self.student, self._inputs(x), autocast(self.precision, self.device))
         return float(loss)
 
     def __call__(self, x):
-        loss, z_t = self.objective(self.student, self._inputs(x), autocast(self.precision, torch.device("cpu")))
+        loss, z_t = self.objective(self.forward_student, self._inputs(x), autocast(self.precision, self.device))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.objective.after_step(self.student, z_t)
         return loss
 
 
-def _queue_from(init: torch.Tensor) -> EmbeddingQueue:
+def _queue_from(init: torch.Tensor, device=torch.device("cpu")) -> EmbeddingQueue:
     queue = EmbeddingQueue(*init.shape)
     queue.load_state_dict({"embeddings": init.clone(), "ptr": torch.zeros((), dtype=torch.long)})
-    return queue
+    return queue.to(device)
 
 
 class ReferenceStep:
-    """fp32, contiguous, queue (D, K) cloned per step, einsum similarities: the paper code's way."""
+    """Contiguous tensors, queue (D, K) cloned per step, einsum similarities: the paper code's way;
+    fp32 on CPU, on a GPU the whole forward in fp16 autocast with loss scaling, as the official code."""
 
-    def __init__(self, student, teacher, queue_init):
-        self.student, self.teacher = student, teacher.float()
-        self.queue = queue_init.t().contiguous().clone()  # (D, K)
+    def __init__(self, student, teacher, queue_init, device=torch.device("cpu")):
+        self.student, self.teacher, self.device = student.to(device), teacher.float().to(device), device
+        self.queue = queue_init.t().contiguous().clone().to(device)  # (D, K)
         self.ptr = 0
         self.opt = torch.optim.SGD(self.student.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        amp = "fp16" if device.type == "cuda" else "fp32"
+        self.autocast, self.scaler = autocast(amp, device), make_grad_scaler(amp, device)
 
     def loss(self, x):
+        x = x.to(self.device)
+        with self.autocast:
+            return self._loss(x)
+
+    def _loss(self, x):
         s = F.normalize(self.student(x), dim=1)
         with torch.no_grad():
             t = F.normalize(self.teacher(x), dim=1)
@@ -119,11 +139,12 @@ class ReferenceStep:
     def __call__(self, x):
         loss, t = self.loss(x)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         b = t.shape[0]
-        idx = torch.arange(self.ptr, self.ptr + b) % self.queue.shape[1]
-        self.queue[:, idx] = t.t()
+        idx = torch.arange(self.ptr, self.ptr + b, device=self.device) % self.queue.shape[1]
+        self.queue[:, idx] = t.t().to(self.queue.dtype)
         self.ptr = (self.ptr + b) % self.queue.shape[1]
         return loss
 
@@ -136,14 +157,15 @@ class BareStep:
 
     def __call__(self, x):
         o = self.o
-        x = x.contiguous(memory_format=o.fmt)
+        x = o._inputs(x)
         z_t = o.objective.teacher_embedding(x).clone()
         with autocast(o.precision, x.device):
-            out = o.student(x)
+            out = o.forward_student(x)
         loss = (F.normalize(out.float(), dim=1) * z_t).sum()
         o.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        o.opt.step()
+        o.scaler.scale(loss).backward()
+        o.scaler.step(o.opt)
+        o.scaler.update()
         return loss
 
 
@@ -153,8 +175,8 @@ class QueueLossStep:
     def __init__(self, ours: OursStep, batch: int, dim: int, queue: EmbeddingQueue | None = None,
                  enqueue_rows: int | None = None):
         g = torch.Generator().manual_seed(3)
-        self.zs = F.normalize(torch.randn(batch, dim, generator=g), dim=1).requires_grad_(True)
-        self.zt = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
+        self.zs = F.normalize(torch.randn(batch, dim, generator=g), dim=1).to(ours.device).requires_grad_(True)
+        self.zt = F.normalize(torch.randn(batch, dim, generator=g), dim=1).to(ours.device)
         self.queue = queue if queue is not None else ours.queue
         self.enqueued = self.zt[: enqueue_rows or batch]  # small patches: one per image is enqueued
 
@@ -167,48 +189,58 @@ class QueueLossStep:
         return loss
 
 
-def time_interleaved(steps: dict, x, repeats: int, warmup: int) -> dict:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously: time only finished steps)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(steps: dict, x, repeats: int, warmup: int, device=torch.device("cpu")) -> dict:
     for _ in range(warmup):
         for fn in steps.values():
             fn(x)
     times = {k: [] for k in steps}
     for _ in range(repeats):
         for k, fn in steps.items():
+            synchronize(device)
             t0 = time.perf_counter()
             fn(x)
+            synchronize(device)
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def data_throughput(args, ours: OursStep):
-    """End-to-end: the real DataLoader (worker processes, persistent, pinned when on GPU) feeding
-    our step, against the model-only step on a resident batch."""
+def data_throughput(args, ours: OursStep) -> dict:
+    """End to end: the training DataLoader (worker processes, persistent, pinned memory on a GPU)
+    decoding and augmenting full-size photo JPEGs (tools/benchmarking/photos.py) and feeding our
+    step, against the same step on a resident batch."""
+    import math
     import tempfile
-    import numpy as np
-    from PIL import Image
     from torch.utils.data import DataLoader
-    from seed_core.data import ResumableSampler, UnlabeledImages, collate, mocov2_transform
-    root = tempfile.mkdtemp(prefix="seed_bench_")
-    rng = np.random.default_rng(0)
-    n = args.batch * (args.repeats + args.warmup + 1)
-    files = []
-    for i in range(n):  # JPEGs a little larger than the crop, as ImageNet images are
-        p = os.path.join(root, f"{i}.jpg")
-        side = int(args.image_size * 1.5)
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(p, quality=90)
-        files.append(p)
-    ds = UnlabeledImages(files, mocov2_transform(args.image_size))
-    sampler = ResumableSampler(len(files), args.batch)
-    loader = DataLoader(ds, batch_size=args.batch, sampler=sampler, collate_fn=collate,
-                        num_workers=args.workers, persistent_workers=args.workers > 0,
-                        prefetch_factor=4 if args.workers > 0 else None, drop_last=True)
-    it = iter(loader)
-    for _ in range(args.warmup):
-        ours(next(it)[0])
-    t0 = time.perf_counter()
-    for _ in range(args.repeats):
-        ours(next(it)[0])
-    return (time.perf_counter() - t0) / args.repeats
+    from seed_core.augmentations import build_transform
+    from seed_core.data import ResumableSampler, UnlabeledImages, collate
+    from tools.benchmarking.photos import parse_sizes, write_photo_jpegs
+    with tempfile.TemporaryDirectory(prefix="seed_bench_photos_") as folder:
+        photos = write_photo_jpegs(folder, parse_sizes(args.photo_sizes))
+        needed = args.batch * (args.repeats + args.warmup)
+        files = photos * math.ceil(needed / len(photos))   # one epoch covers the timed steps
+        ds = UnlabeledImages(files, build_transform("mocov2", args.image_size, pipeline=args.pipeline))
+        loader = DataLoader(ds, batch_size=args.batch, sampler=ResumableSampler(len(files), args.batch),
+                            collate_fn=collate, num_workers=args.workers, persistent_workers=args.workers > 0,
+                            pin_memory=ours.device.type == "cuda",
+                            prefetch_factor=4 if args.workers > 0 else None, drop_last=True)
+        it = iter(loader)
+        for _ in range(args.warmup):
+            ours(next(it)[0])
+        synchronize(ours.device)
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            ours(next(it)[0])
+        synchronize(ours.device)
+        seconds = (time.perf_counter() - t0) / args.repeats
+        del it
+    return {"seconds_per_step": seconds, "images_per_s": args.batch / seconds, "workers": args.workers,
+            "pipeline": args.pipeline, "photos": f"{len(photos)} JPEGs, {' '.join(args.photo_sizes)}"}
 
 
 def small_patch_cost(args, student, teacher, queue_init, precision, x) -> dict:
@@ -217,15 +249,16 @@ def small_patch_cost(args, student, teacher, queue_init, precision, x) -> dict:
     import copy
     n, side = args.small_patches, args.patch_size
     small = torch.randn(args.batch, n, 3, side, side, generator=torch.Generator().manual_seed(5))
-    single = OursStep(copy.deepcopy(student), teacher, queue_init, precision)
-    multi = OursStep(copy.deepcopy(student), teacher, queue_init, precision, small_patches=True)
+    device = torch.device(args.device)
+    single = OursStep(copy.deepcopy(student), teacher, queue_init, precision, device=device)
+    multi = OursStep(copy.deepcopy(student), teacher, queue_init, precision, small_patches=True, device=device)
     main_queue = QueueLossStep(multi, args.batch, args.dim)
     small_queue = QueueLossStep(multi, args.batch * n, args.dim, queue=multi.objective.small_queue,
                                 enqueue_rows=args.batch)
     inputs = (x, small)
     t = time_interleaved({"single": lambda _: single(x), "small": lambda _: multi(inputs),
                           "queues": lambda _: (main_queue(None), small_queue(None))},
-                         None, args.repeats, args.warmup)
+                         None, args.repeats, args.warmup, device)
     return {"num": n, "size": side, "seconds_per_step": {"single_view": t["single"], "with_small": t["small"]},
             "cost_ratio": t["small"] / t["single"], "queues_loss_share": t["queues"] / t["small"]}
 
@@ -245,7 +278,7 @@ def real_images(kind: str, n: int, size: int, seed: int) -> torch.Tensor:
         tf = build_transform("glyphs", size)
         return torch.stack([tf(digit_to_image(pixels[int(order[i % len(order)])], size)) for i in range(n)])
     photos = [Image.fromarray(p) for p in load_sample_images().images]
-    tf = build_transform("mocov2", size)
+    tf = build_transform("mocov2", size, pipeline="torchvision")  # as when the TV figures were measured
     return torch.stack([tf(photos[i % len(photos)]) for i in range(n)])
 
 
@@ -307,11 +340,19 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--image-size", type=int, default=112)
     p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="student autocast (auto: bf16 where native, on older GPUs fp16 with loss scaling)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the student (ours and bare)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--with-data", action="store_true", help="also measure throughput with data loading")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loading workers for --with-data (default: DATA.NUM_WORKERS, at most the cores)")
+    p.add_argument("--pipeline", default=get_default_cfg().DATA.PIPELINE, choices=["fast", "torchvision"],
+                   help="input pipeline for --with-data (DATA.PIPELINE)")
+    p.add_argument("--photo-sizes", nargs="+", default=[f"{w}x{h}" for w, h in IMAGENET_LIKE_SIZES],
+                   help="JPEG sizes WIDTHxHEIGHT of the photos --with-data decodes")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: library default)")
     p.add_argument("--small-patches", type=int, default=0,
                    help="also time SEED's small-patch variant with this many small views per image")
@@ -335,11 +376,19 @@ def main(argv=None):
             with open(args.json, "w") as f:
                 json.dump(res, f, indent=2)
         return res
-    device = torch.device("cpu")
-    precision = resolve_precision(args.precision, device)
-    # Process-wide allocator setting of the training loop (seed_core.trainer); it applies to every
-    # variant below alike, the reference included.
-    heap = keep_large_allocations_on_heap()
+    if args.workers is None:
+        args.workers = min(get_default_cfg().DATA.NUM_WORKERS, os.cpu_count() or 1)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch here (torch.cuda.is_available() is False); "
+                "run on a machine with a GPU and a CUDA build of torch, or use --device cpu")
+    try:
+        precision = resolve_precision(args.precision, device)
+    except ValueError as e:
+        p.error(str(e))
+    # Process-wide allocator setting of the training loop (seed_core.trainer) on CPU; it applies to
+    # every variant below alike, the reference included.
+    heap = keep_large_allocations_on_heap() if device.type == "cpu" else False
 
     torch.manual_seed(0)
     student_ours = build_student(args.student, args.dim)
@@ -349,8 +398,8 @@ def main(argv=None):
     queue_init = F.normalize(torch.randn(args.queue_size, args.dim, generator=torch.Generator().manual_seed(2)), dim=1)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(4))
 
-    ours = OursStep(student_ours, teacher_ours, queue_init, precision)
-    ref = ReferenceStep(student_ref, teacher_ref, queue_init)
+    ours = OursStep(student_ours, teacher_ours, queue_init, precision, device=device, compile_student=args.compile)
+    ref = ReferenceStep(student_ref, teacher_ref, queue_init, device)
     # Same weights, same batch: the two losses before any step must agree.
     loss_ours = ours.loss_only(x)
     with torch.no_grad():
@@ -358,12 +407,15 @@ def main(argv=None):
 
     t = time_interleaved({"ours": ours, "reference": ref, "bare": BareStep(ours),
                           "queue_loss": QueueLossStep(ours, args.batch, args.dim)},
-                         x, args.repeats, args.warmup)
+                         x, args.repeats, args.warmup, device)
     res = {
         "machine": {"cpu_threads": torch.get_num_threads(), "native_bf16": cpu_supports_bf16(), "heap_tuned": heap,
-                    "torch": torch.__version__},
+                    "torch": torch.__version__,
+                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "setup": {"student": args.student, "teacher": args.teacher, "K": args.queue_size, "batch": args.batch,
-                  "image_size": args.image_size, "precision": precision, "channels_last": True},
+                  "image_size": args.image_size, "precision": precision, "channels_last": True,
+                  "teacher_precision": resolve_teacher_precision(TEACHER_PRECISION, device.type),
+                  "compiled": args.compile},
         "seconds_per_step": t,
         "images_per_s": {k: args.batch / v for k, v in t.items() if k != "queue_loss"},
         "speedup_vs_reference": t["reference"] / t["ours"],
@@ -376,9 +428,12 @@ def main(argv=None):
         res["small_patches"] = small_patch_cost(args, student_ours, teacher_ours, queue_init, precision, x)
         res["peak_rss_mb"] = peak_rss_mb()
     if args.with_data:
-        t_data = data_throughput(args, ours)
-        res["end_to_end"] = {"seconds_per_step": t_data, "images_per_s": args.batch / t_data,
-                             "input_pipeline_cost": t_data / t["ours"] - 1, "workers": args.workers}
+        e = data_throughput(args, ours)
+        # cost: end-to-end over the model-only step; share: the part of an end-to-end step that
+        # the input pipeline adds (decoding and augmenting, in workers beside the step, or waiting for them).
+        e["input_pipeline_cost"] = e["seconds_per_step"] / t["ours"] - 1
+        e["input_pipeline_share"] = 1 - t["ours"] / e["seconds_per_step"]
+        res["end_to_end"] = e
         res["peak_rss_mb"] = peak_rss_mb()
     print_table(res)
     if args.json:
@@ -390,22 +445,27 @@ def main(argv=None):
 def print_table(r):
     s = r["setup"]
     print(f"\nSEED step: {s['student']} <- {s['teacher']}, K={s['K']}, batch {s['batch']}, {s['image_size']} px, "
-          f"precision {s['precision']} (native bf16: {r['machine']['native_bf16']}), "
+          f"precision {s['precision']}, teacher {s['teacher_precision']}"
+          f"{', compiled student' if s['compiled'] else ''} on {r['machine']['device']} "
+          f"(native bf16 on the CPU: {r['machine']['native_bf16']}), "
           f"{r['machine']['cpu_threads']} threads, torch {r['machine']['torch']}")
-    if not r["machine"]["native_bf16"]:
+    if r["machine"]["device"] == "cpu" and not r["machine"]["native_bf16"]:
         print("This CPU has no native bf16: ours runs fp32 + channels_last.")
     print("\n| variant | s/step | images/s |\n|---|---:|---:|")
     for k in ("ours", "reference", "bare"):
         print(f"| {k} | {r['seconds_per_step'][k]:.3f} | {r['images_per_s'][k]:.1f} |")
     if "end_to_end" in r:
         e = r["end_to_end"]
-        print(f"| ours + data loading ({e['workers']} workers) | {e['seconds_per_step']:.3f} | {e['images_per_s']:.1f} |")
+        print(f"| ours + data loading ({e['workers']} workers, {e['pipeline']} pipeline) | "
+              f"{e['seconds_per_step']:.3f} | {e['images_per_s']:.1f} |")
     print(f"\nspeed-up of ours over reference: {r['speedup_vs_reference']:.2f}x")
     print(f"queue + similarity + loss: {r['seconds_per_step']['queue_loss'] * 1e3:.1f} ms/step = "
           f"{100 * r['queue_similarity_loss_share']:.1f}% of our step")
     print(f"ours over bare compute: {100 * r['overhead_over_bare']:+.1f}%")
     if "end_to_end" in r:
-        print(f"input pipeline cost: {100 * r['end_to_end']['input_pipeline_cost']:+.1f}% over the model-only step")
+        e = r["end_to_end"]
+        print(f"input pipeline: {100 * e['input_pipeline_share']:.1f}% of the end-to-end step "
+              f"({100 * e['input_pipeline_cost']:+.1f}% over the model-only step; {e['photos']})")
     print(f"loss ours {r['loss']['ours']:.5f} vs reference {r['loss']['reference']:.5f} "
           f"(|diff| {r['loss']['abs_diff']:.2e})")
     if "small_patches" in r:

@@ -44,6 +44,10 @@ RECIPES = {
                      blur_sigma=(0.1, 1.0), flip=False, affine=True, aspect=(0.8, 1.25)),
 }
 CHOICES = ("auto", *RECIPES, "none")
+# fast: the photo recipes through seed_core.photo_transform (reduced JPEG decoding, same
+# distribution); torchvision: the official code's transforms. Recipes with an affine step (glyphs)
+# and "none" always use torchvision's.
+PIPELINES = ("fast", "torchvision")
 
 
 def resolve_recipe(name: str, teacher_format: str | None) -> str:
@@ -71,15 +75,20 @@ class PILGaussianBlur:
         return f"PILGaussianBlur(sigma={self.sigma})"
 
 
-def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None = None):
+def build_transform(name: str, size: int, crop_scale: tuple[float, float] | None = None, pipeline: str = "fast"):
     """The transform of recipe `name` at `size` px; `crop_scale` replaces the recipe's crop range
-    (small patches). "none" resizes and centre-crops only."""
+    (small patches). "none" resizes and centre-crops only. `pipeline`: see PIPELINES."""
     from torchvision import transforms as T  # here, so that config validation stays light
     if name == "none":
         return T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     if name not in RECIPES:
         raise ValueError(f"unknown augmentation {name!r}: choose from {', '.join(CHOICES)}")
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown input pipeline {pipeline!r}: choose from {', '.join(PIPELINES)}")
     r = RECIPES[name]
+    if pipeline == "fast" and not r.affine:
+        from .photo_transform import PhotoTransform
+        return PhotoTransform(r, size, crop_scale)
     steps = [T.RandomResizedCrop(size, scale=tuple(crop_scale or r.crop_scale), ratio=r.aspect)]
     if r.affine:
         steps.append(T.RandomApply([T.RandomAffine(degrees=15, translate=(0.1, 0.1), shear=10)], p=0.8))

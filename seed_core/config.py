@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fvcore.common.config import CfgNode as _CfgNode
 
-from .augmentations import CHOICES as AUGMENTATION_CHOICES
+from .augmentations import CHOICES as AUGMENTATION_CHOICES, PIPELINES
 from .constants import TEACHER_PRECISIONS
 from .errors import ConfigError
 from . import zoo
@@ -56,6 +56,7 @@ def get_default_cfg() -> CfgNode:
     C.DATA.NUM_WORKERS = 8
     C.DATA.AUGMENTATION = "auto"             # auto: the teacher's own recipe (MoCo-v2, SwAV, SimCLR); or
                                              # mocov2 | swav | simclr | glyphs (digits: no flip) | none
+    C.DATA.PIPELINE = "fast"                 # fast (photo recipes: reduced JPEG decoding, same distribution) | torchvision
     C.DATA.SMALL_PATCHES = CfgNode()         # SEED's multi-view variant: extra small views, own queue
     C.DATA.SMALL_PATCHES.NUM = 0             # small views per image (the official SwAV recipe: 6)
     C.DATA.SMALL_PATCHES.SIZE = 96           # px
@@ -91,6 +92,7 @@ _CHOICES = {
     "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "mmselfsup", "dino", "dinov2", "convnext",
                              "torchvision", "timm", "seed"),
     "DATA.AUGMENTATION": AUGMENTATION_CHOICES,
+    "DATA.PIPELINE": PIPELINES,
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.TEACHER_PRECISION": TEACHER_PRECISIONS,
 }

@@ -60,7 +60,11 @@ class UnlabeledImages(Dataset):
     next readable one and reported in the sample's `bad` list.
 
     A sample is `views` augmented views of the image (stacked when more than one) and, with
-    `small_views` > 0, also that many small patches from `small_transform`: (main, small patches)."""
+    `small_views` > 0, also that many small patches from `small_transform`: (main, small patches).
+
+    A transform is a callable on the decoded PIL image or, when it has `plan`, `reduction` and
+    `render` (seed_core.photo_transform), one whose crop boxes are drawn from the header's size so
+    that the file is decoded only as large as its largest-scale view needs."""
 
     def __init__(self, files: list[str], transform, views: int = 1, seed: int = 0,
                  small_transform=None, small_views: int = 0):
@@ -75,29 +79,49 @@ class UnlabeledImages(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def _open(self, path: str) -> Image.Image:
-        return open_rgb(path)
+    def _view_transforms(self) -> list:
+        return [self.transform] * self.views + [self.small_transform] * self.small_views
+
+    def _open(self, path: str) -> tuple[Image.Image, list | None]:
+        """The decoded image and, for planned transforms, each view's crop (None: plain ones)."""
+        transforms = self._view_transforms()
+        if not all(hasattr(t, "plan") for t in transforms):
+            return open_rgb(path), None
+        crops = []
+
+        def reduction(width: int, height: int) -> int:
+            crops[:] = [t.plan(width, height) for t in transforms]
+            return min(t.reduction(c) for t, c in zip(transforms, crops))
+
+        return open_rgb(path, reduction), crops
 
     def __getitem__(self, key) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], list[int]]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         bad = []
-        for attempt in range(len(self.files)):
-            i = (index + attempt) % len(self.files)
-            try:
-                img = self._open(self.files[i])
-                break
-            except DatasetError as e:  # the decoder names every file it cannot read (seed_core.images)
-                logger.debug("skipping unreadable image %s: %s", self.files[i], e)
-                bad.append(i)
-        else:
-            raise DatasetError("no image in the dataset could be read")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            views = [self.transform(img) for _ in range(self.views)]
-            main = views[0] if self.views == 1 else torch.stack(views)
+            # Seeded before decoding: a planned transform draws its crops from the header. Only the
+            # CPU generator: torch.manual_seed also defers a seeding of every accelerator not
+            # started yet, formatting a stack trace each time: in a data-loader worker (which never
+            # starts CUDA) about 1 ms per sample.
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            for attempt in range(len(self.files)):
+                i = (index + attempt) % len(self.files)
+                try:
+                    img, crops = self._open(self.files[i])
+                    break
+                except DatasetError as e:  # the decoder names every file it cannot read (seed_core.images)
+                    logger.debug("skipping unreadable image %s: %s", self.files[i], e)
+                    bad.append(i)
+            else:
+                raise DatasetError("no image in the dataset could be read")
+            if crops is None:
+                out = [t(img) for t in self._view_transforms()]
+            else:
+                out = [t.render(img, c) for t, c in zip(self._view_transforms(), crops)]
+            main = out[0] if self.views == 1 else torch.stack(out[:self.views])
             if not self.small_views:
                 return main, bad
-            small = torch.stack([self.small_transform(img) for _ in range(self.small_views)])
+            small = torch.stack(out[self.views:])
         return (main, small), bad
 
 

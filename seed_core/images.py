@@ -102,8 +102,11 @@ def _to_uint8(values: np.ndarray, mode: str, path: str, sixteen_bit: bool) -> np
 
 def to_rgb(img: Image.Image, path: str = "image") -> Image.Image:
     """An opened PIL image -> 8-bit RGB, upright (EXIF orientation applied)."""
-    img = ImageOps.exif_transpose(img)
+    if img.getexif().get(0x0112, 1) != 1:  # EXIF Orientation: rotate or mirror upright
+        img = ImageOps.exif_transpose(img)
     mode = img.mode
+    if mode == "RGB":
+        return img  # already upright 8-bit RGB: no copy
     if mode in _EIGHT_BIT:
         return img.convert("RGB")
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
@@ -115,10 +118,19 @@ def to_rgb(img: Image.Image, path: str = "image") -> Image.Image:
                        f"{', '.join(_EIGHT_BIT + _SIXTEEN_BIT)}, I, F); convert it to RGB")
 
 
-def open_rgb(path: str) -> Image.Image:
+def open_rgb(path: str, reduction=None) -> Image.Image:
     """Read an image file as an upright 8-bit RGB PIL image (see `to_rgb`); UnreadableImageError
-    for a file that cannot be decoded."""
+    for a file that cannot be decoded.
+
+    `reduction(width, height) -> k`, called with the upright size from the header, lets a JPEG be
+    decoded at 1/k of its size (k = 1, 2, 4 or 8: libjpeg's DCT scaling), much faster when the
+    pixels are downscaled afterwards anyway; other formats decode at full size. The caller finds
+    the scale from the returned image's size."""
     with _opened(path) as img:
+        if reduction is not None:
+            k = reduction(*_upright(img))
+            if k > 1:
+                img.draft("RGB", (img.width // k, img.height // k))
         img.load()
         return to_rgb(img, path)
 
@@ -135,8 +147,12 @@ def upright_size(path: str) -> tuple[int, int]:
     """(width, height) the decoded image will have, from the header only (EXIF rotation counted);
     UnreadableImageError for a file that is missing, empty, not an image or too large."""
     with _opened(path) as img:
-        width, height = img.size
-        orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation; 5..8 swap the axes
+        return _upright(img)
+
+
+def _upright(img: Image.Image) -> tuple[int, int]:
+    width, height = img.size
+    orientation = img.getexif().get(0x0112, 1)  # EXIF Orientation; 5..8 swap the axes
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 

@@ -114,9 +114,10 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         files = list_images(cfg.DATA.ROOT)
         self.augmentation = resolve_recipe(cfg.DATA.AUGMENTATION, self.teacher_format)
-        transform = build_transform(self.augmentation, cfg.DATA.IMAGE_SIZE)
+        transform = build_transform(self.augmentation, cfg.DATA.IMAGE_SIZE, pipeline=cfg.DATA.PIPELINE)
         patches = cfg.DATA.SMALL_PATCHES
-        small = build_transform(self.augmentation, patches.SIZE, tuple(patches.SCALE)) if patches.NUM else None
+        small = (build_transform(self.augmentation, patches.SIZE, tuple(patches.SCALE), cfg.DATA.PIPELINE)
+                 if patches.NUM else None)
         self.dataset = UnlabeledImages(files, transform, views=2 if self.moco else 1, seed=cfg.SEED,
                                        small_transform=small, small_views=patches.NUM)
         self.sampler = ResumableSampler(len(files), cfg.SOLVER.BATCH_SIZE, ctx.rank, ctx.world_size, cfg.SEED)

@@ -134,7 +134,8 @@ class AugmentedImageFolder(Dataset):
         path, label = self.folder.samples[index]
         image = self.folder.loader(path)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            # The CPU generator only: torch.manual_seed formats a stack trace per sample (seed_core.data).
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(image), label
 
 

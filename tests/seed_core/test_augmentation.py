@@ -44,7 +44,7 @@ def test_unknown_augmentation_is_refused_naming_the_choices():
 
 def test_blur_is_pils_and_follows_torchs_seed():
     from seed_core.augmentations import PILGaussianBlur
-    t = training_transform("mocov2", 32)
+    t = training_transform("mocov2", 32, pipeline="torchvision")
     assert any(isinstance(getattr(s, "transforms", [None])[0], PILGaussianBlur) for s in t.transforms)
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     blur = PILGaussianBlur((1.0, 2.0))
