@@ -34,9 +34,11 @@ from ..data import ResumableSampler, sample_seed
 from ..distributed import (DistContext, all_reduce_sum, decided_by_main, init_distributed, shutdown,
                            stop_if_peer_lost)
 from ..errors import ConfigError, DatasetError
+from ..images import refuse_unreadable
 from ..results import write_json
 from ..run_dir import RunLog, claim_if_main, claim_run_dir
 from ..stop_signals import Interrupted, StopSignals
+from ..worker_errors import plain_worker_errors
 from .backbone_io import load_backbone
 from .features import build_eval_transform, open_image_folder
 from .metrics import topk_correct
@@ -151,7 +153,9 @@ def run_linear_evaluation(opts: LinclsOptions, resume: bool = False, overwrite: 
             what="--output-dir"))
         with lock if lock is not None else claim_if_main(False):
             with RunLog(opts.output_dir, ["seed_core"], enabled=ctx.is_main):
-                return LinearEvaluation(opts, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
+                # A SeedError of a DataLoader worker: its own message, the worker's traceback in the log.
+                with plain_worker_errors(os.path.join(opts.output_dir, LOG_FILE)):
+                    return LinearEvaluation(opts, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()
 
@@ -194,6 +198,11 @@ class LinearEvaluation:
         if len(train.samples) < opts.batch_size:
             raise DatasetError(f"--train {opts.train} has {len(train.samples)} images, fewer than one batch "
                                f"(--batch-size {opts.batch_size}): lower --batch-size or add images")
+        # The image policy of evaluation (seed_core.images): every image of both splits decodes, or one
+        # error naming a bad file, before any work (a skipped image would change the protocol).
+        decided_by_main(ctx.is_main, lambda: [
+            refuse_unreadable([path for path, _ in split.samples], f"{flag} {root}", opts.workers)
+            for flag, root, split in (("--train", opts.train, train), ("--val", opts.val, val))])
         self.classes = train.classes
         self.train_set = AugmentedImageFolder(train, build_train_transform(opts.image_size), opts.seed)
         self.sampler = ResumableSampler(len(self.train_set), opts.batch_size, ctx.rank, ctx.world_size, opts.seed)
