@@ -253,3 +253,11 @@ def shapes_det_opts(name, shapes, out, weights):
         data = ["DATASETS.VOC", repr([["tr", shapes, "train", 2007], ["te", shapes, "val", 2007]])]
     return data + ["DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)", "OUTPUT_DIR", str(out),
                    "MODEL.WEIGHTS", weights]
+
+
+def onnx_runtime_session(path):
+    """A plain onnxruntime CPU session on one thread, independent of seed_core.onnx_export's."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -8,7 +8,6 @@ import pytest
 from conftest import load_script, write_backbone_export
 
 
-
 @pytest.fixture(scope="module")
 def tool():
     return load_script(os.path.join("tools", "export.py"))
@@ -35,8 +34,8 @@ def test_backbone_folder_exported_beside_it_then_kept_without_overwrite(tmp_path
     (["missing_folder"], "does not exist"),
     (["w.pth", "--format", "tflite"], "invalid choice"),
 ])
-def test_bad_input_is_one_error_line(tmp_path, tool, capsys, argv, message):
-    os.chdir(tmp_path)
+def test_bad_input_is_one_error_line(tmp_path, tool, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)  # restored after the test
     assert tool.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
