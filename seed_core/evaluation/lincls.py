@@ -38,7 +38,7 @@ from ..images import refuse_unreadable
 from ..results import write_json
 from ..run_dir import RunLog, claim_if_main, claim_run_dir
 from ..stop_signals import Interrupted, StopSignals
-from ..worker_errors import plain_worker_errors
+from ..worker_errors import plain_process_errors, plain_worker_errors
 from .backbone_io import load_backbone
 from .features import build_eval_transform, open_image_folder
 from .metrics import topk_correct
@@ -152,10 +152,13 @@ def run_linear_evaluation(opts: LinclsOptions, resume: bool = False, overwrite: 
             opts.output_dir, RUN_MARKERS, resume=resume, overwrite=overwrite, outputs=RUN_OUTPUTS,
             what="--output-dir"))
         with lock if lock is not None else claim_if_main(False):
-            with RunLog(opts.output_dir, ["seed_core"], enabled=ctx.is_main):
-                # A SeedError of a DataLoader worker: its own message, the worker's traceback in the log.
-                with plain_worker_errors(os.path.join(opts.output_dir, LOG_FILE)):
-                    return LinearEvaluation(opts, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
+            # A SeedError of a DataLoader worker: its own message; under DDP an unexpected error of a
+            # rank: one line naming it. Either traceback goes to the log.
+            log = os.path.join(opts.output_dir, LOG_FILE)
+            with RunLog(opts.output_dir, ["seed_core"], enabled=ctx.is_main), \
+                    plain_process_errors(ctx.rank, ctx.world_size, log, passing=(Interrupted,)), \
+                    plain_worker_errors(log):
+                return LinearEvaluation(opts, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()
 
