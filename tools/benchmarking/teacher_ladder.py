@@ -105,7 +105,7 @@ class Settings:
         return dict(dict(self.student_recipes).get(init, ()))
 
 
-def mobile_settings(work_dir: str = "output/teacher_ladder") -> Settings:
+def mobile_settings(work_dir: str = Settings.work_dir) -> Settings:
     """The ladder's protocol with the digits harness's MobileNetV3-Small student (its lr-sweep winners:
     benchmarks/results/lr_sweep_mobilenetv3_small_050.md) taught by the ladder's largest teacher, in
     the ladder's work folder so that the teacher is trained once."""
