@@ -329,6 +329,9 @@ class LinearEvaluation:
         if not os.path.isfile(self.ckpt_path):
             raise CheckpointError(f"--resume: no checkpoint at {self.ckpt_path}; start without --resume")
         ckpt = load_untrusted(self.ckpt_path, map_location=self.device)
+        if not isinstance(ckpt, dict) or not {"classifier", "optimizer", "iteration"} <= set(ckpt):
+            raise CheckpointError(f"--resume: {self.ckpt_path} is not a checkpoint of the linear evaluation; "
+                                  "use the --output-dir of one, or start without --resume")
         identity = ("backbone_sha256", "num_train", "classes")
         saved = {**ckpt.get("settings", {}), **{k: ckpt.get(k) for k in identity}}
         now = {**_settings(self.opts), "backbone_sha256": self.source["backbone_sha256"],

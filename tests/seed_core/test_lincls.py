@@ -185,6 +185,15 @@ def test_an_unreadable_image_of_either_split_is_refused_before_any_step(data, ca
     assert not (out / "checkpoint.pth").exists() and not (out / "metrics.json").exists()  # refused before a step
 
 
+@pytest.mark.parametrize("content", [torch.zeros(3), {"student": {}, "iteration": 3}])
+def test_resume_from_a_file_that_is_not_a_lincls_checkpoint_is_refused(data, content):
+    tmp_path, weights = data
+    os.makedirs(tmp_path / "out")
+    torch.save(content, tmp_path / "out" / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="not a checkpoint of the linear evaluation"):
+        run_linear_evaluation(options(tmp_path, weights, batch_size=4, epochs=1), resume=True)
+
+
 def test_val_classes_must_match_train(data):
     tmp_path, weights = data
     write_images(str(tmp_path / "val4"), 8, size=40, classes=4)
