@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .constants import CHECKPOINT_FILE
+from .download import Progress
 from .errors import CheckpointError, SeedError
 from .trainer import Interrupted, claim_output_dir, train
+from . import zoo
 
 logger = logging.getLogger(__name__)
 
@@ -87,16 +89,20 @@ def executor_parameters(cfg: CfgNode, opts: SlurmOptions) -> dict:
     return params
 
 
-def submit(cfg: CfgNode, opts: SlurmOptions, resume: bool = False, restart: bool = False, cluster: str = "slurm"):
+def submit(cfg: CfgNode, opts: SlurmOptions, resume: bool = False, restart: bool = False, cluster: str = "slurm",
+           download_progress: Progress | None = None):
     """Check the run and submit it; returns the submitit job. Everything a user can get wrong is
     refused here, on the login node, not in a job log: the config for N x G processes, the data
     and teacher paths, and OUTPUT_DIR (a run there needs --resume or --restart, which moves it
-    aside now). `cluster` "local" runs the job on this machine (submitit's local executor)."""
+    aside now). A `zoo:NAME` teacher is fetched here (its download reported to `download_progress`),
+    so a job never starts without it. `cluster` "local" runs the job on this machine (submitit's
+    local executor)."""
     submitit = require_submitit()
     params = executor_parameters(cfg, opts)
     cfg = cfg.clone()
     cfg.defrost()
-    for key in ("OUTPUT_DIR", "DATA.ROOT", "MODEL.TEACHER.WEIGHTS"):  # the job may start in another folder
+    paths = ("OUTPUT_DIR", "DATA.ROOT") + (() if zoo.zoo_name(cfg.MODEL.TEACHER.WEIGHTS) else ("MODEL.TEACHER.WEIGHTS",))
+    for key in paths:  # the job may start in another folder; a zoo:NAME is not a path
         node, name = cfg, key
         while "." in name:
             head, name = name.split(".", 1)
@@ -106,13 +112,16 @@ def submit(cfg: CfgNode, opts: SlurmOptions, resume: bool = False, restart: bool
     validate_cfg(cfg, opts.nodes * opts.gpus_per_node)
     if not os.path.isdir(cfg.DATA.ROOT):
         raise ConfigError(f"DATA.ROOT {cfg.DATA.ROOT} is not a folder: the job would fail at once")
-    if cfg.LOSS.NAME != "moco" and not os.path.isfile(cfg.MODEL.TEACHER.WEIGHTS):
+    no_file = cfg.LOSS.NAME == "moco" or zoo.zoo_name(cfg.MODEL.TEACHER.WEIGHTS) is not None
+    if not no_file and not os.path.isfile(cfg.MODEL.TEACHER.WEIGHTS):
         raise ConfigError(f"MODEL.TEACHER.WEIGHTS {cfg.MODEL.TEACHER.WEIGHTS} is not a file: the job would fail at once")
     checkpoint = os.path.join(cfg.OUTPUT_DIR, CHECKPOINT_FILE)
     if resume and not os.path.isfile(checkpoint):
         raise CheckpointError(f"--resume: no checkpoint at {checkpoint}; start without --resume")
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("--slurm: sbatch is not on PATH; submit from a SLURM login node")
+    if cfg.LOSS.NAME != "moco":
+        zoo.resolve(cfg.MODEL.TEACHER.WEIGHTS, download_progress)  # a zoo teacher: fetched now, not in the job
     with claim_output_dir(cfg.OUTPUT_DIR, resume, restart, is_main=True):
         pass  # refused, or free for the job (a --restart has moved the old run aside)
     executor = submitit.AutoExecutor(folder=os.path.join(cfg.OUTPUT_DIR, SUBMITIT_FOLDER), cluster=cluster)

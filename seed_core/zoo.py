@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -168,7 +169,13 @@ def _read_records(folder: str) -> dict:
     try:
         with open(path) as f:
             records = json.load(f)
-        return records if isinstance(records, dict) else {}
     except (OSError, ValueError) as e:  # damaged: files are verified again and the records rewritten
         logger.warning("%s is unreadable (%s); cached files will be verified again", path, e)
         return {}
+    if not isinstance(records, dict):
+        logger.warning("%s does not hold checksum records; cached files will be verified again", path)
+        return {}
+    # An entry of another shape (edited by hand) is dropped: its file is verified again and re-recorded.
+    return {name: r for name, r in records.items()
+            if isinstance(r, dict) and isinstance(r.get("size"), int)
+            and re.fullmatch(r"[0-9a-f]{64}", str(r.get("sha256")))}

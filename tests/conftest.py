@@ -1,3 +1,4 @@
+import glob
 import json
 import os
 import sys
@@ -191,3 +192,72 @@ def write_backbone_export(folder, arch, seed=0):
     with open(os.path.join(folder, "meta.json"), "w") as f:
         json.dump({"arch": arch, "feature_dim": dim}, f)
     return net.eval(), dim
+
+
+# timm students in detection (tests/seed_det/test_timm_backbones.py and test_timm_d2.py)
+TIMM_FAMILIES = ["mobilenetv3_large_100", "efficientnet_b0", "mobilenetv3_small_050"]
+TIMM_SHORT = {"mnv3l": "mobilenetv3_large_100", "effb0": "efficientnet_b0"}  # config name -> timm name
+TIMM_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "voc_*_fpn_*.yaml"))
+                      + glob.glob(os.path.join(ROOT, "configs", "coco_*_fpn_1x_*.yaml"))
+                      if not os.path.basename(p).split("_")[1].startswith("r"))
+
+
+def export_timm_student(folder, arch, seed=0):
+    """A distilled student as seed_core writes it: student_backbone.pth (timm names, no projection
+    head) + meta.json, with BN statistics that differ from their initial values; returns the .pth."""
+    from seed_core.encoders import build_student
+    from seed_core.export import write_backbone
+    torch.manual_seed(seed)
+    student = build_student(arch, 16)
+    with torch.no_grad():
+        for m in student.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+    os.makedirs(folder, exist_ok=True)
+    return write_backbone(student.state_dict(), str(folder), {"arch": arch, "feature_dim": student.feature_dim})
+
+
+@pytest.fixture(scope="module")
+def timm_students(tmp_path_factory):
+    """arch -> (student_backbone.pth, converted Detectron2 .pkl) for each of TIMM_FAMILIES, made once per module."""
+    from seed_det.convert import convert_to_d2
+    root = tmp_path_factory.mktemp("timm_students")
+    out = {}
+    for arch in TIMM_FAMILIES:
+        pth = export_timm_student(root / arch, arch)
+        pkl = str(root / f"{arch}.pkl")
+        convert_to_d2(pth, pkl)
+        out[arch] = (pth, pkl)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shapes_det(tmp_path_factory):
+    """A tiny generated detection dataset (VOC and COCO layouts): 4 train, 2 val images of 64 px."""
+    from seed_det.data.synthetic.shapes import write_shapes_dataset
+    out = str(tmp_path_factory.mktemp("shapes_det"))
+    write_shapes_dataset(out, num_train=4, num_val=2, size=64, seed=0)
+    return out
+
+
+def shapes_det_opts(name, shapes, out, weights):
+    """KEY VALUE overrides that train a shipped detection config `name` on `shapes` (COCO json for a
+    coco_* config, VOC otherwise) into `out`, starting from `weights`."""
+    if name.startswith("coco"):
+        ann, img = os.path.join(shapes, "annotations"), os.path.join(shapes, "JPEGImages")
+        data = ["DATASETS.COCO_JSON", repr([["tr", f"{ann}/instances_train.json", img],
+                                            ["te", f"{ann}/instances_val.json", img]])]
+    else:
+        data = ["DATASETS.VOC", repr([["tr", shapes, "train", 2007], ["te", shapes, "val", 2007]])]
+    return data + ["DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)", "OUTPUT_DIR", str(out),
+                   "MODEL.WEIGHTS", weights]
+
+
+def onnx_runtime_session(path):
+    """A plain onnxruntime CPU session on one thread, independent of seed_core.onnx_export's."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

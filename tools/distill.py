@@ -53,7 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     given = {k: getattr(args, k) for k in SLURM_FLAGS if getattr(args, k) is not None}
     return SlurmOptions(**given)
@@ -68,7 +67,8 @@ def _main(argv) -> int:
     cli.setup_logging()
     cfg = load_cfg(args.config_file or None, cli.overrides(args))
     if args.slurm:
-        job = submit(cfg, slurm_options(args), resume=args.resume, restart=args.restart)
+        with cli.DownloadBar("teacher") as bar:  # a zoo:NAME teacher is fetched before submission
+            job = submit(cfg, slurm_options(args), resume=args.resume, restart=args.restart, download_progress=bar)
         print(f"submitted SLURM job {job.job_id}; its logs: {job.paths.folder}; the run writes to "
               f"{cfg.OUTPUT_DIR} (follow log.txt there)")
         return 0

@@ -34,9 +34,11 @@ from ..data import ResumableSampler, sample_seed
 from ..distributed import (DistContext, all_reduce_sum, decided_by_main, init_distributed, shutdown,
                            stop_if_peer_lost)
 from ..errors import ConfigError, DatasetError
+from ..images import refuse_unreadable
 from ..results import write_json
 from ..run_dir import RunLog, claim_if_main, claim_run_dir
 from ..stop_signals import Interrupted, StopSignals
+from ..worker_errors import plain_process_errors, plain_worker_errors
 from .backbone_io import load_backbone
 from .features import build_eval_transform, open_image_folder
 from .metrics import topk_correct
@@ -151,7 +153,12 @@ def run_linear_evaluation(opts: LinclsOptions, resume: bool = False, overwrite: 
             opts.output_dir, RUN_MARKERS, resume=resume, overwrite=overwrite, outputs=RUN_OUTPUTS,
             what="--output-dir"))
         with lock if lock is not None else claim_if_main(False):
-            with RunLog(opts.output_dir, ["seed_core"], enabled=ctx.is_main):
+            # A SeedError of a DataLoader worker: its own message; under DDP an unexpected error of a
+            # rank: one line naming it. Either traceback goes to the log.
+            log = os.path.join(opts.output_dir, LOG_FILE)
+            with RunLog(opts.output_dir, ["seed_core"], enabled=ctx.is_main), \
+                    plain_process_errors(ctx.rank, ctx.world_size, log, passing=(Interrupted,)), \
+                    plain_worker_errors(log):
                 return LinearEvaluation(opts, ctx).run(resume=resume, stop_at_iter=stop_at_iter)
     finally:
         shutdown()
@@ -195,6 +202,11 @@ class LinearEvaluation:
         if len(train.samples) < opts.batch_size:
             raise DatasetError(f"--train {opts.train} has {len(train.samples)} images, fewer than one batch "
                                f"(--batch-size {opts.batch_size}): lower --batch-size or add images")
+        # The image policy of evaluation (seed_core.images): every image of both splits decodes, or one
+        # error naming a bad file, before any work (a skipped image would change the protocol).
+        decided_by_main(ctx.is_main, lambda: [
+            refuse_unreadable([path for path, _ in split.samples], f"{flag} {root}", opts.workers)
+            for flag, root, split in (("--train", opts.train, train), ("--val", opts.val, val))])
         self.classes = train.classes
         self.train_set = AugmentedImageFolder(train, build_train_transform(opts.image_size), opts.seed)
         self.sampler = ResumableSampler(len(self.train_set), opts.batch_size, ctx.rank, ctx.world_size, opts.seed)
@@ -318,6 +330,9 @@ class LinearEvaluation:
         if not os.path.isfile(self.ckpt_path):
             raise CheckpointError(f"--resume: no checkpoint at {self.ckpt_path}; start without --resume")
         ckpt = load_untrusted(self.ckpt_path, map_location=self.device)
+        if not isinstance(ckpt, dict) or not {"classifier", "optimizer", "iteration"} <= set(ckpt):
+            raise CheckpointError(f"--resume: {self.ckpt_path} is not a checkpoint of the linear evaluation; "
+                                  "use the --output-dir of one, or start without --resume")
         identity = ("backbone_sha256", "num_train", "classes")
         saved = {**ckpt.get("settings", {}), **{k: ckpt.get(k) for k in identity}}
         now = {**_settings(self.opts), "backbone_sha256": self.source["backbone_sha256"],

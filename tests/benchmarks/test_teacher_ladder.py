@@ -8,8 +8,10 @@ import pytest
 from conftest import load_script
 
 from tools.benchmarking.ladder_report import ladder_table, paired_difference
-from tools.benchmarking.teacher_ladder import (Arm, Settings, check_settings, mobile_settings, plan_cells,
-                                               render_report, run_ladder, tiny_settings, write_report)
+from tools.benchmarking.teacher_ladder import (Arm, Settings, backbone_stages, check_settings, mobile_settings,
+                                               plan_cells, render_report, run_ladder, teacher_stage, tiny_settings,
+                                               write_report)
+from tools.pipeline.demo import load_preset
 
 
 @pytest.mark.parametrize("arms, says", [
@@ -54,6 +56,16 @@ def test_a_mobile_student_is_fine_tuned_on_an_fpn_in_both_splits_and_never_as_c4
     assert all(seeds == (0,) for c, seeds in cells.items() if c.engine == "detectron2")
     assert {c.arm for c in cells} == {Arm("random", "mobilenetv3_small_050"), Arm("mocov2", "mobilenetv3_small_050"),
                                       Arm("seed", "mobilenetv3_small_050", "resnet50")}
+
+
+def test_the_teachers_lr_is_the_presets_unless_set():
+    from dataclasses import replace
+    p, s = load_preset("tiny"), Settings(preset="tiny")
+    data = {"pretrain": "crops"}
+    arms = [Arm("mocov2", "resnet18"), Arm("seed", "resnet18", "resnet34")]
+    teacher = teacher_stage("resnet34")
+    assert backbone_stages(p, data, arms, s)[teacher][0]["SOLVER.BASE_LR"] == float(p["distill_base_lr"])
+    assert backbone_stages(p, data, arms, replace(s, teacher_lr=0.5))[teacher][0]["SOLVER.BASE_LR"] == 0.5
 
 
 def test_the_cli_answers_a_bad_ladder_with_one_line(tmp_path, capsys):

@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-from conftest import ROOT, load_script, write_images
+from conftest import ROOT, load_script, write_bad_image, write_images
 from seed_core.data import sample_seed
 from seed_core.errors import CheckpointError, DatasetError
 from seed_core.evaluation.lincls import LinclsOptions, LinearEvaluation, run_linear_evaluation
@@ -169,6 +169,29 @@ def test_bad_input_is_one_error_line(data, capsys, extra, message):
     assert tool.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_unreadable_image_of_either_split_is_refused_before_any_step(data, capsys, split):
+    tmp_path, weights = data
+    write_bad_image(tmp_path / split / "class1" / "bad.jpg", "truncated")  # its header reads: decoding fails
+    out = tmp_path / "out"
+    argv = ["--backbone", weights, "--arch", "resnet18", "--train", str(tmp_path / "train"), "--val",
+            str(tmp_path / "val"), "--output-dir", str(out), "--image-size", "32", "--resize-size", "36",
+            "--batch-size", "4", "--epochs", "1", "--workers", "0", "--results-csv", ""]
+    assert load_script("tools/lincls.py").main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --{split} ") and "bad.jpg cannot be read" in err and len(err.splitlines()) == 1
+    assert not (out / "checkpoint.pth").exists() and not (out / "metrics.json").exists()  # refused before a step
+
+
+@pytest.mark.parametrize("content", [torch.zeros(3), {"student": {}, "iteration": 3}])
+def test_resume_from_a_file_that_is_not_a_lincls_checkpoint_is_refused(data, content):
+    tmp_path, weights = data
+    os.makedirs(tmp_path / "out")
+    torch.save(content, tmp_path / "out" / "checkpoint.pth")
+    with pytest.raises(CheckpointError, match="not a checkpoint of the linear evaluation"):
+        run_linear_evaluation(options(tmp_path, weights, batch_size=4, epochs=1), resume=True)
 
 
 def test_val_classes_must_match_train(data):

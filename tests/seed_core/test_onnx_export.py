@@ -5,22 +5,15 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
-from conftest import write_backbone_export
+from conftest import onnx_runtime_session, write_backbone_export
 from seed_core import onnx_export
 from seed_core.errors import ExportError
 from seed_core.evaluation.backbone_io import LoadedBackbone
 from seed_core.onnx_export import export_backbone_onnx, trace_to_onnx, unsupported_operator
-
-
-def session(path):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenetv3_small_050"])
@@ -31,7 +24,7 @@ def test_backbone_matches_torch_at_other_batch_and_image_sizes(tmp_path, arch):
     assert summary["arch"] == arch and summary["feature_dim"] == dim and out.is_file()
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert props["seed.arch"] == arch and props["seed.kind"] == "backbone"
-    sess = session(str(out))
+    sess = onnx_runtime_session(out)
     generator = torch.Generator().manual_seed(1)
     for batch in (1, 3):
         for height, width in ((32, 32), (64, 48)):

@@ -5,11 +5,13 @@ import os
 import signal
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import ROOT, load_script, tiny_opts, write_images
+from seed_core import zoo
 from seed_core.config import load_cfg
 from seed_core.errors import ConfigError, SeedError
 from seed_core.slurm import SlurmOptions, executor_parameters, require_submitit, submit, time_limit_minutes
@@ -142,3 +144,40 @@ def test_a_run_in_the_folder_is_refused_without_resume_or_restart(tmp_path, imag
     with pytest.raises(ConfigError, match="already holds a run"):
         submit(cfg, SlurmOptions(gpus_per_node=1), cluster="local")
     assert not os.path.exists(out / "slurm")
+
+
+def test_a_zoo_teacher_is_fetched_at_submission_and_the_job_keeps_its_name(tmp_path, images, moco_teacher,
+                                                                             file_server, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    with open(moco_teacher, "rb") as f:
+        file_server.files["/moco.pth"] = f.read()
+    monkeypatch.setitem(zoo.CATALOGUE, "toy", zoo.ZooEntry("toy", file_server.url("/moco.pth"), "resnet18", "moco",
+                                                           None, "a test file"))
+    submitted = []
+
+    class Executor:  # submitit's, minus the cluster: records what would be submitted
+        def __init__(self, folder, cluster):
+            pass
+
+        def update_parameters(self, **params):
+            pass
+
+        def submit(self, job):
+            submitted.append(job)
+            return SimpleNamespace(job_id="1", paths=SimpleNamespace(folder="slurm"))
+
+    monkeypatch.setattr(require_submitit(), "AutoExecutor", Executor)
+    cfg = load_cfg(None, tiny_opts(images, "zoo:toy", str(tmp_path / "run")))
+    submit(cfg, SlurmOptions(gpus_per_node=1), cluster="local")
+    assert os.path.isfile(zoo.cache_path("toy")) and len(file_server.requests) == 1  # fetched before the job
+    assert "WEIGHTS: zoo:toy" in submitted[0].cfg_text  # not made into a path
+
+
+def test_an_unreachable_zoo_teacher_stops_the_submission(tmp_path, images, file_server, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setitem(zoo.CATALOGUE, "toy", zoo.ZooEntry("toy", file_server.url("/missing.pth"), "resnet18",
+                                                           "moco", None, "a test file"))
+    with pytest.raises(SeedError, match="could not download"):
+        submit(load_cfg(None, tiny_opts(images, "zoo:toy", str(tmp_path / "run"))), SlurmOptions(gpus_per_node=1),
+               cluster="local")
+    assert not os.path.exists(tmp_path / "run" / "slurm")

@@ -138,6 +138,7 @@ def _fail_in_process(index):
     {}["not ours"]
 
 
+@pytest.mark.slow  # starts two processes (torch.multiprocessing spawn)
 def test_a_seed_error_of_a_spawned_process_gets_its_one_line_back():
     """Detectron2's launcher (torch.multiprocessing) puts the process's whole traceback in its message."""
     from torch.multiprocessing import ProcessRaisedException, start_processes

@@ -98,6 +98,19 @@ def test_a_file_placed_by_hand_is_verified_once(cache, file_server, monkeypatch)
     assert file_server.requests == []
 
 
+@pytest.mark.parametrize("records", ["{not json", "[1, 2]", '{"toy.pth": "abc"}', '{"toy.pth": {"size": 1}}',
+                                     '{"toy.pth": {"sha256": "xyz", "size": 10240}}'])
+def test_damaged_checksum_records_are_set_aside_and_the_file_verified_again(cache, file_server, monkeypatch,
+                                                                            records):
+    _entry(monkeypatch, file_server, checksum=None)
+    cache.mkdir(parents=True)
+    (cache / zoo.RECORDS_FILE).write_text(records)
+    path = zoo.fetch("toy")
+    assert open(path, "rb").read() == PAYLOAD
+    recorded = json.loads((cache / zoo.RECORDS_FILE).read_text())["toy.pth"]  # rewritten, a good record
+    assert recorded["sha256"] == hashlib.sha256(PAYLOAD).hexdigest() and recorded["size"] == len(PAYLOAD)
+
+
 def test_offline_the_error_gives_the_url_and_where_to_place_the_file(cache, file_server, monkeypatch):
     entry = _entry(monkeypatch, file_server)
     file_server.close()  # nothing listens there any more

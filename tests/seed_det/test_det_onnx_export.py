@@ -4,17 +4,16 @@ images of other sizes than the traced one; a file without detection heads is ref
 import os
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, onnx_runtime_session
 from seed_core.errors import SeedError
 from seed_det.config import load_det_config
 from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.model import build_model, set_input_sizes
 from seed_det.onnx_export import compare_detections, export_detector_onnx
-from test_tv_engine import make_cfg, shapes  # noqa: F401  (the tiny shapes data set fixture)
+from test_tv_engine import make_cfg
 
 # Detections whose number depends on the image (a score threshold on spread scores) and, with FPN,
 # proposals too (NMS on 300 anchors; C4's res5 head on that many would be slow), so that a count
@@ -27,9 +26,9 @@ def opts(arch, mask):
     return OPTS + ["MODEL.RPN.POST_NMS_TOPK_TEST", PROPOSALS[arch], "MODEL.MASK_ON", str(mask)]
 
 
-def trained_detector(tmp_path, shapes, arch, mask):
+def trained_detector(tmp_path, shapes_det, arch, mask):
     """A checkpoint of the engine (random weights, BN statistics not the defaults) and its config."""
-    cfg, config_file = make_cfg(tmp_path, shapes, arch, "coco" if mask else "voc", opts(arch, mask))
+    cfg, config_file = make_cfg(tmp_path, shapes_det, arch, "coco" if mask else "voc", opts(arch, mask))
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():
@@ -44,15 +43,13 @@ def trained_detector(tmp_path, shapes, arch, mask):
 
 
 @pytest.mark.parametrize("arch,mask", [("c4", False), ("fpn", True)])
-def test_detector_matches_torch_on_images_of_other_sizes(tmp_path, shapes, arch, mask):
-    model, config_file, weights = trained_detector(tmp_path, shapes, arch, mask)
+def test_detector_matches_torch_on_images_of_other_sizes(tmp_path, shapes_det, arch, mask):
+    model, config_file, weights = trained_detector(tmp_path, shapes_det, arch, mask)
     out = tmp_path / "detector.onnx"
     summary = export_detector_onnx(weights, config_file, str(out), opts(arch, mask))
     names = ["boxes", "labels", "scores"] + (["masks"] if mask else [])
     assert summary["outputs"] == names and out.is_file()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    sess = onnx_runtime_session(out)
     generator = torch.Generator().manual_seed(7)
     counts = set()
     for height, width in ((100, 72), (48, 90)):  # traced on 64 x 85, checked on 93 x 64 and 36 x 36
@@ -84,8 +81,8 @@ def test_timm_fpn_detector_matches_torch(tmp_path):
     assert (tmp_path / "d.onnx").is_file() and min(summary["checked_detections"]) > 0
 
 
-def test_backbone_weights_are_not_a_detector(tmp_path, shapes):
-    cfg, config_file = make_cfg(tmp_path, shapes, "c4")
+def test_backbone_weights_are_not_a_detector(tmp_path, shapes_det):
+    cfg, config_file = make_cfg(tmp_path, shapes_det, "c4")
     backbone = tmp_path / "r18.pth"
     torch.save(build_model(cfg).backbone.state_dict(), backbone)  # conv1, layer1..3: a ResNet without heads
     with pytest.raises(SeedError, match="backbone only"):

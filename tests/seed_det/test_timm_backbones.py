@@ -1,7 +1,6 @@
 """timm students (MobileNetV3, EfficientNet) in the transfer suite: conversion round trip, complete
 loading in the torchvision engine, refusal of another architecture, the shipped configs, and two
 training iterations of each on tiny data. The Detectron2 side is tests/seed_det/test_timm_d2.py."""
-import glob
 import json
 import os
 
@@ -9,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from seed_core.encoders import build_student
+from conftest import ROOT, TIMM_CONFIGS, TIMM_FAMILIES, TIMM_SHORT, export_timm_student, shapes_det_opts
 from seed_core.errors import CheckpointError, ConfigError
-from seed_core.export import write_backbone
 from seed_det.config import load_det_config
 from seed_det.convert import convert_to_d2, read_d2_pkl
 from seed_det.engines import RunOptions
@@ -20,14 +18,7 @@ from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.model import build_model
 from seed_det.engines.tv.weights import WeightsError, load_weights
 from seed_det.timm_backbone import D2_PREFIX, check_timm_weights, timm_backbone_names
-from seed_det.data.synthetic.shapes import write_shapes_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-FAMILIES = ["mobilenetv3_large_100", "efficientnet_b0", "mobilenetv3_small_050"]
-SHORT = {"mnv3l": "mobilenetv3_large_100", "effb0": "efficientnet_b0"}
-TIMM_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "voc_*_fpn_*.yaml"))
-                      + glob.glob(os.path.join(ROOT, "configs", "coco_*_fpn_1x_*.yaml"))
-                      if not os.path.basename(p).split("_")[1].startswith("r"))
 TORCHVISION_MEAN, TORCHVISION_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 DIGITS = os.path.join(ROOT, "configs", "demo", "digits_mnv3s_fpn.yaml")
 
@@ -37,48 +28,13 @@ def _threads():
     torch.set_num_threads(1)
 
 
-def export_student(folder, arch, seed=0):
-    """A distilled student as seed_core writes it: student_backbone.pth (timm names, no projection
-    head) + meta.json, with BN statistics that differ from their initial values."""
-    torch.manual_seed(seed)
-    student = build_student(arch, 16)
-    with torch.no_grad():
-        for m in student.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-    os.makedirs(folder, exist_ok=True)
-    return write_backbone(student.state_dict(), str(folder), {"arch": arch, "feature_dim": student.feature_dim})
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """arch -> (student_backbone.pth, converted .pkl), made once per module."""
-    root = tmp_path_factory.mktemp("timm_students")
-    out = {}
-    for arch in FAMILIES:
-        pth = export_student(root / arch, arch)
-        pkl = str(root / f"{arch}.pkl")
-        convert_to_d2(pth, pkl)
-        out[arch] = (pth, pkl)
-    return out
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("shapes_det"))
-    write_shapes_dataset(out, num_train=4, num_val=2, size=64, seed=0)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Conversion
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", FAMILIES)
-def test_conversion_round_trip(converted, arch):
-    pth, pkl = converted[arch]
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_conversion_round_trip(timm_students, arch):
+    pth, pkl = timm_students[arch]
     data = read_d2_pkl(pkl)
     assert data["matching_heuristics"] is False and data["timm_arch"] == arch
     student = torch.load(pth, weights_only=True)
@@ -93,7 +49,7 @@ def test_conversion_round_trip(converted, arch):
 
 
 def test_conversion_summary_reports_matched_total(tmp_path):
-    pth = export_student(tmp_path / "s", "mobilenetv3_small_050")
+    pth = export_timm_student(tmp_path / "s", "mobilenetv3_small_050")
     summary = convert_to_d2(pth, tmp_path / "s.pkl")
     assert summary["arch"] == "mobilenetv3_small_050"
     assert summary["matched"] == summary["total"] == len(timm_backbone_names("mobilenetv3_small_050"))
@@ -101,7 +57,7 @@ def test_conversion_summary_reports_matched_total(tmp_path):
 
 
 def test_weights_of_another_architecture_than_meta_json_are_refused(tmp_path):
-    pth = export_student(tmp_path / "s", "mobilenetv3_small_050")
+    pth = export_timm_student(tmp_path / "s", "mobilenetv3_small_050")
     (tmp_path / "s" / "meta.json").write_text(json.dumps({"arch": "efficientnet_b0"}))
     with pytest.raises(CheckpointError, match="efficientnet_b0"):
         convert_to_d2(pth, tmp_path / "s.pkl")
@@ -114,7 +70,7 @@ def test_weights_of_another_architecture_than_meta_json_are_refused(tmp_path):
 
 def test_config_matrix_is_complete():
     for data, sched in (("voc", ""), ("coco", "_1x")):
-        for arch in SHORT:
+        for arch in TIMM_SHORT:
             for variant in ("seed", "mocov2", "random"):
                 assert f"{data}_{arch}_fpn{sched}_{variant}.yaml" in TIMM_CONFIGS
     assert os.path.isfile(DIGITS)
@@ -124,7 +80,7 @@ def test_config_matrix_is_complete():
 def test_every_timm_config_loads_and_follows_protocol(name):
     cfg = load_det_config(os.path.join(ROOT, "configs", name))
     m, short = cfg.MODEL, name.split("_")[1]
-    assert m.BACKBONE.NAME == "build_timm_fpn_backbone" and m.TIMM.ARCH == SHORT[short]
+    assert m.BACKBONE.NAME == "build_timm_fpn_backbone" and m.TIMM.ARCH == TIMM_SHORT[short]
     assert list(m.TIMM.OUT_INDICES) == [1, 2, 3, 4]
     assert list(m.FPN.IN_FEATURES) == ["stage1", "stage2", "stage3", "stage4"]
     assert m.TIMM.NORM == "SyncBN" and m.FPN.NORM == "SyncBN" and m.BACKBONE.FREEZE_AT == 0
@@ -158,9 +114,9 @@ def _digits_cfg(arch, *opts):
     return load_det_config(DIGITS, ["MODEL.TIMM.ARCH", arch, "DATASETS.TEST", "('x',)"] + list(opts))
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
-def test_torchvision_engine_loads_every_backbone_tensor(converted, arch):
-    _, pkl = converted[arch]
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_torchvision_engine_loads_every_backbone_tensor(timm_students, arch):
+    _, pkl = timm_students[arch]
     model = build_model(_digits_cfg(arch))
     report = load_weights(model, pkl)
     state = model.state_dict()
@@ -171,9 +127,9 @@ def test_torchvision_engine_loads_every_backbone_tensor(converted, arch):
         np.testing.assert_array_equal(state[name].numpy(), ckpt[D2_PREFIX + name[len("backbone.body."):]])
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
-def test_frozen_bn_keeps_the_students_statistics(converted, arch):
-    _, pkl = converted[arch]
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_frozen_bn_keeps_the_students_statistics(timm_students, arch):
+    _, pkl = timm_students[arch]
     model = build_model(_digits_cfg(arch, "MODEL.TIMM.NORM", "FrozenBN"))
     load_weights(model, pkl)
     ckpt = read_d2_pkl(pkl)["model"]
@@ -182,8 +138,8 @@ def test_frozen_bn_keeps_the_students_statistics(converted, arch):
             np.testing.assert_array_equal(value.numpy(), ckpt[D2_PREFIX + name[len("backbone.body."):]])
 
 
-def test_a_student_of_another_architecture_is_refused_naming_both(converted, tmp_path):
-    _, pkl = converted["mobilenetv3_large_100"]
+def test_a_student_of_another_architecture_is_refused_naming_both(timm_students, tmp_path):
+    _, pkl = timm_students["mobilenetv3_large_100"]
     message = "mobilenetv3_large_100.*efficientnet_b0"
     with pytest.raises(CheckpointError, match=message):  # preflight: both engines, before any model
         check_timm_weights(pkl, "efficientnet_b0", [1, 2, 3, 4])
@@ -208,7 +164,7 @@ def test_a_student_of_another_architecture_is_refused_naming_both(converted, tmp
         check_timm_weights(str(resnet), "efficientnet_b0", [1, 2, 3, 4])
 
 
-def test_resnet_and_timm_weights_are_refused_by_the_other_kind_of_config(converted, tmp_path):
+def test_resnet_and_timm_weights_are_refused_by_the_other_kind_of_config(timm_students, tmp_path):
     import torchvision
     from seed_det.convert import torchvision_to_d2_state, write_d2_pkl
     r18 = tmp_path / "r18.pkl"
@@ -216,7 +172,7 @@ def test_resnet_and_timm_weights_are_refused_by_the_other_kind_of_config(convert
     with pytest.raises(CheckpointError, match="holds a ResNet-18 but the config builds efficientnet_b0"):
         check_timm_weights(str(r18), "efficientnet_b0", [1, 2, 3, 4])
     cfg = load_det_config(os.path.join(ROOT, "configs", "voc_r18_fpn_seed.yaml"),
-                          ["MODEL.WEIGHTS", converted["efficientnet_b0"][1], "RESULTS_CSV", str(tmp_path / "r.csv")])
+                          ["MODEL.WEIGHTS", timm_students["efficientnet_b0"][1], "RESULTS_CSV", str(tmp_path / "r.csv")])
     with pytest.raises(CheckpointError, match="holds a converted efficientnet_b0 student but the config builds ResNet-18"):
         preflight(cfg)
 
@@ -230,28 +186,21 @@ TINY = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16", "TEST.PRECISE_BN.NUM_ITER", "1"]
 
 
-def tiny_opts(name, shapes, out, weights):
+def tiny_opts(name, shapes_det, out, weights):
     """A shipped config on the tiny shapes data: 64 px, 2 iterations, 3 classes, CPU."""
-    if name.startswith("coco"):
-        ann, img = os.path.join(shapes, "annotations"), os.path.join(shapes, "JPEGImages")
-        data = ["DATASETS.COCO_JSON", repr([["tr", f"{ann}/instances_train.json", img],
-                                            ["te", f"{ann}/instances_val.json", img]])]
-    else:
-        data = ["DATASETS.VOC", repr([["tr", shapes, "train", 2007], ["te", shapes, "val", 2007]])]
-    return TINY + data + ["DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)", "OUTPUT_DIR", str(out),
-                          "MODEL.WEIGHTS", weights]
+    return TINY + shapes_det_opts(name, shapes_det, out, weights)
 
 
 def _short(name):
-    return SHORT.get(name.split("_")[1])
+    return TIMM_SHORT.get(name.split("_")[1])
 
 
 @pytest.mark.parametrize("name", TIMM_CONFIGS + ["demo/digits_mnv3s_fpn.yaml"])
-def test_two_iterations_of_every_config_in_the_torchvision_engine(tmp_path, shapes, converted, name):
+def test_two_iterations_of_every_config_in_the_torchvision_engine(tmp_path, shapes_det, timm_students, name):
     arch = _short(os.path.basename(name)) or "mobilenetv3_small_050"
-    weights = "" if name.endswith("_random.yaml") else converted[arch][1]
+    weights = "" if name.endswith("_random.yaml") else timm_students[arch][1]
     path = os.path.join(ROOT, "configs", name)
-    cfg = load_det_config(path, tiny_opts(os.path.basename(name), shapes, tmp_path / "out", weights))
+    cfg = load_det_config(path, tiny_opts(os.path.basename(name), shapes_det, tmp_path / "out", weights))
     preflight(cfg)
     metrics = run(cfg, RunOptions(path))
     keys = {"AP", "AP50", "AP75"} | ({"mask_AP"} if cfg.MODEL.MASK_ON else set())
@@ -262,9 +211,9 @@ def test_two_iterations_of_every_config_in_the_torchvision_engine(tmp_path, shap
     assert record["engine"] == "torchvision"
 
 
-def test_eval_only_reloads_the_fine_tuned_timm_detector(tmp_path, shapes, converted):
+def test_eval_only_reloads_the_fine_tuned_timm_detector(tmp_path, shapes_det, timm_students):
     path = os.path.join(ROOT, "configs", "voc_mnv3l_fpn_seed.yaml")
-    cfg = load_det_config(path, tiny_opts("voc", shapes, tmp_path / "out", converted["mobilenetv3_large_100"][1]))
+    cfg = load_det_config(path, tiny_opts("voc", shapes_det, tmp_path / "out", timm_students["mobilenetv3_large_100"][1]))
     first = run(cfg, RunOptions(path))
     cfg.defrost()
     cfg.MODEL.WEIGHTS = str(tmp_path / "out" / "model_final.pth")
@@ -275,7 +224,7 @@ def test_eval_only_reloads_the_fine_tuned_timm_detector(tmp_path, shapes, conver
 def test_a_family_whose_feature_extractor_flattens_names_converts_and_loads(tmp_path):
     """ConvNeXt: timm's FeatureListNet renames stages.0 -> stages_0, and has four levels (0..3)."""
     arch = "convnext_atto"
-    pth = export_student(tmp_path / "s", arch)
+    pth = export_timm_student(tmp_path / "s", arch)
     pkl = str(tmp_path / "s.pkl")
     summary = convert_to_d2(pth, pkl)
     assert summary["matched"] == summary["total"] == len(timm_backbone_names(arch))

@@ -4,7 +4,6 @@ same detections from a Detectron2 timm detector in the torchvision engine.
 
 Needs Detectron2 (not on PyPI): every test here is skipped without it.
 """
-import glob
 import json
 import os
 
@@ -17,23 +16,15 @@ d2 = pytest.importorskip("detectron2", reason="Detectron2 is not installed (it h
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.modeling import BACKBONE_REGISTRY, build_model  # noqa: E402
 
-from seed_core.encoders import build_student  # noqa: E402
+from conftest import ROOT, TIMM_CONFIGS, TIMM_FAMILIES, TIMM_SHORT, export_timm_student, shapes_det_opts  # noqa: E402
 from seed_core.errors import SeedError  # noqa: E402
-from seed_core.export import write_backbone  # noqa: E402
 from seed_det.config import get_det_cfg, merge_det_config  # noqa: E402
 from seed_det.convert import convert_to_d2, read_d2_pkl  # noqa: E402
-from seed_det.data.synthetic.shapes import write_shapes_dataset  # noqa: E402
 from seed_det.engines import RunOptions, main  # noqa: E402
 from seed_det.engines.d2.config import get_d2_cfg, load_d2_config  # noqa: E402
 from seed_det.engines.d2.timm_fpn import verify_timm_backbone_loaded  # noqa: E402
 from seed_det.timm_backbone import D2_PREFIX, create_features, timm_backbone_names  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
-FAMILIES = ["mobilenetv3_large_100", "efficientnet_b0", "mobilenetv3_small_050"]
-SHORT = {"mnv3l": "mobilenetv3_large_100", "effb0": "efficientnet_b0"}
-TIMM_CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "voc_*_fpn_*.yaml"))
-                      + glob.glob(os.path.join(ROOT, "configs", "coco_*_fpn_1x_*.yaml"))
-                      if not os.path.basename(p).split("_")[1].startswith("r"))
 CONFIG_OF = {"mobilenetv3_large_100": "voc_mnv3l_fpn_seed.yaml", "efficientnet_b0": "coco_effb0_fpn_1x_seed.yaml",
              "mobilenetv3_small_050": "demo/digits_mnv3s_fpn.yaml"}
 CPU = ["MODEL.DEVICE", "cpu"]
@@ -42,32 +33,6 @@ CPU = ["MODEL.DEVICE", "cpu"]
 @pytest.fixture(autouse=True)
 def _threads():
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """arch -> converted .pkl of a student export with non-initial BN statistics."""
-    root = tmp_path_factory.mktemp("timm_students_d2")
-    out = {}
-    for arch in FAMILIES:
-        torch.manual_seed(0)
-        student = build_student(arch, 16)
-        with torch.no_grad():
-            for m in student.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-1, 1)
-                    m.running_var.uniform_(0.5, 2)
-        pth = write_backbone(student.state_dict(), str(root / arch), {"arch": arch})
-        out[arch] = str(root / f"{arch}.pkl")
-        convert_to_d2(pth, out[arch])
-    return out
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("shapes_det_d2"))
-    write_shapes_dataset(out, num_train=4, num_val=2, size=64, seed=0)
-    return out
 
 
 def _cfg(config, *opts):
@@ -79,7 +44,7 @@ def test_registered_as_detectron2_writes_its_own():
     assert "build_timm_fpn_backbone" in BACKBONE_REGISTRY
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
 def test_output_shape_is_timms_feature_info_and_names_are_timms(arch):
     cfg = _cfg(CONFIG_OF[arch], "MODEL.WEIGHTS", "")
     model = build_model(cfg)
@@ -93,9 +58,9 @@ def test_output_shape_is_timms_feature_info_and_names_are_timms(arch):
     assert names == {D2_PREFIX + k for k in timm_backbone_names(arch, [1, 2, 3, 4])}
 
 
-@pytest.mark.parametrize("arch", FAMILIES)
-def test_converted_student_loads_every_backbone_tensor(converted, arch):
-    pkl = converted[arch]
+@pytest.mark.parametrize("arch", TIMM_FAMILIES)
+def test_converted_student_loads_every_backbone_tensor(timm_students, arch):
+    pkl = timm_students[arch][1]
     model = build_model(_cfg(CONFIG_OF[arch], "MODEL.WEIGHTS", pkl))
     DetectionCheckpointer(model).load(pkl)
     matched, total, problems = verify_timm_backbone_loaded(model, read_d2_pkl(pkl)["model"])
@@ -107,10 +72,8 @@ def test_converted_student_loads_every_backbone_tensor(converted, arch):
 def test_a_family_whose_feature_extractor_flattens_names_loads_completely(tmp_path):
     """ConvNeXt (timm's FeatureListNet: stages.0 -> stages_0; four levels 0..3)."""
     arch = "convnext_atto"
-    torch.manual_seed(0)
-    student = build_student(arch, 16)
     pkl = str(tmp_path / "s.pkl")
-    convert_to_d2(write_backbone(student.state_dict(), str(tmp_path / "s"), {"arch": arch}), pkl)
+    convert_to_d2(export_timm_student(tmp_path / "s", arch), pkl)
     cfg = _cfg("demo/digits_mnv3s_fpn.yaml", "MODEL.TIMM.ARCH", arch, "MODEL.TIMM.OUT_INDICES", "[0, 1, 2, 3]",
                "MODEL.FPN.IN_FEATURES", "['stage0', 'stage1', 'stage2', 'stage3']", "MODEL.WEIGHTS", pkl)
     model = build_model(cfg)
@@ -119,15 +82,8 @@ def test_a_family_whose_feature_extractor_flattens_names_loads_completely(tmp_pa
     assert problems == [] and matched == total == len(timm_backbone_names(arch))
 
 
-def tiny_opts(name, shapes, out, weights):
-    if name.startswith("coco"):
-        ann, img = os.path.join(shapes, "annotations"), os.path.join(shapes, "JPEGImages")
-        data = ["DATASETS.COCO_JSON", repr([["tr", f"{ann}/instances_train.json", img],
-                                            ["te", f"{ann}/instances_val.json", img]])]
-    else:
-        data = ["DATASETS.VOC", repr([["tr", shapes, "train", 2007], ["te", shapes, "val", 2007]])]
-    return CPU + data + [
-        "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)", "OUTPUT_DIR", str(out), "MODEL.WEIGHTS", weights,
+def tiny_opts(name, shapes_det, out, weights):
+    return CPU + shapes_det_opts(name, shapes_det, out, weights) + [
         "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()", "SOLVER.BASE_LR", "0.001",
         "SOLVER.WARMUP_ITERS", "1", "SOLVER.CHECKPOINT_PERIOD", "100", "INPUT.MIN_SIZE_TRAIN", "(64,)",
         "INPUT.MAX_SIZE_TRAIN", "96", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96",
@@ -142,20 +98,20 @@ def _args(config, opts, eval_only=False):
 
 
 @pytest.mark.parametrize("name", TIMM_CONFIGS + ["demo/digits_mnv3s_fpn.yaml"])
-def test_two_iterations_of_every_config_in_detectron2(tmp_path, shapes, converted, name):
-    arch = SHORT.get(os.path.basename(name).split("_")[1], "mobilenetv3_small_050")
-    weights = "" if name.endswith("_random.yaml") else converted[arch]
+def test_two_iterations_of_every_config_in_detectron2(tmp_path, shapes_det, timm_students, name):
+    arch = TIMM_SHORT.get(os.path.basename(name).split("_")[1], "mobilenetv3_small_050")
+    weights = "" if name.endswith("_random.yaml") else timm_students[arch][1]
     out = tmp_path / "out"
-    metrics = main(_args(name, tiny_opts(os.path.basename(name), shapes, out, weights)))
+    metrics = main(_args(name, tiny_opts(os.path.basename(name), shapes_det, out, weights)))
     keys = ("AP", "AP50", "AP75") + (("mask_AP",) if name.startswith("coco") else ())
     assert all(0.0 <= metrics[k] <= 100.0 for k in keys)
     record = json.loads((out / "metrics.json").read_text())
     assert record["engine"] == "detectron2" and record["weights"] == weights
 
 
-def test_a_student_of_another_architecture_is_refused_naming_both(tmp_path, shapes, converted):
+def test_a_student_of_another_architecture_is_refused_naming_both(tmp_path, shapes_det, timm_students):
     out = tmp_path / "out"
-    opts = tiny_opts("voc", shapes, out, converted["mobilenetv3_large_100"])
+    opts = tiny_opts("voc", shapes_det, out, timm_students["mobilenetv3_large_100"][1])
     with pytest.raises(SeedError, match="mobilenetv3_large_100 student but the config builds efficientnet_b0"):
         main(_args("voc_effb0_fpn_seed.yaml", opts))
     assert not out.exists()  # refused before anything started

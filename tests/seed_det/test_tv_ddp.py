@@ -16,7 +16,7 @@ from seed_det.data.torch_dataset import InfiniteBatchSampler
 from seed_det.engines import RunOptions
 from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.evaluate import shard
-from test_tv_engine import make_cfg, shapes  # noqa: F401  (the tiny shapes data set fixture)
+from test_tv_engine import make_cfg
 
 WORKER = os.path.join(ROOT, "tests", "seed_det", "tv_ddp_worker.py")
 
@@ -27,9 +27,9 @@ def _train_net(cfg_path, opts, nprocs=2, env=None, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def _opts(tmp_path, shapes, extra=()):
+def _opts(tmp_path, shapes_det, extra=()):
     from test_tv_engine import _datasets
-    return ["OUTPUT_DIR", str(tmp_path / "out"), *_datasets(shapes, "voc"), *extra]
+    return ["OUTPUT_DIR", str(tmp_path / "out"), *_datasets(shapes_det, "voc"), *extra]
 
 
 def _norm_opts(arch):
@@ -39,9 +39,9 @@ def _norm_opts(arch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["fpn", "c4"])
-def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes, arch):
-    _, path = make_cfg(tmp_path, shapes, arch)
-    opts = _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2"] + _norm_opts(arch))
+def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes_det, arch):
+    _, path = make_cfg(tmp_path, shapes_det, arch)
+    opts = _opts(tmp_path, shapes_det, ["SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2"] + _norm_opts(arch))
     proc = _train_net(path, opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "out"
@@ -56,7 +56,7 @@ def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes, a
 
     # the same weights evaluated by one process give the same AP as the two processes' shards
     os.makedirs(tmp_path / "single")
-    cfg, _ = make_cfg(tmp_path / "single", shapes, arch, opts=_norm_opts(arch) + ["MODEL.WEIGHTS", str(out / "model_final.pth")])
+    cfg, _ = make_cfg(tmp_path / "single", shapes_det, arch, opts=_norm_opts(arch) + ["MODEL.WEIGHTS", str(out / "model_final.pth")])
     single = run(cfg, RunOptions(config_file=path, eval_only=True, resume=False, opts=[]))
     assert set(single) == set(record["metrics"])
     for k, v in single.items():
@@ -65,20 +65,20 @@ def test_two_processes_train_and_sharded_evaluation_is_exact(tmp_path, shapes, a
 
 
 @pytest.mark.slow
-def test_two_processes_resume_continue(tmp_path, shapes):
-    _, path = make_cfg(tmp_path, shapes, "c4")
-    first = _train_net(path, _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "2"]))
+def test_two_processes_resume_continue(tmp_path, shapes_det):
+    _, path = make_cfg(tmp_path, shapes_det, "c4")
+    first = _train_net(path, _opts(tmp_path, shapes_det, ["SOLVER.MAX_ITER", "2"]))
     assert first.returncode == 0, first.stderr[-3000:]
-    again = _train_net(path, ["--resume"] + _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "3"]))
+    again = _train_net(path, ["--resume"] + _opts(tmp_path, shapes_det, ["SOLVER.MAX_ITER", "3"]))
     assert again.returncode == 0, again.stderr[-3000:]
     log = (tmp_path / "out" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in log] == [1, 2, 3]  # continued, not restarted
 
 
 @pytest.mark.slow
-def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path, shapes):
-    _, path = make_cfg(tmp_path, shapes, "c4")
-    opts = _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"])
+def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path, shapes_det):
+    _, path = make_cfg(tmp_path, shapes_det, "c4")
+    opts = _opts(tmp_path, shapes_det, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"])
     proc = _train_net(path, opts, env={"KILL_RANK_AT": "1:2"}, timeout=240)  # the timeout is only a hang guard
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "the process of rank 1" in proc.stderr and "SIGKILL" in proc.stderr, proc.stderr[-3000:]
@@ -87,14 +87,14 @@ def test_a_killed_process_ends_the_job_with_a_clear_error(tmp_path, shapes):
 
 
 @pytest.mark.slow
-def test_under_torchrun_a_killed_peer_is_named(tmp_path, shapes):
+def test_under_torchrun_a_killed_peer_is_named(tmp_path, shapes_det):
     """Under torchrun the survivor's collective fails; it stops with PeerLostError, not a hang."""
-    _, path = make_cfg(tmp_path, shapes, "c4")
+    _, path = make_cfg(tmp_path, shapes_det, "c4")
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    opts = _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"])
+    opts = _opts(tmp_path, shapes_det, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"])
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "RANK": str(rank), "LOCAL_RANK": str(rank),
@@ -109,9 +109,9 @@ def test_under_torchrun_a_killed_peer_is_named(tmp_path, shapes):
 
 
 @pytest.mark.slow
-def test_an_unexpected_error_of_a_process_is_one_line_naming_its_rank_and_the_log(tmp_path, shapes):
-    _, path = make_cfg(tmp_path, shapes, "c4")
-    res = _train_net(path, _opts(tmp_path, shapes, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"]),
+def test_an_unexpected_error_of_a_process_is_one_line_naming_its_rank_and_the_log(tmp_path, shapes_det):
+    _, path = make_cfg(tmp_path, shapes_det, "c4")
+    res = _train_net(path, _opts(tmp_path, shapes_det, ["SOLVER.MAX_ITER", "50", "DIST_TIMEOUT", "60"]),
                      env={"RAISE_RANK_AT": "1:1"})
     log = tmp_path / "out" / "log.txt"
     assert res.returncode == 2, res.stderr[-3000:]
@@ -121,8 +121,8 @@ def test_an_unexpected_error_of_a_process_is_one_line_naming_its_rank_and_the_lo
     assert "Traceback" in log.read_text() and "a key that is not there" in log.read_text()
 
 
-def test_a_global_batch_that_does_not_split_is_refused(tmp_path, shapes):
-    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["SOLVER.IMS_PER_BATCH", "3"])
+def test_a_global_batch_that_does_not_split_is_refused(tmp_path, shapes_det):
+    cfg, path = make_cfg(tmp_path, shapes_det, "c4", opts=["SOLVER.IMS_PER_BATCH", "3"])
     args = RunOptions(config_file=path, eval_only=False, resume=False, opts=[], num_gpus=2, num_machines=1,
                       machine_rank=0, dist_url="auto")
     with pytest.raises(ConfigError, match=r"SOLVER\.IMS_PER_BATCH = 3 .* 2 processes"):

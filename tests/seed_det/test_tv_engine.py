@@ -15,7 +15,6 @@ from seed_det.convert import (CheckpointError, check_weights_depth, convert_to_d
                               read_d2_pkl, read_weights_file, torchvision_to_d2_state, write_d2_pkl)
 from seed_det.data import DatasetError
 from seed_det.engines import RunOptions
-from seed_det.data.synthetic.shapes import write_shapes_dataset
 from seed_det.engines.tv.engine import run
 from seed_det.engines.tv.checkpoint import save_checkpoint
 from seed_det.engines.tv.checks import check_supported
@@ -52,13 +51,6 @@ MODEL:
 """
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("shapes_det"))
-    write_shapes_dataset(out, num_train=4, num_val=2, size=64, seed=0)
-    return out
-
-
 def _datasets(root, kind):
     if kind == "coco":
         ann, img = os.path.join(root, "annotations"), os.path.join(root, "JPEGImages")
@@ -68,12 +60,12 @@ def _datasets(root, kind):
             "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)"]
 
 
-def make_cfg(tmp_path, shapes, arch="c4", kind="voc", opts=()):
+def make_cfg(tmp_path, shapes_det, arch="c4", kind="voc", opts=()):
     base = tmp_path / "base.yaml"
     base.write_text(BASE)
     path = tmp_path / f"{arch}.yaml"
     path.write_text("_BASE_: base.yaml\n" + (FPN if arch == "fpn" else C4))
-    opts = ["OUTPUT_DIR", str(tmp_path / "out")] + _datasets(shapes, kind) + list(opts)
+    opts = ["OUTPUT_DIR", str(tmp_path / "out")] + _datasets(shapes_det, kind) + list(opts)
     return load_det_config(str(path), opts), str(path)
 
 
@@ -82,12 +74,12 @@ def _args(config_file, **kw):
 
 
 @pytest.mark.parametrize("arch,mask", [("c4", False), ("c4", True), ("fpn", False), ("fpn", True)])
-def test_trains_and_evaluates(tmp_path, shapes, arch, mask):
+def test_trains_and_evaluates(tmp_path, shapes_det, arch, mask):
     kind = "coco" if mask else "voc"  # masks need the COCO json; boxes alone exercise the VOC layout
     opts = ["MODEL.MASK_ON", str(mask)]
     if arch == "c4" and mask:
         opts += ["TEST.PRECISE_BN.ENABLED", "True", "TEST.PRECISE_BN.NUM_ITER", "2"]
-    cfg, path = make_cfg(tmp_path, shapes, arch, kind, opts)
+    cfg, path = make_cfg(tmp_path, shapes_det, arch, kind, opts)
     metrics = run(cfg, _args(path))
     expected = {"AP", "AP50", "AP75"} | ({"mask_AP", "mask_AP50", "mask_AP75"} if mask else set())
     assert expected <= set(metrics)
@@ -102,8 +94,8 @@ def test_trains_and_evaluates(tmp_path, shapes, arch, mask):
     assert (out / "model_final.pth").is_file() and (out / "log.txt").stat().st_size > 0
 
 
-def test_resume_and_eval_only_reproduce(tmp_path, shapes):
-    cfg, path = make_cfg(tmp_path, shapes, "fpn")
+def test_resume_and_eval_only_reproduce(tmp_path, shapes_det):
+    cfg, path = make_cfg(tmp_path, shapes_det, "fpn")
     first = run(cfg, _args(path))
     again = run(cfg, _args(path, eval_only=True, resume=True))  # last_checkpoint -> model_final.pth
     assert again == pytest.approx(first)
@@ -126,11 +118,11 @@ def _resnet_state(depth):
 
 
 @pytest.mark.parametrize("arch", ["c4", "fpn"])
-def test_converted_checkpoint_loads_every_backbone_key(tmp_path, shapes, arch):
+def test_converted_checkpoint_loads_every_backbone_key(tmp_path, shapes_det, arch):
     state = _resnet_state(18)
     write_d2_pkl(torchvision_to_d2_state(state), tmp_path / "r18.pkl")
     torch.save(state, tmp_path / "student_backbone.pth")
-    cfg, _ = make_cfg(tmp_path, shapes, arch)
+    cfg, _ = make_cfg(tmp_path, shapes_det, arch)
     expected = {k for k in state if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     for weights in ("r18.pkl", "student_backbone.pth"):
         model = build_model(cfg)
@@ -142,15 +134,15 @@ def test_converted_checkpoint_loads_every_backbone_key(tmp_path, shapes, arch):
     assert d2_to_torchvision_name("roi_heads.res5.1.shortcut.norm.bias") == "layer4.1.downsample.1.bias"
 
 
-def test_wrong_depth_checkpoint_is_named(tmp_path, shapes):
+def test_wrong_depth_checkpoint_is_named(tmp_path, shapes_det):
     write_d2_pkl(torchvision_to_d2_state(_resnet_state(34)), tmp_path / "r34.pkl")
-    cfg, _ = make_cfg(tmp_path, shapes, "c4")
+    cfg, _ = make_cfg(tmp_path, shapes_det, "c4")
     with pytest.raises(WeightsError, match="ResNet-34"):
         load_weights(build_model(cfg), str(tmp_path / "r34.pkl"))
 
 
-def test_freeze_at_freezes_stem_and_res2(tmp_path, shapes):
-    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.BACKBONE.FREEZE_AT", "2"])
+def test_freeze_at_freezes_stem_and_res2(tmp_path, shapes_det):
+    cfg, _ = make_cfg(tmp_path, shapes_det, "fpn", opts=["MODEL.BACKBONE.FREEZE_AT", "2"])
     body = build_model(cfg).backbone.body
     assert not any(p.requires_grad for p in body.conv1.parameters())
     assert not any(p.requires_grad for p in body.layer1.parameters())
@@ -170,45 +162,45 @@ def test_freeze_at_freezes_stem_and_res2(tmp_path, shapes):
     (["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.001"],
      "DATALOADER.SAMPLER_TRAIN"),
 ])
-def test_unsupported_config_key_is_named(tmp_path, shapes, opts, key):
-    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=opts)
+def test_unsupported_config_key_is_named(tmp_path, shapes_det, opts, key):
+    cfg, path = make_cfg(tmp_path, shapes_det, "c4", opts=opts)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         run(cfg, _args(path))
     assert not (tmp_path / "out" / "model_final.pth").exists()
 
 
-def test_zero_annotations_and_broken_json(tmp_path, shapes):
-    src = json.load(open(os.path.join(shapes, "annotations", "instances_train.json")))
+def test_zero_annotations_and_broken_json(tmp_path, shapes_det):
+    src = json.load(open(os.path.join(shapes_det, "annotations", "instances_train.json")))
     empty, broken = tmp_path / "empty.json", tmp_path / "broken.json"
     empty.write_text(json.dumps(dict(src, annotations=[])))
     broken.write_text(json.dumps(src)[:200])
-    img = os.path.join(shapes, "JPEGImages")
+    img = os.path.join(shapes_det, "JPEGImages")
     for bad, message in ((empty, "zero annotations"), (broken, "not valid JSON")):
-        cfg, path = make_cfg(tmp_path, shapes, "c4", "coco",
+        cfg, path = make_cfg(tmp_path, shapes_det, "c4", "coco",
                              ["DATASETS.COCO_JSON", repr([["tr", str(bad), img], ["te", str(bad), img]])])
         with pytest.raises(DatasetError, match=message):
             run(cfg, _args(path))
 
 
-def test_missing_image_is_named(tmp_path, shapes):
-    ann = os.path.join(shapes, "annotations")
+def test_missing_image_is_named(tmp_path, shapes_det):
+    ann = os.path.join(shapes_det, "annotations")
     wrong_root = str(tmp_path)  # the json is right, the image folder is not
     registered = [["tr", f"{ann}/instances_train.json", wrong_root], ["te", f"{ann}/instances_val.json", wrong_root]]
-    cfg, path = make_cfg(tmp_path, shapes, "c4", "coco", ["DATASETS.COCO_JSON", repr(registered)])
+    cfg, path = make_cfg(tmp_path, shapes_det, "c4", "coco", ["DATASETS.COCO_JSON", repr(registered)])
     # training skips missing images as it skips unreadable ones, and says so when too many are
     with pytest.raises(TooManyBadImagesError, match=r"training set 'tr': 4 of 4 images cannot be read.*does not exist"):
         run(cfg, _args(path))
 
 
-def test_missing_builtin_root_names_env_var(tmp_path, shapes, monkeypatch):
+def test_missing_builtin_root_names_env_var(tmp_path, shapes_det, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "nowhere"))
-    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["DATASETS.TEST", "('voc_2007_test',)"])
+    cfg, path = make_cfg(tmp_path, shapes_det, "c4", opts=["DATASETS.TEST", "('voc_2007_test',)"])
     with pytest.raises(DatasetError, match="DETECTRON2_DATASETS"):
         run(cfg, _args(path))
 
 
-def test_class_count_mismatch(tmp_path, shapes):
-    cfg, path = make_cfg(tmp_path, shapes, "c4", opts=["MODEL.ROI_HEADS.NUM_CLASSES", "20"])
+def test_class_count_mismatch(tmp_path, shapes_det):
+    cfg, path = make_cfg(tmp_path, shapes_det, "c4", opts=["MODEL.ROI_HEADS.NUM_CLASSES", "20"])
     with pytest.raises(ConfigError, match="NUM_CLASSES"):
         run(cfg, _args(path))
 
@@ -269,20 +261,20 @@ def test_pooler_levels_and_alignment():
     assert fpn._levels(sizes).tolist() == [2, 1, 0, 3]  # Detectron2: 224 px -> P4, clamped to P2..P5
 
 
-def test_schedule_matches_detectron2(tmp_path, shapes):
-    cfg, _ = make_cfg(tmp_path, shapes, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+def test_schedule_matches_detectron2(tmp_path, shapes_det):
+    cfg, _ = make_cfg(tmp_path, shapes_det, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
                                               "SOLVER.STEPS", "(20, 30)", "SOLVER.MAX_ITER", "40"])
     assert lr_factor(cfg, 0) == pytest.approx(0.1)
     assert lr_factor(cfg, 5) == pytest.approx(0.1 * 0.5 + 0.5)
     assert [lr_factor(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
 
 
-def test_schedule_ramps_to_the_value_where_warmup_ends(tmp_path, shapes):
+def test_schedule_ramps_to_the_value_where_warmup_ends(tmp_path, shapes_det):
     # Detectron2's warmup replaces the schedule: a step inside it lowers where the ramp ends.
-    cfg, _ = make_cfg(tmp_path, shapes, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+    cfg, _ = make_cfg(tmp_path, shapes_det, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
                                               "SOLVER.STEPS", "(4,)", "SOLVER.MAX_ITER", "40"])
     assert [lr_factor(cfg, i) for i in (0, 5, 9, 10)] == pytest.approx([0.1, 0.1, 0.1, 0.1])
-    cosine, _ = make_cfg(tmp_path, shapes, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+    cosine, _ = make_cfg(tmp_path, shapes_det, opts=["SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
                                                  "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR", "SOLVER.MAX_ITER", "40"])
     end = 0.5 * (1 + math.cos(math.pi * 10 / 40))
     assert lr_factor(cosine, 5) == pytest.approx(0.1 + (end - 0.1) * 0.5)
@@ -330,10 +322,10 @@ def _in_detectron2_names(model, arch):
 
 
 @pytest.mark.parametrize("arch", ["c4", "fpn"])
-def test_a_detectron2_detector_loads_completely(tmp_path, shapes, arch):
+def test_a_detectron2_detector_loads_completely(tmp_path, shapes_det, arch):
     """A Detectron2 model_final.pth (Detectron2 names, background last, no background box or
     mask) fills every tensor of the model; evaluation refuses one that does not fit."""
-    cfg, _ = make_cfg(tmp_path, shapes, arch, opts=["MODEL.MASK_ON", "True"])
+    cfg, _ = make_cfg(tmp_path, shapes_det, arch, opts=["MODEL.MASK_ON", "True"])
     torch.manual_seed(0)
     source = build_model(cfg)
     with torch.no_grad():
@@ -350,13 +342,13 @@ def test_a_detectron2_detector_loads_completely(tmp_path, shapes, arch):
     expected = source.state_dict()
     for k, v in model.state_dict().items():
         assert torch.equal(v, expected[k]), k
-    other, _ = make_cfg(tmp_path, shapes, arch, opts=["MODEL.MASK_ON", "True", "MODEL.ROI_HEADS.NUM_CLASSES", "2"])
+    other, _ = make_cfg(tmp_path, shapes_det, arch, opts=["MODEL.MASK_ON", "True", "MODEL.ROI_HEADS.NUM_CLASSES", "2"])
     with pytest.raises(WeightsError, match="does not fit the model the config builds"):
         load_weights(build_model(other), str(tmp_path / "model_final.pth"), detector=True)
 
 
-def test_detections_clipped_to_a_sliver_are_kept_as_detectron2_keeps_them(tmp_path, shapes):
-    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
+def test_detections_clipped_to_a_sliver_are_kept_as_detectron2_keeps_them(tmp_path, shapes_det):
+    cfg, _ = make_cfg(tmp_path, shapes_det, "fpn", opts=["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.5"])
     heads = build_model(cfg).roi_heads
     proposals = [torch.tensor([[10.0, 10.0, 30.0, 30.0], [70.0, 10.0, 90.0, 30.0]])]  # the second lies past x = 64
     logits = torch.tensor([[0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 9.0, 0.0]])
@@ -365,9 +357,9 @@ def test_detections_clipped_to_a_sliver_are_kept_as_detectron2_keeps_them(tmp_pa
 
 
 @pytest.mark.parametrize("arch", ["c4", "fpn"])
-def test_preflight_reads_the_depth_of_an_engine_checkpoint(tmp_path, shapes, arch):
+def test_preflight_reads_the_depth_of_an_engine_checkpoint(tmp_path, shapes_det, arch):
     # A fine-tuned model of this engine used as MODEL.WEIGHTS for further fine-tuning.
-    cfg, _ = make_cfg(tmp_path, shapes, arch, opts=["MODEL.MASK_ON", "True"])
+    cfg, _ = make_cfg(tmp_path, shapes_det, arch, opts=["MODEL.MASK_ON", "True"])
     path = save_checkpoint(str(tmp_path / "ft"), "model_final.pth", build_model(cfg))
     assert check_weights_depth(path, 18, 64).depth == 18
     with pytest.raises(CheckpointError, match="is a ResNet-18 but the config builds ResNet-34"):
@@ -380,10 +372,10 @@ def test_preflight_reads_the_depth_of_an_engine_checkpoint(tmp_path, shapes, arc
     assert (converted["res5.1.conv2.weight"] == source.numpy()).all()
 
 
-def test_anchors_are_detectron2s_exact_corners_on_nominal_strides(tmp_path, shapes):
+def test_anchors_are_detectron2s_exact_corners_on_nominal_strides(tmp_path, shapes_det):
     from torchvision.models.detection.image_list import ImageList
 
-    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.ANCHOR_GENERATOR.SIZES", "[[24], [48], [96], [192], [384]]"])
+    cfg, _ = make_cfg(tmp_path, shapes_det, "fpn", opts=["MODEL.ANCHOR_GENERATOR.SIZES", "[[24], [48], [96], [192], [384]]"])
     generator = build_model(cfg).rpn.anchor_generator
     # A 160 x 96 image: P6 is a 3 x 2 grid, which a stride read off the image size would make 53 x 48.
     grids = [(40, 24), (20, 12), (10, 6), (5, 3), (3, 2)]
@@ -397,10 +389,10 @@ def test_anchors_are_detectron2s_exact_corners_on_nominal_strides(tmp_path, shap
 
 
 @pytest.mark.parametrize("beta", [0.0, 1 / 9])
-def test_box_head_loss_follows_smooth_l1_beta(tmp_path, shapes, beta):
+def test_box_head_loss_follows_smooth_l1_beta(tmp_path, shapes_det, beta):
     from torchvision.models.detection.roi_heads import fastrcnn_loss
 
-    cfg, _ = make_cfg(tmp_path, shapes, "fpn", opts=["MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", str(beta)])
+    cfg, _ = make_cfg(tmp_path, shapes_det, "fpn", opts=["MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA", str(beta)])
     heads = build_model(cfg).roi_heads
     torch.manual_seed(0)
     logits, deltas = torch.randn(6, 4), torch.randn(6, 16)
@@ -431,15 +423,15 @@ def test_engine_identity_is_engine_library_and_package_versions(monkeypatch):
     assert engines.engine_identity("torchvision") == {**before, "seed-transfer": "99.0"}
 
 
-def test_keys_the_engine_honours_its_own_way(tmp_path, shapes):
+def test_keys_the_engine_honours_its_own_way(tmp_path, shapes_det):
     """CUDNN_BENCHMARK is set for the run; INPUT.MASK_FORMAT polygon with masks is named in the log,
     since the engine's mask targets are Detectron2's 'bitmask' ones."""
     from seed_det.engines.tv.checks import mask_format_note
-    cfg, path = make_cfg(tmp_path, shapes, "c4", "coco", ["MODEL.MASK_ON", "True", "CUDNN_BENCHMARK", "True",
+    cfg, path = make_cfg(tmp_path, shapes_det, "c4", "coco", ["MODEL.MASK_ON", "True", "CUDNN_BENCHMARK", "True",
                                                           "SOLVER.MAX_ITER", "0"])
     assert "bitmask" in mask_format_note(cfg)
     assert mask_format_note(load_det_config(path, ["INPUT.MASK_FORMAT", "bitmask", "MODEL.MASK_ON", "True"]
-                                            + _datasets(shapes, "coco"))) is None
+                                            + _datasets(shapes_det, "coco"))) is None
     before = torch.backends.cudnn.benchmark
     try:
         run(cfg, _args(path))
@@ -449,7 +441,7 @@ def test_keys_the_engine_honours_its_own_way(tmp_path, shapes):
     assert "INPUT.MASK_FORMAT polygon" in (tmp_path / "out" / "log.txt").read_text()
 
 
-def test_one_function_says_what_a_weights_file_is(tmp_path, shapes):
+def test_one_function_says_what_a_weights_file_is(tmp_path, shapes_det):
     """seed_det.convert.read_weights_file decides the kind of MODEL.WEIGHTS for the checks before
     both engines, the torchvision engine's loader and the Detectron2 engine's load check."""
     import ast
@@ -460,7 +452,7 @@ def test_one_function_says_what_a_weights_file_is(tmp_path, shapes):
         imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "seed_det.convert"
                     for a in n.names}
         assert "read_weights_file" in imported, module
-    cfg, _ = make_cfg(tmp_path, shapes, "c4", opts=["MODEL.MASK_ON", "True"])
+    cfg, _ = make_cfg(tmp_path, shapes_det, "c4", opts=["MODEL.MASK_ON", "True"])
     model = build_model(cfg)
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     convert_to_d2(tmp_path / "r18.pth", tmp_path / "r18.pkl")
@@ -482,16 +474,16 @@ def test_one_function_says_what_a_weights_file_is(tmp_path, shapes):
         load_weights(build_model(cfg), str(tmp_path / name), detector=True)
 
 
-def test_a_seed_error_in_a_data_loading_worker_reaches_the_user_in_one_line(tmp_path, shapes, monkeypatch, capsys):
+def test_a_seed_error_in_a_data_loading_worker_reaches_the_user_in_one_line(tmp_path, shapes_det, monkeypatch, capsys):
     """A DatasetError raised inside a DataLoader worker (DATALOADER.NUM_WORKERS 1) is what the main
     process would print, with the run log holding the worker's traceback."""
     from conftest import load_script
     from seed_det.data.torch_dataset import DetectionDataset
 
-    def broken(self, record):
-        raise DatasetError(f"image {os.path.basename(record['file_name'])} cannot be decoded; replace it")
-    monkeypatch.setattr(DetectionDataset, "_image", broken)  # the worker is forked: it sees the patch
-    cfg, path = make_cfg(tmp_path, shapes, opts=["DATALOADER.NUM_WORKERS", "1"])
+    def broken(self, idx):
+        raise DatasetError(f"image {os.path.basename(self.records[idx]['file_name'])} cannot be decoded; replace it")
+    monkeypatch.setattr(DetectionDataset, "_readable", broken)  # the worker is forked: it sees the patch
+    cfg, path = make_cfg(tmp_path, shapes_det, opts=["DATALOADER.NUM_WORKERS", "1"])
     log = os.path.join(cfg.OUTPUT_DIR, "log.txt")
     with pytest.raises(DatasetError, match=r"^image \S+ cannot be decoded; replace it \(details: .*log\.txt\)$"):
         run(cfg, _args(path))
@@ -499,7 +491,7 @@ def test_a_seed_error_in_a_data_loading_worker_reaches_the_user_in_one_line(tmp_
 
     train_net = load_script("tools/train_net.py")
     capsys.readouterr()
-    opts = ["OUTPUT_DIR", str(tmp_path / "out2")] + _datasets(shapes, "voc") + ["DATALOADER.NUM_WORKERS", "1"]
+    opts = ["OUTPUT_DIR", str(tmp_path / "out2")] + _datasets(shapes_det, "voc") + ["DATALOADER.NUM_WORKERS", "1"]
     assert train_net.main(["--config-file", path, "--engine", "torchvision", *opts]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert re.fullmatch(r"error: image \S+ cannot be decoded; replace it \(details: .*out2/log\.txt\)", err[-1])

@@ -8,7 +8,6 @@ import pytest
 from conftest import load_script, write_backbone_export
 
 
-
 @pytest.fixture(scope="module")
 def tool():
     return load_script(os.path.join("tools", "export.py"))

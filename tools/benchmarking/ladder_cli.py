@@ -31,7 +31,7 @@ def run_cli(argv, defaults: Settings, description: str, results_dir: str) -> int
     p.add_argument("--splits", nargs="+", default=list(d.splits), choices=["train", "train_small"])
     p.add_argument("--engines", nargs="+", default=list(d.engines), choices=["torchvision", "detectron2"])
     p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
-    p.add_argument("--teacher-lr", type=float, default=d.teacher_lr, help="the larger teachers' SOLVER.BASE_LR")
+    p.add_argument("--teacher-lr", type=float, default=d.teacher_lr, help="the larger teachers' SOLVER.BASE_LR (default: the preset's distill_base_lr)")
     p.add_argument("--processes", type=int, default=d.processes, help="stages side by side (0: one per core)")
     p.add_argument("--render", action="store_true", help="only render the md and png from the results json")
     p.add_argument("--tiny", action="store_true",

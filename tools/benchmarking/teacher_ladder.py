@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -76,7 +75,7 @@ class Settings:
     # longer than their students); the ResNet-18 teacher is the MoCo-v2 student itself (the control).
     teacher_epochs: int = 48
     teacher_batch: int = 64
-    teacher_lr: float = 0.03        # SOLVER.BASE_LR of the larger teachers (per 256 images)
+    teacher_lr: float | None = None  # SOLVER.BASE_LR of the larger teachers; None: the preset's distill_base_lr
     l2_student_lr: float = 0.48     # ResNet-18 winner of benchmarks/lr_sweep.py (SEED 0.06, MoCo-v2 0.03: the preset's)
     # Settings of each method's students over the preset's, e.g. another student's lr-sweep winners:
     # (("mocov2", (("SOLVER.BASE_LR", 0.12),)), ...); L2 takes l2_student_lr unless named here.
@@ -106,7 +105,7 @@ class Settings:
         return dict(dict(self.student_recipes).get(init, ()))
 
 
-def mobile_settings(work_dir: str = "output/teacher_ladder") -> Settings:
+def mobile_settings(work_dir: str = Settings.work_dir) -> Settings:
     """The ladder's protocol with the digits harness's MobileNetV3-Small student (its lr-sweep winners:
     benchmarks/results/lr_sweep_mobilenetv3_small_050.md) taught by the ladder's largest teacher, in
     the ladder's work folder so that the teacher is trained once."""
@@ -219,7 +218,9 @@ def backbone_stages(p: dict, data: dict, arms: list[Arm], s: Settings) -> dict:
             moco18 = Arm("mocov2", "resnet18")
             return moco18.name, stages.setdefault(moco18.name, (student_opts(moco18), None))[0]
         opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": arch, "SOLVER.EPOCHS": s.teacher_epochs,
-                "SOLVER.BATCH_SIZE": s.teacher_batch, "SOLVER.BASE_LR": s.teacher_lr}
+                "SOLVER.BATCH_SIZE": s.teacher_batch}
+        if s.teacher_lr is not None:
+            opts["SOLVER.BASE_LR"] = s.teacher_lr
         stages[teacher_stage(arch)] = (opts, None)
         return teacher_stage(arch), opts
 
