@@ -55,7 +55,7 @@ def test_a_mobile_student_is_fine_tuned_on_an_fpn_in_both_splits_and_never_as_c4
     assert all(seeds == (0, 1, 2, 3, 4) for c, seeds in cells.items() if c.engine == "torchvision")
     assert all(seeds == (0,) for c, seeds in cells.items() if c.engine == "detectron2")
     assert {c.arm for c in cells} == {Arm("random", "mobilenetv3_small_050"), Arm("mocov2", "mobilenetv3_small_050"),
-                                      Arm("seed", "mobilenetv3_small_050", "resnet50")}
+                                      Arm("seed", "mobilenetv3_small_050", "resnet34")}
 
 
 def test_the_teachers_lr_is_the_presets_unless_set():
