@@ -172,3 +172,23 @@ def test_tiny_mobile_ladder_fine_tunes_a_timm_student_and_reports_against_its_ow
     assert paths["json"].endswith("mobile_students.json")
     md = open(paths["md"]).read()
     assert "AP50 − MoCo-v2 MNv3-S 0.5" in md and "SEED MNv3-S 0.5 ← R34" in md
+
+
+def test_a_teacher_recipe_from_the_command_line_is_another_teacher(tmp_path):
+    """--teacher-set and --teacher-lr change the larger teachers' stage (and nothing else): a recipe
+    probe trains another teacher, whose record names its recipe."""
+    from tools.benchmarking.ladder_cli import _typed
+    from tools.benchmarking.teacher_ladder import backbone_stages, load_preset
+    assert (_typed("True"), _typed("0.5"), _typed("3"), _typed("glyphs")) == (True, 0.5, 3, "glyphs")
+    s = Settings(arms=("mocov2:resnet18", "seed:resnet18:resnet50"))
+    data = {"pretrain": str(tmp_path)}
+    p = load_preset(s.preset)
+    base = backbone_stages(p, data, check_settings(s), s)
+    from dataclasses import replace
+    probe = replace(s, teacher_lr=0.12, teacher_recipe=(("MODEL.STUDENT.ZERO_INIT_RESIDUAL", True),))
+    changed = backbone_stages(p, data, check_settings(probe), probe)
+    t = "teacher_moco_resnet50"
+    assert changed[t][0] == {**base[t][0], "SOLVER.BASE_LR": 0.12, "MODEL.STUDENT.ZERO_INIT_RESIDUAL": True}
+    assert changed["mocov2_resnet18"] == base["mocov2_resnet18"]
+    s_cli = load_script("benchmarks/teacher_ladder.py")
+    assert s_cli.main(["--work-dir", str(tmp_path), "--teacher-set", "MODEL.STUDENT.ZERO_INIT_RESIDUAL"]) == 2

@@ -32,6 +32,10 @@ def run_cli(argv, defaults: Settings, description: str, results_dir: str) -> int
     p.add_argument("--engines", nargs="+", default=list(d.engines), choices=["torchvision", "detectron2"])
     p.add_argument("--teacher-epochs", type=int, default=d.teacher_epochs)
     p.add_argument("--teacher-lr", type=float, default=d.teacher_lr, help="the larger teachers' SOLVER.BASE_LR (default: the preset's distill_base_lr)")
+    p.add_argument("--teacher-set", nargs="+", default=[], metavar="KEY VALUE",
+                   help="further distillation settings of the larger teachers, e.g. MODEL.STUDENT.ZERO_INIT_RESIDUAL True")
+    p.add_argument("--stages", nargs="+", default=[], metavar="STAGE",
+                   help="only these stages and what they need, e.g. knn_teacher_moco_resnet50 (a teacher-recipe probe)")
     p.add_argument("--processes", type=int, default=d.processes, help="stages side by side (0: one per core)")
     p.add_argument("--render", action="store_true", help="only render the md and png from the results json")
     p.add_argument("--tiny", action="store_true",
@@ -44,7 +48,10 @@ def run_cli(argv, defaults: Settings, description: str, results_dir: str) -> int
             render_report(os.path.join(out_dir, f"{d.results_name}.json"))
             print(f"rendered {out_dir}/{d.results_name}.md and .png")
             return 0
-        s = replace(d, work_dir=args.work_dir, arms=tuple(args.arms), seeds=tuple(args.seeds),
+        if len(args.teacher_set) % 2:
+            raise ValueError(f"--teacher-set takes KEY VALUE pairs, got {args.teacher_set}")
+        teacher_recipe = tuple((k, _typed(v)) for k, v in zip(args.teacher_set[::2], args.teacher_set[1::2]))
+        s = replace(d, teacher_recipe=teacher_recipe, stages=tuple(args.stages), work_dir=args.work_dir, arms=tuple(args.arms), seeds=tuple(args.seeds),
                     decisive_seeds=tuple(args.decisive_seeds), detectors=tuple(args.detectors),
                     splits=tuple(args.splits), engines=tuple(args.engines), teacher_epochs=args.teacher_epochs,
                     teacher_lr=args.teacher_lr, processes=args.processes)
@@ -62,3 +69,12 @@ def run_cli(argv, defaults: Settings, description: str, results_dir: str) -> int
     print("wrote " + ", ".join(paths.values()))
     print(f"total {time.time() - start:.0f} s")
     return 0
+
+
+def _typed(text: str):
+    """A command-line value as the config schema types it: True, 0.5, 3, or the text itself."""
+    import ast
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text

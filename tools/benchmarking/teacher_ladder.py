@@ -76,6 +76,9 @@ class Settings:
     teacher_epochs: int = 48
     teacher_batch: int = 64
     teacher_lr: float | None = None  # SOLVER.BASE_LR of the larger teachers; None: the preset's distill_base_lr
+    # Further settings of the larger teachers: (("MODEL.STUDENT.ZERO_INIT_RESIDUAL", True),); a
+    # changed recipe is another teacher, trained again.
+    teacher_recipe: tuple = ()
     l2_student_lr: float = 0.48     # ResNet-18 winner of benchmarks/lr_sweep.py (SEED 0.06, MoCo-v2 0.03: the preset's)
     # Settings of each method's students over the preset's, e.g. another student's lr-sweep winners:
     # (("mocov2", (("SOLVER.BASE_LR", 0.12),)), ...); L2 takes l2_student_lr unless named here.
@@ -226,6 +229,7 @@ def backbone_stages(p: dict, data: dict, arms: list[Arm], s: Settings) -> dict:
                 "SOLVER.BATCH_SIZE": s.teacher_batch}
         if s.teacher_lr is not None:
             opts["SOLVER.BASE_LR"] = s.teacher_lr
+        opts.update(dict(s.teacher_recipe))
         stages[teacher_stage(arch)] = (opts, None)
         return teacher_stage(arch), opts
 
@@ -405,6 +409,7 @@ def _backbone_records(stages: dict, knn: dict, s: Settings) -> list[dict]:
                     "teacher_arch": opts.get("MODEL.TEACHER.ARCH") if teacher else None,
                     "epochs": opts["SOLVER.EPOCHS"], "batch": opts["SOLVER.BATCH_SIZE"],
                     "lr": opts["SOLVER.BASE_LR"], "role": "teacher" if name.startswith("teacher_") else "student",
+                    **({"recipe": dict(s.teacher_recipe)} if name.startswith("teacher_") and s.teacher_recipe else {}),
                     "knn": top1})
     return out
 
