@@ -90,13 +90,14 @@ def executor_parameters(cfg: CfgNode, opts: SlurmOptions) -> dict:
 
 
 def submit(cfg: CfgNode, opts: SlurmOptions, resume: bool = False, restart: bool = False, cluster: str = "slurm",
-           download_progress: Progress | None = None):
+           download_progress: Progress | None = None, job_setup=None):
     """Check the run and submit it; returns the submitit job. Everything a user can get wrong is
     refused here, on the login node, not in a job log: the config for N x G processes, the data
     and teacher paths, and OUTPUT_DIR (a run there needs --resume or --restart, which moves it
     aside now). A `zoo:NAME` teacher is fetched here (its download reported to `download_progress`),
     so a job never starts without it. `cluster` "local" runs the job on this machine (submitit's
-    local executor)."""
+    local executor). `job_setup`: a picklable function every task calls first, once its rank is
+    known (the application's logging setup)."""
     submitit = require_submitit()
     params = executor_parameters(cfg, opts)
     cfg = cfg.clone()
@@ -126,7 +127,7 @@ def submit(cfg: CfgNode, opts: SlurmOptions, resume: bool = False, restart: bool
         pass  # refused, or free for the job (a --restart has moved the old run aside)
     executor = submitit.AutoExecutor(folder=os.path.join(cfg.OUTPUT_DIR, SUBMITIT_FOLDER), cluster=cluster)
     executor.update_parameters(**params)
-    job = executor.submit(DistillJob(cfg.dump()))
+    job = executor.submit(DistillJob(cfg.dump(), job_setup))
     logger.info("submitted job %s: %d node(s) x %d task(s); logs in %s", job.job_id, opts.nodes,
                 opts.gpus_per_node, job.paths.folder)
     return job
@@ -140,14 +141,14 @@ def _preemption_signal() -> int:
 class DistillJob:
     """What every task of the job runs; picklable (the config travels as YAML text)."""
 
-    def __init__(self, cfg_text: str):
-        self.cfg_text = cfg_text
+    def __init__(self, cfg_text: str, setup=None):
+        self.cfg_text, self.setup = cfg_text, setup
 
     def __call__(self) -> dict | None:
         submitit = require_submitit()
         env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        logging.basicConfig(level=logging.INFO if env.rank == 0 else logging.WARNING,
-                            format=f"[%(asctime)s rank{env.rank} %(name)s] %(levelname)s: %(message)s")
+        if self.setup is not None:
+            self.setup()  # after export(): RANK is set
         cfg = cfg_from_string(self.cfg_text)
         preempted = []
         sig = _preemption_signal()
@@ -174,4 +175,4 @@ class DistillJob:
 
     def checkpoint(self, *args, **kwargs):
         """submitit's checkpoint protocol: the job to requeue (this one: it resumes from OUTPUT_DIR)."""
-        return require_submitit().helpers.DelayedSubmission(DistillJob(self.cfg_text))
+        return require_submitit().helpers.DelayedSubmission(DistillJob(self.cfg_text, self.setup))

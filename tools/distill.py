@@ -68,7 +68,8 @@ def _main(argv) -> int:
     cfg = load_cfg(args.config_file or None, cli.overrides(args))
     if args.slurm:
         with cli.DownloadBar("teacher") as bar:  # a zoo:NAME teacher is fetched before submission
-            job = submit(cfg, slurm_options(args), resume=args.resume, restart=args.restart, download_progress=bar)
+            job = submit(cfg, slurm_options(args), resume=args.resume, restart=args.restart, download_progress=bar,
+                         job_setup=cli.setup_logging)
         print(f"submitted SLURM job {job.job_id}; its logs: {job.paths.folder}; the run writes to "
               f"{cfg.OUTPUT_DIR} (follow log.txt there)")
         return 0
