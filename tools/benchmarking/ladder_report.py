@@ -165,8 +165,9 @@ def _footnote(result: dict) -> list[str]:
             f"2x), {p['det_iters']} iterations at batch {p['det_batch']}, lr {p['det_lr']}. Students: "
             f"{p['student_epochs']} epochs at batch {p['distill_batch']} on {c.get('pretrain')} unlabelled digit "
             f"crops, each method at its own lr (the backbone table); larger teachers: MoCo-v2, "
-            f"{s.get('teacher_epochs')} epochs at batch {s.get('teacher_batch')}, lr {s.get('teacher_lr') or p['distill_base_lr']}. "
-            f"The R18 teacher is the MoCo-v2 R18 student."]
+            f"{s.get('teacher_epochs')} epochs at batch {s.get('teacher_batch')}, lr {s.get('teacher_lr') or p['distill_base_lr']}."
+            + (" The R18 teacher is the MoCo-v2 R18 student." if any(
+                r.get("teacher_arch") == "resnet18" for r in result.get("runs", [])) else "")]
 
 
 def ladder_chart(result: dict, path: str | Path) -> None:
