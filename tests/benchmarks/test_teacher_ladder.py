@@ -192,3 +192,14 @@ def test_a_teacher_recipe_from_the_command_line_is_another_teacher(tmp_path):
     assert changed["mocov2_resnet18"] == base["mocov2_resnet18"]
     s_cli = load_script("benchmarks/teacher_ladder.py")
     assert s_cli.main(["--work-dir", str(tmp_path), "--teacher-set", "MODEL.STUDENT.ZERO_INIT_RESIDUAL"]) == 2
+
+
+def test_detection_settings_need_a_results_file_of_their_own(tmp_path, capsys):
+    from tools.benchmarking.ladder_cli import _pairs
+    assert _pairs("--det-set", ["MODEL.TIMM.NORM", "FrozenBN", "MODEL.FPN.NORM", "GN"]) == (
+        ("MODEL.TIMM.NORM", "FrozenBN"), ("MODEL.FPN.NORM", "GN"))
+    cli = load_script("benchmarks/mobile_students.py")
+    assert cli.main(["--work-dir", str(tmp_path), "--det-set", "MODEL.TIMM.NORM", "FrozenBN"]) == 2
+    assert "--results-name of their own" in capsys.readouterr().err
+    assert cli.main(["--work-dir", str(tmp_path), "--det-set", "MODEL.TIMM.NORM"]) == 2
+    assert not os.listdir(tmp_path)

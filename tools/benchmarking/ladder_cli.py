@@ -34,6 +34,10 @@ def run_cli(argv, defaults: Settings, description: str, results_dir: str) -> int
     p.add_argument("--teacher-lr", type=float, default=d.teacher_lr, help="the larger teachers' SOLVER.BASE_LR (default: the preset's distill_base_lr)")
     p.add_argument("--teacher-set", nargs="+", default=[], metavar="KEY VALUE",
                    help="further distillation settings of the larger teachers, e.g. MODEL.STUDENT.ZERO_INIT_RESIDUAL True")
+    p.add_argument("--det-set", nargs="+", default=[], metavar="KEY VALUE",
+                   help="detection settings of every fine-tuning, e.g. MODEL.TIMM.NORM FrozenBN (runs of their own: "
+                        "give them a --results-name of their own)")
+    p.add_argument("--results-name", default=d.results_name, help="results file name (without .json)")
     p.add_argument("--stages", nargs="+", default=[], metavar="STAGE",
                    help="only these stages and what they need, e.g. knn_teacher_moco_resnet50 (a teacher-recipe probe)")
     p.add_argument("--processes", type=int, default=d.processes, help="stages side by side (0: one per core)")
@@ -45,13 +49,15 @@ def run_cli(argv, defaults: Settings, description: str, results_dir: str) -> int
     out_dir = args.out_dir
     try:
         if args.render:
-            render_report(os.path.join(out_dir, f"{d.results_name}.json"))
-            print(f"rendered {out_dir}/{d.results_name}.md and .png")
+            render_report(os.path.join(out_dir, f"{args.results_name}.json"))
+            print(f"rendered {out_dir}/{args.results_name}.md and .png")
             return 0
-        if len(args.teacher_set) % 2:
-            raise ValueError(f"--teacher-set takes KEY VALUE pairs, got {args.teacher_set}")
-        teacher_recipe = tuple((k, _typed(v)) for k, v in zip(args.teacher_set[::2], args.teacher_set[1::2]))
-        s = replace(d, teacher_recipe=teacher_recipe, stages=tuple(args.stages), work_dir=args.work_dir, arms=tuple(args.arms), seeds=tuple(args.seeds),
+        if args.det_set and args.results_name == d.results_name:
+            raise ValueError(f"--det-set: give these runs a --results-name of their own (not {d.results_name}), "
+                             f"so that they sit beside the runs at the configs' own settings")
+        s = replace(d, teacher_recipe=_pairs("--teacher-set", args.teacher_set),
+                    det_recipe=_pairs("--det-set", args.det_set), results_name=args.results_name,
+                    stages=tuple(args.stages), work_dir=args.work_dir, arms=tuple(args.arms), seeds=tuple(args.seeds),
                     decisive_seeds=tuple(args.decisive_seeds), detectors=tuple(args.detectors),
                     splits=tuple(args.splits), engines=tuple(args.engines), teacher_epochs=args.teacher_epochs,
                     teacher_lr=args.teacher_lr, processes=args.processes)
@@ -78,3 +84,10 @@ def _typed(text: str):
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def _pairs(flag: str, words: list) -> tuple:
+    """KEY VALUE KEY VALUE ... as ((KEY, typed VALUE), ...)."""
+    if len(words) % 2:
+        raise ValueError(f"{flag} takes KEY VALUE pairs, got {words}")
+    return tuple((k, _typed(v)) for k, v in zip(words[::2], words[1::2]))

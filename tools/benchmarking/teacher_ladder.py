@@ -79,6 +79,10 @@ class Settings:
     # Further settings of the larger teachers: (("MODEL.STUDENT.ZERO_INIT_RESIDUAL", True),); a
     # changed recipe is another teacher, trained again.
     teacher_recipe: tuple = ()
+    # Detection settings of every fine-tuning over the detector's config, e.g. a BatchNorm treatment:
+    # (("MODEL.TIMM.NORM", "FrozenBN"),); they name the runs' stages (and their records), so that
+    # they never replace the runs at the config's own settings. Write them to a results_name of their own.
+    det_recipe: tuple = ()
     l2_student_lr: float = 0.48     # ResNet-18 winner of benchmarks/lr_sweep.py (SEED 0.06, MoCo-v2 0.03: the preset's)
     # Settings of each method's students over the preset's, e.g. another student's lr-sweep winners:
     # (("mocov2", (("SOLVER.BASE_LR", 0.12),)), ...); L2 takes l2_student_lr unless named here.
@@ -329,12 +333,12 @@ def run_ladder(s: Settings, on_progress=lambda result: None) -> dict:
                   key=lambda x: (x[1].engine != "torchvision", x[0], x[1].detector, x[1].split))
     ft_names = {}
     for seed, c in runs:
-        tag = _run_tag(c.engine, c.detector, c.split, p)
+        tag = _run_tag(c.engine, c.detector, c.split, p) + "".join(f"_{k}-{v}" for k, v in s.det_recipe)
         name = det_stage_name(c.arm.name, seed, tag)
         ft_names[name] = (c, seed)
         d = detector_of(c.detector, c.arm)
         steps.append(Step(name, _finetune_arm, (s.work_dir, pre, _weights_name(c.arm), seed, c.engine),
-                          dict(tag=tag, det_config=d.config, split=c.split, extra=_extra(c.arm),
+                          dict(tag=tag, det_config=d.config, split=c.split, extra={**_extra(c.arm), **dict(s.det_recipe)},
                                det_iters=d.iterations(p), input_scale=d.input_scale, stage_init=c.arm.name),
                           after=(c.arm.name,) if c.arm.init != "random" else ()))
     if s.stages:
