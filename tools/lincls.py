@@ -13,12 +13,12 @@ metrics.json (every epoch) and log.txt; a finished run adds a row (optimizer "li
 epoch's top-1 / top-5) to --results-csv. For a quick number from cached features, use
 tools/eval_linear.py. Installed as `seed-lincls`.
 """
-import os
 import sys
 from datetime import datetime, timezone
 
 import torch
 
+from seed_core.distributed import is_main_process
 from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
 from seed_core.evaluation.results import record_accuracy
 from seed_core.results import check_results_file, results_path
@@ -86,7 +86,7 @@ def _main(argv) -> int:
     except Interrupted as e:  # SIGTERM / SIGINT: the checkpoint is written
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return 0
     if summary["finished"] and args.results_csv:
         row = {**summary, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -17,6 +17,7 @@ from fvcore.common.config import CfgNode
 
 from seed_core.constants import (EVAL_METRICS_FILE, FINAL_MODEL_FILE, LAST_CHECKPOINT_FILE, METRICS_FILE,
                                   TRAIN_LOG_FILE)
+from seed_core.distributed import is_main_process
 from seed_core.errors import SeedError
 from seed_core.run_dir import LOCK_FILE, claim_if_main
 from seed_det.config import load_det_config
@@ -92,7 +93,7 @@ EVAL_OUTPUTS = (EVAL_METRICS_FILE, "inference")
 
 def _launching_process(options: RunOptions) -> bool:
     """The process that claims OUTPUT_DIR: the one started on machine 0 (under torchrun, rank 0)."""
-    return options.machine_rank == 0 and os.environ.get("RANK", "0") == "0"
+    return options.machine_rank == 0 and is_main_process()
 
 
 def claim_output_dir(cfg: CfgNode, options: RunOptions):
