@@ -8,6 +8,7 @@ with the launch options (`RunOptions`).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
@@ -115,7 +116,9 @@ def run_config(cfg: CfgNode, options: RunOptions) -> dict | None:
     """Run a detection config already built (`seed_det.config.load_det_config`) on the engine
     `options.engine`; `options.opts` is not read. Returns the metrics (main process)."""
     engine = resolve_engine(options.engine)
-    preflight(cfg, eval_only=options.eval_only, resume=options.resume)  # reads only: nothing is created
+    unreadable = preflight(cfg, eval_only=options.eval_only, resume=options.resume)  # reads only: creates nothing
+    if unreadable is not None:  # the engine leaves these out without reading their headers again
+        options = dataclasses.replace(options, unreadable_training_images=tuple(sorted(unreadable.items())))
     logger.info("engine: %s", engine)
     if engine == "detectron2":
         check_for_detectron2(cfg, options.eval_only)
