@@ -11,12 +11,12 @@ trained by SGD on augmented images:
 
 Unlike MoCo's script, every sample's augmentation is seeded by (seed, epoch, index) and the image
 order by (seed, epoch), so a run resumed from any checkpoint ends exactly as the uninterrupted one.
+The probe on cached features (linear.py) stays as the fast check: it sees no augmentation.
 
 Unreadable images follow the suite's policy (seed_core.images): a training image is skipped and
 counted as distillation does (replaced by the next readable one, with its label; above
 `max_bad_fraction` of an epoch the run stops), nothing read up front; every val image is decoded
 before any step, at every start and resume, and a bad one is refused naming the file.
-The probe on cached features (linear.py) stays as the fast check: it sees no augmentation.
 """
 from __future__ import annotations
 
