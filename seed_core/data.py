@@ -54,6 +54,21 @@ def list_images(root: str) -> list[str]:
     return files
 
 
+def first_readable(files: list[str], index: int, open_file) -> tuple[int, object, list[int]]:
+    """Training's skip for one sample: `open_file(files[i])` for the first i from `index` on (wrapping
+    around) whose file decodes; returns (i, what it returned, the indices skipped before it). A file
+    the decoder cannot read (seed_core.images names it) is skipped; none readable is a DatasetError."""
+    bad = []
+    for attempt in range(len(files)):
+        i = (index + attempt) % len(files)
+        try:
+            return i, open_file(files[i]), bad
+        except DatasetError as e:  # the decoder names every file it cannot read (seed_core.images)
+            logger.debug("skipping unreadable image %s: %s", files[i], e)
+            bad.append(i)
+    raise DatasetError("no image in the dataset could be read")
+
+
 class UnlabeledImages(Dataset):
     """Indexed by (epoch, index) so each sample's augmentation is seeded by (seed, epoch, index):
     the same on any worker, after any resume. A file that cannot be decoded is replaced by the
@@ -97,23 +112,13 @@ class UnlabeledImages(Dataset):
 
     def __getitem__(self, key) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], list[int]]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        bad = []
         with torch.random.fork_rng(devices=[]):
             # Seeded before decoding: a planned transform draws its crops from the header. Only the
             # CPU generator: torch.manual_seed also defers a seeding of every accelerator not
             # started yet, formatting a stack trace each time: in a data-loader worker (which never
             # starts CUDA) about 1 ms per sample.
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            for attempt in range(len(self.files)):
-                i = (index + attempt) % len(self.files)
-                try:
-                    img, crops = self._open(self.files[i])
-                    break
-                except DatasetError as e:  # the decoder names every file it cannot read (seed_core.images)
-                    logger.debug("skipping unreadable image %s: %s", self.files[i], e)
-                    bad.append(i)
-            else:
-                raise DatasetError("no image in the dataset could be read")
+            _, (img, crops), bad = first_readable(self.files, index, self._open)
             if crops is None:
                 out = [t(img) for t in self._view_transforms()]
             else:
@@ -126,7 +131,8 @@ class UnlabeledImages(Dataset):
 
 
 def collate(batch):
-    """Stack samples into a batch (a pair of batches for samples with small patches)."""
+    """Stack samples (sample, bad indices) into (batch, bad indices); a sample that is a tuple (main
+    views and small patches; an image and its label) gives a tuple of batches."""
     first = batch[0][0]
     if isinstance(first, tuple):
         images = tuple(torch.stack([b[0][j] for b in batch]) for j in range(len(first)))

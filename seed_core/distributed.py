@@ -45,11 +45,22 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def launched_rank() -> int:
+    """This process's rank as its launcher set it (RANK: torchrun, `launch`); 0 for a process started
+    alone. Known before the process group is joined and after it is left (unlike `world_info`)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """The process that reports a run: rank 0, or the only one."""
+    return launched_rank() == 0
+
+
 def init_distributed(timeout_s: float = 1800, device: str = "auto", init_method: Optional[str] = None) -> DistContext:
     """Join the process group the environment describes (RANK, WORLD_SIZE, LOCAL_RANK; torchrun
     sets them, `launch` too), or run alone. `init_method` defaults to env:// (MASTER_ADDR/PORT)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")

@@ -8,7 +8,8 @@ kept), and a mode or value range that has no meaning as a picture is refused by 
 It also holds the one policy for files that cannot be decoded (missing, empty, not an image,
 truncated or damaged, or larger than MAX_IMAGE_PIXELS, a possible decompression bomb), whatever the
 format: each becomes an `UnreadableImageError` naming the file. Training skips and counts them
-(`skip_unreadable`, `SkippedImages`; an error above a set fraction); evaluation refuses them before
+(`skip_unreadable`, or `read_headers` then `limit_skipped` where the scan and the skipping are apart;
+`SkippedImages`; an error above a set fraction); evaluation refuses them before
 any work (`refuse_unreadable`), since a skipped test image changes the metric.
 """
 from __future__ import annotations
@@ -209,21 +210,36 @@ def _too_many(count: int, total: int, max_fraction: float, what: str, key: str, 
                                  f"{max_fraction}; for example {example}. Fix or remove them, or raise {key}")
 
 
-def skip_unreadable(paths: Sequence[str], max_fraction: float, what: str, key: str) -> dict[int, tuple[int, int]]:
-    """Training's policy, from the headers (cheap enough for a whole training set): {index: upright
-    (width, height)} of the files that open; the others are skipped and counted in one warning, and
-    more than `max_fraction` of them is a TooManyBadImagesError naming one and `key`."""
-    sizes, bad = {}, []
+def read_headers(paths: Sequence[str]) -> tuple[dict[int, tuple[int, int]], dict[int, str]]:
+    """Training's scan, from the headers only (cheap enough for a whole training set): {index: upright
+    (width, height)} of the files that open, {index: its error} of the others."""
+    sizes, bad = {}, {}
     for i, path in enumerate(paths):
         try:
             sizes[i] = upright_size(path)
         except UnreadableImageError as e:
-            bad.append(str(e))
-    if len(bad) > max_fraction * len(paths):
-        raise _too_many(len(bad), len(paths), max_fraction, what, key, bad[0])
-    if bad:
-        logger.warning("%s: skipping %d of %d images that cannot be read (%s = %g), e.g. %s", what, len(bad),
-                       len(paths), key, max_fraction, bad[0])
+            bad[i] = str(e)
+    return sizes, bad
+
+
+def limit_skipped(errors: Sequence[str], total: int, max_fraction: float, what: str, key: str,
+                  report: bool = True) -> None:
+    """Training's limit on the unreadable files `errors` (their errors) of `total`: more than
+    `max_fraction` is a TooManyBadImagesError naming one and `key`; otherwise, with `report`, one
+    warning counts them (say it once: where the files are left out)."""
+    if len(errors) > max_fraction * total:
+        raise _too_many(len(errors), total, max_fraction, what, key, errors[0])
+    if errors and report:
+        logger.warning("%s: skipping %d of %d images that cannot be read (%s = %g), e.g. %s", what, len(errors),
+                       total, key, max_fraction, errors[0])
+
+
+def skip_unreadable(paths: Sequence[str], max_fraction: float, what: str, key: str) -> dict[int, tuple[int, int]]:
+    """Training's policy, from the headers: {index: upright (width, height)} of the files that open;
+    the others are skipped and counted in one warning, and more than `max_fraction` of them is a
+    TooManyBadImagesError naming one and `key`."""
+    sizes, bad = read_headers(paths)
+    limit_skipped(list(bad.values()), len(paths), max_fraction, what, key)
     return sizes
 
 

@@ -62,13 +62,22 @@ class NonFiniteGuard:
 
 class BadImageCounter:
     """Unreadable images (replaced by the next readable one by the dataset), counted over all
-    ranks per epoch and for the run; above DATA.MAX_BAD_FRACTION of an epoch the run stops and
-    names a few of them."""
+    ranks per epoch and for the run; above `key` (DATA.MAX_BAD_FRACTION for distillation) of an
+    epoch the run stops and names a few of them."""
 
-    def __init__(self, files: list[str], max_fraction: float, root: str, shown: int = 5):
-        self.files, self.max_fraction, self.root, self.shown = files, max_fraction, root, shown
+    def __init__(self, files: list[str], max_fraction: float, root: str, shown: int = 5,
+                 key: str = "DATA.MAX_BAD_FRACTION"):
+        self.files, self.max_fraction, self.root, self.shown, self.key = files, max_fraction, root, shown, key
         self.total = 0
         self.start_epoch(0)
+
+    def state_dict(self) -> dict:
+        """The counts a checkpoint keeps, so that a resumed run reports the epoch's and the run's."""
+        return {"epoch": self.epoch, "in_epoch": self.in_epoch, "total": self.total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start_epoch(int(state["epoch"]))
+        self.in_epoch, self.total = int(state["in_epoch"]), int(state["total"])
 
     def start_epoch(self, epoch: int) -> None:
         self.epoch, self.in_epoch, self.seen_here = epoch, 0, set()
@@ -85,9 +94,9 @@ class BadImageCounter:
         limit = self.max_fraction * len(self.files)
         if self.in_epoch > limit:
             raise TooManyBadImagesError(
-                f"{self.in_epoch} unreadable images in epoch {self.epoch}, more than DATA.MAX_BAD_FRACTION = "
+                f"{self.in_epoch} unreadable images in epoch {self.epoch}, more than {self.key} = "
                 f"{self.max_fraction} of {len(self.files)}; for example {self._examples()}. Fix or remove "
-                f"them under {self.root}, or raise DATA.MAX_BAD_FRACTION")
+                f"them under {self.root}, or raise {self.key}")
 
     def end_epoch(self, is_main: bool) -> None:
         if self.in_epoch and is_main:

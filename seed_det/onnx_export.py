@@ -79,6 +79,10 @@ def export_detector_onnx(weights: str, config_file: str, out_path: str, opts: Se
     engine, or a Detectron2 detector that fills the whole model), to `out_path`. Returns a summary."""
     out_path = os.fspath(out_path)
     check_onnx_path(out_path, overwrite)
+    if not os.path.isfile(weights):  # before the config is read and the model built
+        raise ExportError(f"WEIGHTS {weights} does not exist: it must be the detector checkpoint to export "
+                          "(model_final.pth of a torchvision-engine detection run, or a Detectron2 detector), "
+                          "trained with the --config given")
     require_onnx()
     model, cfg = build_detector(config_file, weights, opts)
     names = detector_outputs(cfg.MODEL.MASK_ON)

@@ -88,9 +88,10 @@ def overrides(args: argparse.Namespace) -> tuple:
 def setup_logging(level: str | None = None) -> None:
     """Log to stderr; INFO by default (SEED_LOG_LEVEL), warnings only on the other processes of a
     multi-process run."""
-    rank = os.environ.get("RANK", "0")
+    from seed_core.distributed import launched_rank  # torch: only when a tool runs, not on import
+    rank = launched_rank()
     level = level or os.environ.get("SEED_LOG_LEVEL", "INFO")
-    logging.basicConfig(level=level if rank == "0" else "WARNING",
+    logging.basicConfig(level=level if rank == 0 else "WARNING",
                         format=f"[%(asctime)s rank{rank} %(name)s] %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S")
 

@@ -16,10 +16,10 @@ job of N nodes x G GPUs, requeued on preemption or time-out and resumed exactly:
     python tools/distill.py --config ... --slurm --nodes 4 --gpus-per-node 8 [--partition P --time 72:00:00]
 """
 import argparse
-import os
 import sys
 
 from seed_core.config import load_cfg
+from seed_core.distributed import is_main_process
 from seed_core.slurm import SlurmOptions, submit
 from seed_core.trainer import Interrupted, train
 from tools import cli
@@ -80,7 +80,7 @@ def _main(argv) -> int:
     except Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         if summary.get("backbone"):
             print(f"student backbone written to {summary['backbone']}")
         else:

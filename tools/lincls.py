@@ -9,16 +9,17 @@ classifier trained by SGD on augmented images, top-1 / top-5 on val after every 
 Defaults are MoCo's: 100 epochs, global batch 256, lr 30 (x0.1 at epochs 60 and 80), momentum 0.9,
 weight decay 0, RandomResizedCrop 224 + flip / Resize 256 + CenterCrop 224. The output folder gets
 checkpoint.pth (continue with --resume), model_best.pth (the best top-1 epoch's classifier),
-metrics.json (every epoch) and log.txt; a finished run adds a row (optimizer "lincls", the last
-epoch's top-1 / top-5) to --results-csv. For a quick number from cached features, use
-tools/eval_linear.py. Installed as `seed-lincls`.
+metrics.json (every epoch, with the unreadable training images it skipped) and log.txt; a
+finished run adds a row (optimizer "lincls", the last epoch's top-1 / top-5) to --results-csv. For a quick number from cached features, use
+tools/eval_linear.py. An unreadable training image is skipped and counted (--max-bad-fraction); an
+unreadable val image is refused, naming it, before any step. Installed as `seed-lincls`.
 """
-import os
 import sys
 from datetime import datetime, timezone
 
 import torch
 
+from seed_core.distributed import is_main_process
 from seed_core.evaluation.lincls import LinclsOptions, run_linear_evaluation
 from seed_core.evaluation.results import record_accuracy
 from seed_core.results import check_results_file, results_path
@@ -40,6 +41,9 @@ def parse_args(argv=None):
     g.add_argument("--image-size", type=int, default=DEFAULTS.image_size, help="crop size")
     g.add_argument("--resize-size", type=int, default=DEFAULTS.resize_size, help="val: shorter side before the center crop")
     g.add_argument("--workers", type=int, default=DEFAULTS.workers, help="data-loading processes per process")
+    g.add_argument("--max-bad-fraction", type=float, default=DEFAULTS.max_bad_fraction, metavar="F",
+                   help="unreadable --train images skipped per epoch before the run stops, as a fraction of the "
+                        "split (distillation's DATA.MAX_BAD_FRACTION); a --val image is never skipped")
     g = p.add_argument_group("recipe")
     g.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     g.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="global batch, split over processes")
@@ -77,7 +81,7 @@ def _main(argv) -> int:
         random_init=args.random_init, epochs=args.epochs, lr=args.lr, schedule=tuple(args.schedule),
         momentum=args.momentum, weight_decay=args.weight_decay, batch_size=args.batch_size, workers=args.workers,
         image_size=args.image_size, resize_size=args.resize_size, seed=args.seed,
-        checkpoint_period=args.checkpoint_period)
+        checkpoint_period=args.checkpoint_period, max_bad_fraction=args.max_bad_fraction)
     if args.results_csv:
         check_results_file(args.results_csv, "linear")  # before any work: the file must be ours (or new)
     try:
@@ -86,7 +90,7 @@ def _main(argv) -> int:
     except Interrupted as e:  # SIGTERM / SIGINT: the checkpoint is written
         print(str(e), file=sys.stderr)
         return 128 + int(e.signum)
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return 0
     if summary["finished"] and args.results_csv:
         row = {**summary, "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -12,6 +12,11 @@ trained by SGD on augmented images:
 Unlike MoCo's script, every sample's augmentation is seeded by (seed, epoch, index) and the image
 order by (seed, epoch), so a run resumed from any checkpoint ends exactly as the uninterrupted one.
 The probe on cached features (linear.py) stays as the fast check: it sees no augmentation.
+
+Unreadable images follow the suite's policy (seed_core.images): a training image is skipped and
+counted as distillation does (replaced by the next readable one, with its label; above
+`max_bad_fraction` of an epoch the run stops), nothing read up front; every val image is decoded
+before any step, at every start and resume, and a bad one is refused naming the file.
 """
 from __future__ import annotations
 
@@ -30,11 +35,13 @@ from torchvision import datasets, transforms
 
 from ..checkpoint_io import CheckpointError, atomic_save, load_untrusted
 from ..constants import BEST_CLASSIFIER_FILE, CHECKPOINT_FILE, IMAGENET_MEAN, IMAGENET_STD, LOG_FILE, METRICS_FILE
-from ..data import ResumableSampler, sample_seed
+from ..config import get_default_cfg
+from ..data import ResumableSampler, collate, first_readable, sample_seed
 from ..distributed import (DistContext, all_reduce_sum, decided_by_main, init_distributed, shutdown,
                            stop_if_peer_lost)
 from ..errors import ConfigError, DatasetError
-from ..images import refuse_unreadable
+from ..images import open_rgb, refuse_unreadable
+from ..monitoring import BadImageCounter, StepStats
 from ..results import write_json
 from ..run_dir import RunLog, claim_if_main, claim_run_dir
 from ..stop_signals import Interrupted, StopSignals
@@ -47,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 RUN_MARKERS = (CHECKPOINT_FILE, METRICS_FILE)
 RUN_OUTPUTS = RUN_MARKERS + (BEST_CLASSIFIER_FILE, LOG_FILE)
+MAX_BAD_FRACTION = get_default_cfg().DATA.MAX_BAD_FRACTION  # distillation's default, from its schema
 
 
 @dataclass
@@ -69,11 +77,12 @@ class LinclsOptions:
     resize_size: int = 256
     seed: int = 0
     checkpoint_period: int = 1000     # iterations between checkpoints (plus every epoch)
+    max_bad_fraction: float = MAX_BAD_FRACTION  # unreadable training images tolerated per epoch
     dist_timeout: float = 1800
 
 
 # Options a resumed run may change: they do not change the result.
-RESUME_MAY_CHANGE = {"workers", "checkpoint_period", "dist_timeout", "output_dir"}
+RESUME_MAY_CHANGE = {"workers", "checkpoint_period", "dist_timeout", "output_dir", "max_bad_fraction"}
 
 
 def check_options(opts: LinclsOptions, world_size: int = 1) -> None:
@@ -86,6 +95,8 @@ def check_options(opts: LinclsOptions, world_size: int = 1) -> None:
         problems.append(f"--lr {opts.lr} must be > 0")
     if not 0 <= opts.momentum < 1:
         problems.append(f"--momentum {opts.momentum} must be in [0, 1)")
+    if not 0 <= opts.max_bad_fraction <= 1:
+        problems.append(f"--max-bad-fraction {opts.max_bad_fraction} must be in [0, 1]")
     if opts.weight_decay < 0 or opts.workers < 0:
         problems.append("--weight-decay and --workers must be >= 0")
     if any(m < 1 for m in opts.schedule) or list(opts.schedule) != sorted(opts.schedule):
@@ -123,22 +134,24 @@ def new_classifier(feature_dim: int, num_classes: int, seed: int) -> nn.Linear:
 
 class AugmentedImageFolder(Dataset):
     """An ImageFolder indexed by (epoch, index) (ResumableSampler's keys); each sample's
-    augmentation is seeded by seed_core.data.sample_seed, the same on any worker or resume."""
+    augmentation is seeded by seed_core.data.sample_seed, the same on any worker or resume. An
+    unreadable file is replaced by the next readable one (seed_core.data.first_readable), with that
+    one's label; a sample is ((image, label), the indices skipped), batched by seed_core.data.collate."""
 
     def __init__(self, folder: datasets.ImageFolder, transform, seed: int):
         self.folder, self.transform, self.seed = folder, transform, seed
+        self.files = [path for path, _ in folder.samples]
 
     def __len__(self) -> int:
-        return len(self.folder.samples)
+        return len(self.files)
 
-    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key) -> tuple[tuple[torch.Tensor, torch.Tensor], list[int]]:
         epoch, index = key
-        path, label = self.folder.samples[index]
-        image = self.folder.loader(path)
+        i, image, bad = first_readable(self.files, index, open_rgb)
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed formats a stack trace per sample (seed_core.data).
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(image), label
+            return (self.transform(image), torch.tensor(self.folder.samples[i][1])), bad
 
 
 def run_linear_evaluation(opts: LinclsOptions, resume: bool = False, overwrite: bool = False,
@@ -202,17 +215,19 @@ class LinearEvaluation:
         if len(train.samples) < opts.batch_size:
             raise DatasetError(f"--train {opts.train} has {len(train.samples)} images, fewer than one batch "
                                f"(--batch-size {opts.batch_size}): lower --batch-size or add images")
-        # The image policy of evaluation (seed_core.images): every image of both splits decodes, or one
-        # error naming a bad file, before any work (a skipped image would change the protocol).
-        decided_by_main(ctx.is_main, lambda: [
-            refuse_unreadable([path for path, _ in split.samples], f"{flag} {root}", opts.workers)
-            for flag, root, split in (("--train", opts.train, train), ("--val", opts.val, val))])
+        # The image policy (seed_core.images): training skips and counts (the loop's BadImageCounter);
+        # evaluation refuses: every val image decodes, or one error naming a bad file, before any step,
+        # at every start and resume (a val set is small; a skipped image would change the metric).
+        decided_by_main(ctx.is_main, lambda: refuse_unreadable(
+            [path for path, _ in val.samples], f"--val {opts.val}", opts.workers))
         self.classes = train.classes
         self.train_set = AugmentedImageFolder(train, build_train_transform(opts.image_size), opts.seed)
+        self.bad_images = BadImageCounter(self.train_set.files, opts.max_bad_fraction, opts.train,
+                                          key="--max-bad-fraction")
         self.sampler = ResumableSampler(len(self.train_set), opts.batch_size, ctx.rank, ctx.world_size, opts.seed)
         cuda = self.device.type == "cuda"
         self.loader = DataLoader(self.train_set, batch_size=self.sampler.local_batch, sampler=self.sampler,
-                                 num_workers=opts.workers, pin_memory=cuda, drop_last=True,
+                                 collate_fn=collate, num_workers=opts.workers, pin_memory=cuda, drop_last=True,
                                  persistent_workers=opts.workers > 0,
                                  generator=torch.Generator().manual_seed(opts.seed))
         # Each process scores its own share of val; the counts are summed.
@@ -259,13 +274,18 @@ class LinearEvaluation:
             while it < end:
                 epoch, step = divmod(it, self.steps_per_epoch)
                 self.sampler.set_position(epoch, step)
+                if step == 0:  # a resumed epoch keeps the counts of its checkpoint
+                    self.bad_images.start_epoch(epoch + 1)
                 lr = lr_at_epoch(self.opts, epoch)
-                for images, labels in self.loader:
+                for (images, labels), bad in self.loader:
                     with stop_if_peer_lost(f"at iteration {it}", f"Continue with --resume ({self.ckpt_path})."):
                         loss = self.step(images, labels, lr)
-                        # every process stops at the same step, whichever received the signal
-                        stop = bool(all_reduce_sum(torch.tensor([int(self.stop.signum is not None)],
-                                                                device=self.device)).item())
+                        # every process stops at the same step, whichever received the signal, and
+                        # counts the same unreadable images
+                        stats = StepStats.gather(loss, self.stop.signum is not None,
+                                                 self.bad_images.new_here(bad), self.device)
+                    self.bad_images.add(stats.bad_images)
+                    stop = stats.stop_requested
                     self.epoch_loss = [self.epoch_loss[0] + loss.item(), self.epoch_loss[1] + 1]
                     it += 1
                     if it % self.steps_per_epoch == 0:
@@ -282,9 +302,11 @@ class LinearEvaluation:
     def _end_epoch(self, epoch: int, lr: float) -> None:
         with stop_if_peer_lost(f"validating epoch {epoch + 1}", f"Continue with --resume ({self.ckpt_path})."):
             acc = self.validate()
-        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]), **acc}
+        entry = {"epoch": epoch + 1, "lr": lr, "train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]), **acc,
+                 "bad_images": self.bad_images.in_epoch}  # unreadable training images skipped, all processes
         self.history.append(entry)
         self.epoch_loss = [0.0, 0]
+        self.bad_images.end_epoch(self.ctx.is_main)
         improved = self.best is None or acc["top1"] > self.best["top1"]
         if improved:
             self.best = entry
@@ -305,7 +327,8 @@ class LinearEvaluation:
                 "num_train": len(self.train_set), "num_val": self.num_val, "num_classes": len(self.classes),
                 "settings": _settings(self.opts), "epochs_done": len(self.history),
                 "top1": last.get("top1"), "top5": last.get("top5"), "best_epoch": best.get("epoch"),
-                "best_top1": best.get("top1"), "best_top5": best.get("top5"), "history": self.history}
+                "best_top1": best.get("top1"), "best_top5": best.get("top5"), "bad_images": self.bad_images.total,
+                "history": self.history}
 
     def summary(self, it: int) -> dict:
         return {"iterations": it, "finished": it >= self.total_iters, "checkpoint": self.ckpt_path,
@@ -318,7 +341,8 @@ class LinearEvaluation:
             return
         state = {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "iteration": next_iter, "history": self.history, "best": self.best,
-                 "epoch_loss": self.epoch_loss, "settings": _settings(self.opts), **self.source,
+                 "epoch_loss": self.epoch_loss, "bad_images": self.bad_images.state_dict(),
+                 "settings": _settings(self.opts), **self.source,
                  "num_train": len(self.train_set), "classes": self.classes}
         try:
             atomic_save(state, self.ckpt_path)
@@ -346,6 +370,8 @@ class LinearEvaluation:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.history, self.best = list(ckpt["history"]), ckpt["best"]
         self.epoch_loss = list(ckpt["epoch_loss"])
+        if "bad_images" in ckpt:  # absent from checkpoints written before training skipped them
+            self.bad_images.load_state_dict(ckpt["bad_images"])
         return int(ckpt["iteration"])
 
 

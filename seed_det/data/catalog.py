@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Dict, List
+from typing import Dict, List, Mapping, Optional
 
 from .coco_json import load_coco_json
-from seed_core.images import refuse_unreadable, skip_unreadable, upright_size
+from seed_core.images import limit_skipped, read_headers, refuse_unreadable, upright_size
 
 from .records import Dataset, DatasetError, DatasetSpec, check_image_size, require_annotations, training_records
 from .voc import VOC_CLASSES, load_voc
@@ -122,30 +122,58 @@ def check_test_images(dataset: Dataset, num_workers: int = 0) -> None:
         check_image_size(record, *upright_size(record["file_name"]))
 
 
-def readable_training_records(records: List[Dict], max_bad_fraction: float, name: str) -> List[Dict]:
-    """Training's image policy: records whose image does not open (from the header) are skipped and
-    counted, an error above `max_bad_fraction` (seed_core.images.skip_unreadable); the others must have
-    the size their record says. Both engines train on what this returns."""
-    sizes = skip_unreadable([r["file_name"] for r in records], max_bad_fraction, f"training set '{name}'",
-                            MAX_BAD_KEY)
+def unreadable_training_images(records: List[Dict], max_bad_fraction: float, name: str) -> Dict[str, str]:
+    """The header scan of training's image policy, once a run (the preflight's, through
+    `check_training_set`): {file name: why it cannot be read} of the records whose image does not
+    open, an error above `max_bad_fraction`; the others must have the size their record says. No
+    warning here: `readable_training_records`, where the engine leaves them out, reports them."""
+    sizes, bad = read_headers([r["file_name"] for r in records])
+    limit_skipped(list(bad.values()), len(records), max_bad_fraction, f"training set '{name}'", MAX_BAD_KEY,
+                  report=False)
     for i, (width, height) in sizes.items():
         check_image_size(records[i], width, height)
-    return [records[i] for i in sorted(sizes)]
+    return {records[i]["file_name"]: error for i, error in bad.items()}
+
+
+def readable_training_records(records: List[Dict], max_bad_fraction: float, name: str,
+                              unreadable: Optional[Mapping[str, str]] = None) -> List[Dict]:
+    """Training's image policy: records whose image does not open are left out and counted in one
+    warning, an error above `max_bad_fraction` (seed_core.images.limit_skipped). `unreadable` is what
+    `unreadable_training_images` found for them (the preflight's: no header is read again); None
+    scans them now. Both engines train on what this returns."""
+    if unreadable is None:
+        unreadable = unreadable_training_images(records, max_bad_fraction, name)
+    bad = [unreadable[r["file_name"]] for r in records if r["file_name"] in unreadable]
+    limit_skipped(bad, len(records), max_bad_fraction, f"training set '{name}'", MAX_BAD_KEY)
+    return [r for r in records if r["file_name"] not in unreadable]
+
+
+def check_training_set(dataset: Dataset, filter_empty: bool = True, max_bad_fraction: float = 0.0) -> Dict[str, str]:
+    """A training set's images (`unreadable_training_images`, whose result it returns) and something
+    left to train on after crowd/empty filtering and the unreadable images."""
+    records = training_records(dataset, filter_empty)
+    unreadable = unreadable_training_images(records, max_bad_fraction, dataset.spec.name)
+    kept = [r for r in records if r["file_name"] not in unreadable]
+    training_records(Dataset(dataset.spec, kept, dataset.class_names), filter_empty)
+    return unreadable
 
 
 def validate_dataset(spec: DatasetSpec, for_training: bool = False, filter_empty: bool = True,
-                     for_testing: bool = False, max_bad_fraction: float = 0.0, num_workers: int = 0) -> Dataset:
+                     for_testing: bool = False, max_bad_fraction: float = 0.0, num_workers: int = 0,
+                     unreadable: Optional[Dict[str, str]] = None) -> Dataset:
     """Read a dataset the way the engines will and check everything they rely on before any work:
     annotation structure (in the readers), image files and sizes (a test set: every image decodes; a
     training set: at most `max_bad_fraction` unreadable), and for training a non-empty set of boxes
-    after crowd/empty filtering. Both engines run this, so they accept the same data."""
+    after crowd/empty filtering. Both engines run this, so they accept the same data. A training set's
+    unreadable images (`check_training_set`) are added to `unreadable` when given."""
     dataset = load_coco_json(spec) if spec.kind == "coco" else load_voc(spec)
     require_annotations(dataset)
     if for_testing:
         check_test_images(dataset, num_workers)
     if for_training:
-        records = readable_training_records(training_records(dataset, filter_empty), max_bad_fraction, spec.name)
-        training_records(Dataset(spec, records, dataset.class_names), filter_empty)  # something left to train on
+        found = check_training_set(dataset, filter_empty, max_bad_fraction)
+        if unreadable is not None:
+            unreadable.update(found)
     logger.info("dataset %s checked: %d images, %d annotations", spec.name, len(dataset.records),
                 dataset.num_annotations)
     return dataset

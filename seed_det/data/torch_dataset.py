@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,11 +32,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     with MODEL.PIXEL_MEAN/STD, exactly like Detectron2), and targets with labels 1..K (0 = background).
 
     Images that cannot be read follow the suite's policy (seed_core.images): for training they are
-    skipped and counted, up to `max_bad_fraction` (from the headers when built, and when decoding
-    fails later, the next image instead); for evaluation (preflight has decoded every one) an error."""
+    skipped and counted, up to `max_bad_fraction` (from the headers when built, or from the preflight's
+    scan of them, `unreadable`; and when decoding fails later, the next image instead); for evaluation (preflight has decoded every one) an error."""
 
     def __init__(self, dataset: Dataset, train: bool, image_format: str = "RGB", with_masks: bool = False,
-                 flip_prob: float = 0.5, filter_empty: bool = True, max_bad_fraction: float = 0.0):
+                 flip_prob: float = 0.5, filter_empty: bool = True, max_bad_fraction: float = 0.0,
+                 unreadable: Optional[Mapping[str, str]] = None):
         if image_format not in ("RGB", "BGR"):
             raise DatasetError(f"INPUT.FORMAT must be RGB or BGR for the torchvision engine, not '{image_format}'")
         self.dataset, self.train, self.bgr, self.with_masks = dataset, train, image_format == "BGR", with_masks
@@ -44,7 +45,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         records = dataset.records
         if train:
             records = readable_training_records(training_records(dataset, filter_empty), max_bad_fraction,
-                                                dataset.spec.name)
+                                                dataset.spec.name, unreadable)
             self.skipped = SkippedImages(len(records), max_bad_fraction, f"training set '{dataset.spec.name}'",
                                          MAX_BAD_KEY)
         if with_masks and any("segmentation" not in a for r in records for a in r["annotations"]):

@@ -8,6 +8,7 @@ with the launch options (`RunOptions`).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import logging
@@ -17,6 +18,7 @@ from fvcore.common.config import CfgNode
 
 from seed_core.constants import (EVAL_METRICS_FILE, FINAL_MODEL_FILE, LAST_CHECKPOINT_FILE, METRICS_FILE,
                                   TRAIN_LOG_FILE)
+from seed_core.distributed import is_main_process
 from seed_core.errors import SeedError
 from seed_core.run_dir import LOCK_FILE, claim_if_main
 from seed_det.config import load_det_config
@@ -92,7 +94,7 @@ EVAL_OUTPUTS = (EVAL_METRICS_FILE, "inference")
 
 def _launching_process(options: RunOptions) -> bool:
     """The process that claims OUTPUT_DIR: the one started on machine 0 (under torchrun, rank 0)."""
-    return options.machine_rank == 0 and os.environ.get("RANK", "0") == "0"
+    return options.machine_rank == 0 and is_main_process()
 
 
 def claim_output_dir(cfg: CfgNode, options: RunOptions):
@@ -114,7 +116,9 @@ def run_config(cfg: CfgNode, options: RunOptions) -> dict | None:
     """Run a detection config already built (`seed_det.config.load_det_config`) on the engine
     `options.engine`; `options.opts` is not read. Returns the metrics (main process)."""
     engine = resolve_engine(options.engine)
-    preflight(cfg, eval_only=options.eval_only, resume=options.resume)  # reads only: nothing is created
+    unreadable = preflight(cfg, eval_only=options.eval_only, resume=options.resume)  # reads only: creates nothing
+    if unreadable is not None:  # the engine leaves these out without reading their headers again
+        options = dataclasses.replace(options, unreadable_training_images=tuple(sorted(unreadable.items())))
     logger.info("engine: %s", engine)
     if engine == "detectron2":
         check_for_detectron2(cfg, options.eval_only)

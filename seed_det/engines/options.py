@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,15 @@ class RunOptions:
     num_machines: int = 1
     machine_rank: int = 0
     dist_url: str = "auto"              # tcp://host:port of machine 0 for multi-node runs
+    # Set by seed_det.engines.run_config from the preflight, the one scan of the training images'
+    # headers: ((file name, why it cannot be read), ...) of those that do not open, which the engine
+    # leaves out (and reports) without reading a header again; None: the engine scans them itself.
+    unreadable_training_images: Optional[tuple] = None
 
     def __post_init__(self):
         object.__setattr__(self, "opts", tuple(self.opts))  # a list given by a caller is kept as a tuple
+
+    def unreadable(self) -> Optional[dict]:
+        """unreadable_training_images as {file name: why}, or None."""
+        found = self.unreadable_training_images
+        return None if found is None else dict(found)

@@ -1,5 +1,6 @@
 """Checks every engine needs, run before any model is built: weights (depth; a trained detector for
---eval-only), solver, results file, datasets (files present, every record valid).
+--eval-only), solver, results file, datasets (files present, every record valid; the one scan of the
+training images' headers, whose findings the engines use).
 
 Bad input fails here, with a message naming the key or path, instead of crashing late or training
 the wrong thing silently.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Dict, Optional
 
 from fvcore.common.config import CfgNode
 
@@ -22,18 +24,25 @@ from seed_det.timm_backbone import check_timm_weights, is_timm_backbone, refuse_
 logger = logging.getLogger(__name__)
 
 
-def _check_datasets(cfg: CfgNode, eval_only: bool) -> None:
-    """Files present, then every record validated (both engines read the same, valid data)."""
+def _check_datasets(cfg: CfgNode, eval_only: bool) -> Optional[Dict[str, str]]:
+    """Files present, then every record validated (both engines read the same, valid data). Returns
+    the training images that do not open ({file name: why}; None when a training set is not ours to
+    check), so that the engine leaves them out without reading their headers again."""
     registered = {spec.name: spec for spec in config_specs(cfg)}
     train = [] if eval_only else list(cfg.DATASETS.TRAIN)
+    unreadable: Optional[Dict[str, str]] = {}
     for name in train + list(cfg.DATASETS.TEST):
         spec = registered.get(name) or (builtin_spec(name) if is_builtin(name) else None)
         if spec is None:
+            if name in train:
+                unreadable = None  # its images are the engine's to scan
             continue  # registered elsewhere (e.g. by the user's own code); the engine will complain
         check_present(name, spec)
         validate_dataset(spec, for_training=name in train, for_testing=name in cfg.DATASETS.TEST,
                          filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                         max_bad_fraction=cfg.DATALOADER.MAX_BAD_FRACTION, num_workers=cfg.DATALOADER.NUM_WORKERS)
+                         max_bad_fraction=cfg.DATALOADER.MAX_BAD_FRACTION, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                         unreadable=unreadable)
+    return unreadable
 
 
 def _check_eval_weights(cfg: CfgNode, resume: bool) -> None:
@@ -60,8 +69,10 @@ def _check_solver(cfg: CfgNode) -> None:
                           "training step over all GPUs; use 1 or more (the protocol uses 16).")
 
 
-def preflight(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
-    """Fail fast on inputs that would otherwise crash late or train the wrong thing silently."""
+def preflight(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> Optional[Dict[str, str]]:
+    """Fail fast on inputs that would otherwise crash late or train the wrong thing silently. Returns
+    the training images whose header does not open ({file name: why}; None: not all checked here),
+    for RunOptions.unreadable_training_images: the engines skip them without a second scan."""
     check_results_file(cfg.RESULTS_CSV or default_csv_path(cfg.OUTPUT_DIR), KIND)
     if eval_only:
         _check_eval_weights(cfg, resume)
@@ -79,7 +90,7 @@ def preflight(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> No
             logger.info("MODEL.WEIGHTS %s: ResNet-%d, fits the config", cfg.MODEL.WEIGHTS, spec.depth)
     if not eval_only and not cfg.DATASETS.TRAIN:
         raise SeedError("DATASETS.TRAIN is empty: name the dataset(s) to fine-tune on.")
-    _check_datasets(cfg, eval_only)
+    return _check_datasets(cfg, eval_only)
 
 
 def check_for_detectron2(cfg: CfgNode, eval_only: bool) -> None:

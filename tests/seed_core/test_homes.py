@@ -63,3 +63,16 @@ def test_run_folder_file_names_are_spelt_once():
         code = [line for line in open(path) if not line.lstrip().startswith("#")]
         found = [line.strip() for line in code if literal.search(line)]
         assert not found, (path, found)
+
+
+def test_which_process_is_the_main_one_is_decided_in_seed_core_distributed(monkeypatch):
+    """The launcher's RANK is read by seed_core.distributed only (launched_rank, is_main_process)."""
+    from seed_core.distributed import is_main_process, launched_rank
+    reads_rank = re.compile(r"environ(\.get)?[\[(]\s*[\"']RANK[\"']")
+    for path in _python_files():
+        if not path.endswith(os.path.join("seed_core", "distributed.py")):
+            assert not reads_rank.search(open(path).read()), path
+    monkeypatch.delenv("RANK", raising=False)
+    assert launched_rank() == 0 and is_main_process()
+    monkeypatch.setenv("RANK", "3")
+    assert launched_rank() == 3 and not is_main_process()

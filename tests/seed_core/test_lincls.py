@@ -171,18 +171,66 @@ def test_bad_input_is_one_error_line(data, capsys, extra, message):
     assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_an_unreadable_image_of_either_split_is_refused_before_any_step(data, capsys, split):
-    tmp_path, weights = data
-    write_bad_image(tmp_path / split / "class1" / "bad.jpg", "truncated")  # its header reads: decoding fails
-    out = tmp_path / "out"
-    argv = ["--backbone", weights, "--arch", "resnet18", "--train", str(tmp_path / "train"), "--val",
+def _tool_argv(tmp_path, weights, out, *extra):
+    return ["--backbone", weights, "--arch", "resnet18", "--train", str(tmp_path / "train"), "--val",
             str(tmp_path / "val"), "--output-dir", str(out), "--image-size", "32", "--resize-size", "36",
-            "--batch-size", "4", "--epochs", "1", "--workers", "0", "--results-csv", ""]
-    assert load_script("tools/lincls.py").main(argv) == 2
+            "--batch-size", "4", "--workers", "0", "--results-csv", "", *extra]
+
+
+def test_an_unreadable_val_image_is_refused_before_any_step(data, capsys):
+    tmp_path, weights = data
+    write_bad_image(tmp_path / "val" / "class1" / "bad.jpg", "truncated")  # its header reads: decoding fails
+    out = tmp_path / "out"
+    assert load_script("tools/lincls.py").main(_tool_argv(tmp_path, weights, out, "--epochs", "1")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: --{split} ") and "bad.jpg cannot be read" in err and len(err.splitlines()) == 1
+    assert err.startswith("error: --val ") and "bad.jpg cannot be read" in err and len(err.splitlines()) == 1
     assert not (out / "checkpoint.pth").exists() and not (out / "metrics.json").exists()  # refused before a step
+
+
+def _spoil_a_training_image_of_epoch_2s_first_step(tmp_path, seed=3, batch=4):
+    """Overwrite (truncate) a training image that epoch 2 (index 1) meets in its first step; its path."""
+    from seed_core.data import ResumableSampler
+    files = [p for p, _ in torchvision.datasets.ImageFolder(str(tmp_path / "train")).samples]
+    sampler = ResumableSampler(len(files), batch, seed=seed)
+    sampler.set_position(1)
+    _, index = next(iter(sampler))
+    return write_bad_image(files[index], "truncated")
+
+
+def test_an_unreadable_training_image_is_skipped_counted_per_epoch_and_resumes_exactly(data, monkeypatch):
+    tmp_path, weights = data
+    bad = _spoil_a_training_image_of_epoch_2s_first_step(tmp_path)
+    import seed_core.evaluation.lincls as lincls
+    checked = []
+    refuse = lincls.refuse_unreadable
+    monkeypatch.setattr(lincls, "refuse_unreadable", lambda paths, *a: (checked.extend(paths), refuse(paths, *a)))
+    kw = dict(epochs=2, schedule=(1,), lr=1.0, batch_size=4, max_bad_fraction=0.1)  # 1 of 12 is allowed
+    whole = run_linear_evaluation(options(tmp_path, weights, "whole", **kw))
+    assert checked and all(p.startswith(str(tmp_path / "val")) for p in checked)  # training images: not up front
+    assert [e["bad_images"] for e in whole["history"]] == [1, 1] and whole["bad_images"] == 2
+    with open(whole["metrics"]) as f:
+        assert [e["bad_images"] for e in json.load(f)["history"]] == [1, 1]
+    # stopped after epoch 2's first step (which met the bad image), then resumed with another limit
+    run_linear_evaluation(options(tmp_path, weights, "parts", **kw), stop_at_iter=4)
+    resumed = run_linear_evaluation(options(tmp_path, weights, "parts", **{**kw, "max_bad_fraction": 0.2}),
+                                    resume=True)
+    assert resumed["history"] == whole["history"] and resumed["bad_images"] == 2
+    a, b = (torch.load(s["checkpoint"], weights_only=True)["classifier"] for s in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_more_unreadable_training_images_than_the_limit_stop_the_run_naming_one(data, capsys):
+    tmp_path, weights = data
+    bad = _spoil_a_training_image_of_epoch_2s_first_step(tmp_path)
+    out = tmp_path / "out"
+    tool = load_script("tools/lincls.py")
+    assert tool.main(_tool_argv(tmp_path, weights, out, "--epochs", "1")) == 2  # the default limit: 0.01 of 12
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert "--max-bad-fraction = 0.01" in err and os.path.relpath(bad, tmp_path / "train") in err, err
+    assert tool.main(_tool_argv(tmp_path, weights, tmp_path / "ok", "--epochs", "1", "--max-bad-fraction", "0.1")) == 0
+    with open(tmp_path / "ok" / "metrics.json") as f:
+        assert json.load(f)["history"][0]["bad_images"] == 1
 
 
 @pytest.mark.parametrize("content", [torch.zeros(3), {"student": {}, "iteration": 3}])

@@ -560,7 +560,7 @@ def test_torchvision_engine_lr_schedule_equals_detectron2s(opts):
 
 
 @pytest.mark.parametrize("bad_in", ["train", "test"])
-def test_detectron2_skips_an_unreadable_training_image_and_refuses_one_to_test(tmp_path, bad_in):
+def test_detectron2_skips_an_unreadable_training_image_and_refuses_one_to_test(tmp_path, bad_in, caplog):
     """The image policy of the torchvision engine (tests/seed_det/test_det_images.py) on Detectron2:
     training leaves out and counts an image that does not open, evaluation refuses it before work."""
     from conftest import write_bad_image
@@ -582,8 +582,10 @@ def test_detectron2_skips_an_unreadable_training_image_and_refuses_one_to_test(t
             main(_args("voc_r18_random.yaml", opts))
         assert not out.exists()
         return
-    _finite_metrics(main(_args("voc_r18_random.yaml", opts)), ("AP", "AP50"))
+    with caplog.at_level("WARNING"):
+        _finite_metrics(main(_args("voc_r18_random.yaml", opts)), ("AP", "AP50"))
     assert "skipping 1 of 4 images" in (out / "log.txt").read_text()
+    assert caplog.text.count("skipping 1 of 4 images") == 1, caplog.text  # the preflight's scan, once
     # an image whose decoding fails later: the mapper skips it in training (Detectron2 maps another), not in testing
     cfg = _cfg("voc_r18_random.yaml")
     record = {"file_name": write_bad_image(tmp_path / "cut.jpg", "truncated", size=(64, 64)), "image_id": 1,

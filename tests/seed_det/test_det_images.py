@@ -38,18 +38,27 @@ def _coco_with(tmp_path, bad_kind=None, n=4):
 
 
 @pytest.mark.parametrize("kind", BAD_IMAGE_KINDS)
-def test_a_training_set_skips_and_counts_a_test_set_refuses(tmp_path, caplog, kind):
+def test_a_training_set_skips_and_counts_a_test_set_refuses(tmp_path, caplog, kind, monkeypatch):
     spec = _coco_with(tmp_path, kind)
     if kind != "truncated":  # found from the header, when the set is read
-        with caplog.at_level("WARNING"):
-            validate_dataset(spec, for_training=True, max_bad_fraction=0.25)
-        assert "skipping 1 of 4 images" in caplog.text and "3.jpg" in caplog.text
         with pytest.raises(TooManyBadImagesError, match=r"1 of 4 images cannot be read, more than "
                                                         r"DATALOADER.MAX_BAD_FRACTION = 0.2; for example .*3\.jpg"):
             validate_dataset(spec, for_training=True, max_bad_fraction=0.2)
-        data = DetectionDataset(validate_dataset(spec, for_training=True, max_bad_fraction=0.25), train=True,
-                                max_bad_fraction=0.25)
-        assert len(data) == 3
+        # the preflight's scan finds it, the dataset leaves it out: one header scan, one warning
+        found = {}
+        with caplog.at_level("WARNING"):
+            dataset = validate_dataset(spec, for_training=True, max_bad_fraction=0.25, unreadable=found)
+            assert list(found) == [os.path.join(spec.image_root, "3.jpg")] and "3.jpg cannot be read" in found[
+                list(found)[0]]
+            import seed_core.images
+            monkeypatch.setattr(seed_core.images, "upright_size", lambda path: pytest.fail(f"{path} read again"))
+            data = DetectionDataset(dataset, train=True, max_bad_fraction=0.25, unreadable=found)
+        assert len(data) == 3 and caplog.text.count("skipping 1 of 4 images") == 1 and "3.jpg" in caplog.text
+        monkeypatch.undo()
+        caplog.clear()
+        with caplog.at_level("WARNING"):  # without the preflight's findings, the dataset scans itself
+            assert len(DetectionDataset(dataset, train=True, max_bad_fraction=0.25)) == 3
+        assert caplog.text.count("skipping 1 of 4 images") == 1
     with pytest.raises(UnreadableImageError, match=r"test set 'tiny': 1 of 4 images cannot be read, and evaluation "
                                                    r"skips none .*3\.jpg cannot be read"):
         validate_dataset(spec, for_testing=True)
@@ -71,7 +80,7 @@ def test_an_image_whose_decoding_fails_in_training_is_replaced_and_counted(tmp_p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bad_in", ["train", "test"])
-def test_the_torchvision_engine_trains_past_a_bad_image_and_refuses_one_to_test(tmp_path, bad_in):
+def test_the_torchvision_engine_trains_past_a_bad_image_and_refuses_one_to_test(tmp_path, bad_in, caplog):
     good, bad = _coco_with(tmp_path / "good"), _coco_with(tmp_path / "bad", "zero-byte")
     train, test = (bad, good) if bad_in == "train" else (good, bad)
     out = tmp_path / "runs" / "out"
@@ -88,6 +97,8 @@ def test_the_torchvision_engine_trains_past_a_bad_image_and_refuses_one_to_test(
             main(args)
         assert not out.exists()  # refused before any work
     else:
-        metrics = main(args)
+        with caplog.at_level("WARNING"):
+            metrics = main(args)
         assert 0.0 <= metrics["AP"] <= 100.0
         assert "skipping 1 of 4 images" in (out / "log.txt").read_text()
+        assert caplog.text.count("skipping 1 of 4 images") == 1, caplog.text  # the preflight's scan, once

@@ -1,5 +1,6 @@
 """tools/export.py: a backbone export folder to ONNX beside it, its summary on stdout; an existing
-output, overrides without --config and missing weights are one `error:` line and exit code 2."""
+output, overrides without --config and missing weights (a backbone's or a
+detector's, each in this tool's terms) are one `error:` line and exit code 2."""
 import json
 import os
 
@@ -39,3 +40,14 @@ def test_bad_input_is_one_error_line(tmp_path, tool, capsys, monkeypatch, argv, 
     assert tool.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_missing_detector_weights_are_named_in_the_export_tools_terms(tmp_path, tool, capsys):
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "voc_r18_seed.yaml")
+    missing = str(tmp_path / "run" / "model_final.pth")
+    assert tool.main([missing, "--config", config, "--output", str(tmp_path / "d.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"WEIGHTS {missing} does not exist" in err and "detector checkpoint" in err, err
+    assert "MODEL.WEIGHTS" not in err and "convert the student" not in err, err  # train_net's wording
+    assert not (tmp_path / "d.onnx").exists()

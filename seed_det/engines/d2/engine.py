@@ -60,20 +60,28 @@ def d2_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg, unreadable: dict | None = None):
+        self.unreadable = unreadable  # the preflight's training images that do not open (None: scan here)
+        self._train_dicts = None      # built once: PreciseBN asks for the train loader again
+        super().__init__(cfg)
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return d2_evaluator(cfg, dataset_name, output_folder)
 
     # Images go through the suite's one decoder and its policy for unreadable files, as in the
-    # torchvision engine: training images that do not open are left out (and counted) before sampling.
-    @classmethod
-    def build_train_loader(cls, cfg):
-        dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+    # torchvision engine: training images that do not open are left out (and counted) before sampling,
+    # from the preflight's scan of their headers. DefaultTrainer calls this on the instance.
+    def build_train_loader(self, cfg):
         name = "+".join(cfg.DATASETS.TRAIN)
-        dicts = readable_training_records(dicts, cfg.DATALOADER.MAX_BAD_FRACTION, name)
+        if self._train_dicts is None:
+            dicts = get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+                proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+            self._train_dicts = readable_training_records(dicts, cfg.DATALOADER.MAX_BAD_FRACTION, name,
+                                                          self.unreadable)
+        dicts = self._train_dicts
         skipped = SkippedImages(len(dicts), cfg.DATALOADER.MAX_BAD_FRACTION, f"training set '{name}'", MAX_BAD_KEY)
         return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True, skipped=skipped),
                                             dataset=dicts)
@@ -155,7 +163,7 @@ def _train_or_test(cfg, options: RunOptions) -> dict | None:
         if comm.is_main_process():
             verify_results(cfg, results)  # TEST.EXPECTED_RESULTS, as DefaultTrainer.train does after training
     else:
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, options.unreadable())
         trainer.resume_or_load(resume=options.resume)
         if trainer.start_iter == 0:  # fresh start from MODEL.WEIGHTS, not a resumed run
             _check_pretrained_loaded(cfg, trainer.model.module if hasattr(trainer.model, "module")

@@ -111,7 +111,7 @@ def _run_process(ctx: DistContext, cfg: CfgNode, options: RunOptions,
                 train_set, train=True, image_format=cfg.INPUT.FORMAT, with_masks=cfg.MODEL.MASK_ON,
                 flip_prob=0.5 if cfg.INPUT.RANDOM_FLIP == "horizontal" else 0.0,
                 filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-                max_bad_fraction=cfg.DATALOADER.MAX_BAD_FRACTION)
+                max_bad_fraction=cfg.DATALOADER.MAX_BAD_FRACTION, unreadable=options.unreadable())
             if resume_from is None:
                 if cfg.MODEL.WEIGHTS:
                     load_weights(model, cfg.MODEL.WEIGHTS)
