@@ -117,7 +117,7 @@ def run_config(cfg: CfgNode, options: RunOptions) -> dict | None:
     preflight(cfg, eval_only=options.eval_only, resume=options.resume)  # reads only: nothing is created
     logger.info("engine: %s", engine)
     if engine == "detectron2":
-        check_for_detectron2(cfg, options.eval_only)
+        check_for_detectron2(cfg, options.eval_only, options.num_gpus * options.num_machines)
         from seed_det.engines.d2.engine import run  # Detectron2 imports stay behind this line
     else:
         from seed_det.engines.tv.engine import run  # lazy: pulls in the detection models
