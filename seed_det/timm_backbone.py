@@ -52,6 +52,11 @@ def is_timm_arch(arch: str) -> bool:
     return timm.is_model(arch)
 
 
+# Both engines refuse it: torch's SyncBatchNorm (timm's SyncBatchNormAct) needs CUDA under several processes.
+TIMM_SYNC_BN_ON_CPU = ("MODEL.TIMM.NORM SyncBN over several CPU processes: the timm backbone's SyncBatchNorm "
+                       "needs CUDA. Set MODEL.TIMM.NORM BN (statistics per process) or train on GPUs.")
+
+
 def feature_names(out_indices: Sequence[int]) -> List[str]:
     return [f"stage{int(i)}" for i in out_indices]
 

@@ -121,7 +121,7 @@ def run_config(cfg: CfgNode, options: RunOptions) -> dict | None:
         options = dataclasses.replace(options, unreadable_training_images=tuple(sorted(unreadable.items())))
     logger.info("engine: %s", engine)
     if engine == "detectron2":
-        check_for_detectron2(cfg, options.eval_only)
+        check_for_detectron2(cfg, options.eval_only, options.num_gpus * options.num_machines)
         from seed_det.engines.d2.engine import run  # Detectron2 imports stay behind this line
     else:
         from seed_det.engines.tv.engine import run  # lazy: pulls in the detection models

@@ -14,7 +14,7 @@ from typing import Optional
 @dataclass(frozen=True)
 class RunOptions:
     """The launch flags of a detection run (Detectron2's `launch` flags have the same meaning; on
-    the CPU, `num_gpus` N starts N processes of the torchvision engine)."""
+    the CPU, `num_gpus` N starts N processes over gloo, on either engine)."""
 
     config_file: str = ""               # detection YAML; recorded in the results row
     engine: str = "auto"                # auto | detectron2 | torchvision

@@ -19,7 +19,8 @@ from seed_core.results import check_results_file
 from seed_det.convert import check_weights_depth, read_weights_file
 from seed_det.data.catalog import builtin_spec, check_present, config_specs, is_builtin, validate_dataset
 from seed_det.results import KIND, default_csv_path
-from seed_det.timm_backbone import check_timm_weights, is_timm_backbone, refuse_timm_weights_for_resnet
+from seed_det.timm_backbone import (TIMM_SYNC_BN_ON_CPU, check_timm_weights, is_timm_backbone,
+                                    refuse_timm_weights_for_resnet)
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,34 @@ def preflight(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> Op
     return _check_datasets(cfg, eval_only)
 
 
-def check_for_detectron2(cfg: CfgNode, eval_only: bool) -> None:
-    """Inputs only the Detectron2 engine cannot take (the torchvision engine copes with both)."""
+def _check_d2_processes(cfg: CfgNode, world_size: int, training: bool) -> None:
+    """Several CPU processes that Detectron2's launcher would start and then fail."""
+    import torch  # imported here: the checks are the only use
+
+    if torch.cuda.is_available():
+        raise SeedError(f"MODEL.DEVICE {cfg.MODEL.DEVICE} with {world_size} processes on a machine with CUDA: "
+                        "Detectron2's launcher then joins the processes with NCCL, which cannot carry CPU "
+                        "tensors. Train on the GPUs (MODEL.DEVICE cuda), or hide them (CUDA_VISIBLE_DEVICES= "
+                        "python tools/train_net.py ...) to run CPU processes over gloo.")
+    if training and is_timm_backbone(cfg) and cfg.MODEL.TIMM.NORM == "SyncBN":
+        raise ConfigError(TIMM_SYNC_BN_ON_CPU)
+
+
+def check_for_detectron2(cfg: CfgNode, eval_only: bool, world_size: int = 1) -> None:
+    """Inputs only the Detectron2 engine cannot take (the torchvision engine copes with both);
+    `world_size`: the processes its launcher will start (--num-gpus x --num-machines)."""
     if cfg.MODEL.DEVICE.startswith("cuda"):
         import torch  # imported here: the check is the only use
 
         if not torch.cuda.is_available():
             raise SeedError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE} but no CUDA device is available; "
                             "add `MODEL.DEVICE cpu` to run on the CPU (slow).")
+    from seed_det.engines.tv.checks import check_run  # the batch split and AMP rules are the engines' same
+
+    on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    check_run(cfg, world_size, "cuda" if on_cuda else "cpu", training=not eval_only)
+    if world_size > 1 and not on_cuda:
+        _check_d2_processes(cfg, world_size, training=not eval_only)
     weights = cfg.MODEL.WEIGHTS
     if weights and not eval_only and not weights.endswith(".pkl"):
         # Detectron2 would load torchvision names without matching a single one: refuse them.

@@ -637,3 +637,50 @@ def test_an_unexpected_error_of_one_of_two_processes_is_one_line(tmp_path):
                                                    f"'a key that is not there' (details: {log})")
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     assert "a key that is not there" in log.read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes on the CPU (gloo)
+# ----------------------------------------------------------------------------------------------
+
+def test_syncbn_for_cpu_processes_keeps_every_tensor_and_name():
+    from seed_det.engines.d2.processes import sync_batchnorm_for_cpu
+    from seed_det.engines.tv.layers import SyncBatchNorm2d
+
+    model = build_model(_cfg("voc_r18_fpn_seed.yaml"))  # SyncBN in backbone and FPN
+    for m in model.modules():
+        if isinstance(m, torch.nn.SyncBatchNorm):
+            m.running_mean.uniform_(-1, 1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert n > 0 and sync_batchnorm_for_cpu(model) == n
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert sum(isinstance(m, SyncBatchNorm2d) for m in model.modules()) == n
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_evaluate(tmp_path, shapes_det):
+    """--num-gpus 2 without a GPU: Detectron2's launcher over gloo, DDP without device ids, SyncBN
+    over the two processes, evaluation sharded and gathered on the main process."""
+    from conftest import shapes_det_opts
+
+    out = tmp_path / "runs" / "out"
+    tiny = TINY + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "SOLVER.MAX_ITER", "3"]
+    opts = tiny + shapes_det_opts("voc_r18_seed.yaml", shapes_det, out, _converted(tmp_path))
+    metrics = main(dataclasses.replace(_args("voc_r18_seed.yaml", opts), num_gpus=2))
+    _finite_metrics(metrics, ("AP", "AP50", "AP75"))
+    assert json.loads((out / "metrics.json").read_text())["metrics"] == metrics
+    assert len(read_results(tmp_path / "runs" / "results_detection.csv")) == 1  # one row, from the main process
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [r for r in logged if "total_loss" in r]  # the ranks' mean, as Detectron2 logs it
+    assert losses and all(np.isfinite(r[k]) for r in losses for k in r if k.startswith("loss")), logged
+    log = (out / "log.txt").read_text()
+    assert "World size: 2" in log and "run as SyncBatchNorm2d" in log
+    assert "Start inference on 1 batches" in log  # 2 test images: one per process
+    # the shards gathered on the main process score as one process scoring every image
+    single = main(_args("voc_r18_seed.yaml", tiny + shapes_det_opts("voc_r18_seed.yaml", shapes_det, tmp_path / "single",
+                                                                    str(out / "model_final.pth")), eval_only=True))
+    for k in ("AP", "AP50", "AP75"):
+        assert single[k] == pytest.approx(metrics[k], abs=1e-9), k

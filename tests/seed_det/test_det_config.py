@@ -331,3 +331,26 @@ def test_detectron2_engine_takes_detectron2_names_only(tmp_path):
     cfg.MODEL.WEIGHTS = str(tmp_path / "tv.pth")
     with pytest.raises(SeedError, match="checkpoint of the torchvision engine.*--engine torchvision"):
         check_for_detectron2(cfg, eval_only=False)
+
+
+def test_detectron2_engine_refuses_what_several_cpu_processes_cannot_run(monkeypatch):
+    """Checked before Detectron2's launcher starts the processes, which would fail only later."""
+    from seed_det.engines.preflight import check_for_detectron2
+    cfg = _cfg("voc_r18_seed.yaml", "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", "3")
+    check_for_detectron2(cfg, eval_only=False, world_size=1)
+    with pytest.raises(ConfigError, match="SOLVER.IMS_PER_BATCH = 3 .* over the 2 processes"):
+        check_for_detectron2(cfg, eval_only=False, world_size=2)
+    check_for_detectron2(cfg, eval_only=True, world_size=2)  # the batch is a training key
+    cfg.SOLVER.IMS_PER_BATCH = 4
+    check_for_detectron2(cfg, eval_only=False, world_size=2)  # gloo on the CPU: runs
+    with pytest.raises(ConfigError, match="SOLVER.AMP.ENABLED = True: .* set SOLVER.AMP.ENABLED False"):
+        check_for_detectron2(_cfg("voc_r18_seed.yaml", "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True"),
+                             eval_only=False)
+    timm = _cfg("voc_mnv3l_fpn_seed.yaml", "MODEL.DEVICE", "cpu")
+    with pytest.raises(ConfigError, match="MODEL.TIMM.NORM SyncBN over several CPU processes"):
+        check_for_detectron2(timm, eval_only=False, world_size=2)
+    timm.MODEL.TIMM.NORM = "BN"
+    check_for_detectron2(timm, eval_only=False, world_size=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # Detectron2's launcher would pick NCCL
+    with pytest.raises(SeedError, match="MODEL.DEVICE cpu with 2 processes on a machine with CUDA.*CUDA_VISIBLE_DEVICES"):
+        check_for_detectron2(cfg, eval_only=False, world_size=2)

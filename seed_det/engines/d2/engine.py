@@ -1,4 +1,5 @@
-"""The Detectron2 engine: DefaultTrainer with the evaluator each dataset needs, launched on 1..N GPUs.
+"""The Detectron2 engine: DefaultTrainer with the evaluator each dataset needs, launched on 1..N GPUs
+or CPU processes (gloo; see processes.py for what the trainer does differently there).
 
 VOC datasets are scored by PascalVOCDetectionEvaluator (AP, AP50, AP75), COCO-format datasets by
 COCOEvaluator (box and mask AP; the pure-Python evaluation when Detectron2's compiled extension
@@ -8,14 +9,18 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import json
 import logging
 import os
+import weakref
 from typing import Mapping
+
+import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (MetadataCatalog, build_detection_test_loader, build_detection_train_loader,
                              get_detection_dataset_dicts)
-from detectron2.engine import DefaultTrainer, default_setup, launch
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
 from detectron2.utils import comm
 from torch.multiprocessing import ProcessRaisedException
@@ -33,9 +38,10 @@ from seed_det.engines.d2.checkpoint import verify_backbone_loaded
 from seed_det.engines.d2.config import to_d2_config
 from seed_det.engines.d2.datasets import register_in_detectron2
 from seed_det.engines.d2.mapper import DecodingMapper
+from seed_det.engines.d2.processes import on_cpu, sync_batchnorm_for_cpu, wrap_for_processes
 from seed_det.engines.d2.timm_fpn import verify_timm_backbone_loaded  # registers build_timm_fpn_backbone
 from seed_det.engines.options import RunOptions
-from seed_det.results import record_run
+from seed_det.results import metrics_file, record_run
 from seed_det.timm_backbone import is_timm_backbone
 
 logger = logging.getLogger(__name__)
@@ -63,7 +69,32 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg, unreadable: dict | None = None):
         self.unreadable = unreadable  # the preflight's training images that do not open (None: scan here)
         self._train_dicts = None      # built once: PreciseBN asks for the train loader again
-        super().__init__(cfg)
+        # DefaultTrainer's construction, in its order (model, optimizer, loader, DDP, step trainer,
+        # scheduler, checkpointer, hooks), except the DDP wrapping: Detectron2's always names the
+        # local GPU, which DDP refuses for a CPU model; wrap_for_processes names it only on CUDA.
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_for_processes(model, comm.get_world_size(), comm.get_local_rank())
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if comm.get_world_size() > 1 and on_cpu(cfg):
+            replaced = sync_batchnorm_for_cpu(model)
+            if replaced:
+                logger.info("SyncBN on %d CPU processes: %d torch SyncBatchNorm layers run as SyncBatchNorm2d "
+                            "(global-batch statistics over gloo)", comm.get_world_size(), replaced)
+        return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -147,6 +178,9 @@ def _check_pretrained_loaded(cfg, model) -> None:
 def _worker(cfg, options: RunOptions) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
     _setup(cfg, options)
+    if comm.get_world_size() > 1 and on_cpu(cfg):
+        # The processes of one machine share its threads, instead of each taking all of them.
+        torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
     # Detectron2 logs to OUTPUT_DIR/log.txt itself; the suite's own records join it there. An error
     # that is not a SeedError on one of several processes: one line naming its rank, traceback in the log.
     log = os.path.join(cfg.OUTPUT_DIR, LOG_FILE)
@@ -185,7 +219,8 @@ def _train_or_test(cfg, options: RunOptions) -> dict | None:
 
 def run(cfg, options: RunOptions) -> dict | None:
     """Train (unless options.eval_only) and evaluate the config `cfg` (parsed and checked once by
-    seed_det.engines.run_config) on 1..N processes; returns the metrics in the main process."""
+    seed_det.engines.run_config) on 1..N processes (GPUs, or CPU processes over gloo); returns the
+    metrics in the launching process of machine 0 (None on other machines)."""
     cfg = to_d2_config(cfg)
     world = options.num_gpus * options.num_machines
     if world <= 1:
@@ -195,4 +230,8 @@ def run(cfg, options: RunOptions) -> dict | None:
                dist_url=options.dist_url, args=(cfg, options), timeout=datetime.timedelta(seconds=cfg.DIST_TIMEOUT))
     except ProcessRaisedException as e:  # its message is the process's whole traceback: keep its one line
         raise raised_in_spawned_process(e) or e from None
-    return None
+    if options.machine_rank != 0:
+        return None
+    # The spawned main process recorded the run; hand its metrics to the caller.
+    with open(metrics_file(cfg.OUTPUT_DIR, options.eval_only)) as f:
+        return json.load(f)["metrics"]

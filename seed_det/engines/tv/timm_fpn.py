@@ -20,7 +20,8 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 
 from seed_core.errors import ConfigError
 from seed_det.convert import is_d2_detector, read_d2_pkl
-from seed_det.timm_backbone import D2_PREFIX, adopt_features, create_features, match_report, read_timm_pkl
+from seed_det.timm_backbone import (D2_PREFIX, TIMM_SYNC_BN_ON_CPU, adopt_features, create_features, match_report,
+                                    read_timm_pkl)
 
 from .d2_names import d2_detector_state
 from .model import FPN_STRIDES, norm_layer
@@ -51,8 +52,7 @@ def _sync_norms(cfg: CfgNode) -> bool:
     several = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     if several and cfg.MODEL.TIMM.NORM == "SyncBN" and not (cfg.MODEL.DEVICE.startswith("cuda")
                                                              and torch.cuda.is_available()):
-        raise ConfigError("MODEL.TIMM.NORM SyncBN over several CPU processes: the timm backbone's SyncBatchNorm "
-                          "needs CUDA. Set MODEL.TIMM.NORM BN (statistics per process) or train on GPUs.")
+        raise ConfigError(TIMM_SYNC_BN_ON_CPU)
     return several
 
 
