@@ -1,7 +1,7 @@
 """Safe, atomic checkpoint files."""
 from __future__ import annotations
 
-import argparse
+from argparse import Namespace  # the type DINO's checkpoints store their arguments as
 import contextlib
 import os
 import pickle
@@ -96,7 +96,7 @@ def _load_weights_only(path: str, map_location) -> Any:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # Many self-supervised checkpoints (DINO's full ones among them) keep their command line as
             # an argparse.Namespace: plain attributes, nothing executed, so it is allowed too.
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            with torch.serialization.safe_globals([Namespace]):
                 return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line] or _pickled_globals(path)
