@@ -34,7 +34,7 @@ RESULTS = os.path.join(HERE, "results")
 DEFAULT_WORK = os.path.join(ROOT, "output", "paper_claim")
 
 TINY_ABLATION_VALUES = {"teacher_temp": (1e-3, 1e-2), "queue_size": (16, 32), "teacher_epochs": (1, 2),
-                        "small_patches": (0, 2)}
+                        "small_patches": (0, 2), "teacher_precision": ("fp32", "fp16")}
 
 
 def parse_args(argv=None):

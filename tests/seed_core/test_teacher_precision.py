@@ -69,8 +69,49 @@ def test_auto_resolves_to_the_default_and_explicit_choices_are_kept():
     assert resolve_teacher_precision("auto") == AUTO_TEACHER_PRECISION
     assert resolve_teacher_precision("bf16-fp32tail") == "bf16-fp32tail"
     assert resolve_teacher_precision("fp16", "cuda") == "fp16"
-    with pytest.raises(ConfigError, match="needs a CUDA device"):
-        resolve_teacher_precision("fp16-fp32tail", "cpu")
+    assert resolve_teacher_precision("fp16-fp32tail", "cpu") == "fp16-fp32tail"
+
+
+def _embedding_error(net, in_dtype, reference, x):
+    with torch.no_grad():
+        return float((net(x.to(in_dtype)).double() - reference).abs().max())
+
+
+def test_fp16_on_a_cpu_is_emulated_with_the_error_of_real_fp16():
+    import copy
+    from seed_core.teacher_precision import HalfRounded
+    teacher, x = _tiny_teacher(), _images()[1]
+    with torch.no_grad():
+        reference = fold_batchnorm(copy.deepcopy(teacher)).double()(x.double())
+    emulated, in_dtype = cast_teacher(copy.deepcopy(teacher), "fp16", fold_batchnorm)
+    assert isinstance(emulated, HalfRounded) and in_dtype == torch.float32
+    assert {p.dtype for p in emulated.parameters()} == {torch.float32}
+    # Every weight holds an fp16 value.
+    assert all(torch.equal(p, p.half().float()) for p in emulated.parameters())
+    real = fold_batchnorm(copy.deepcopy(teacher)).half()
+    err_emulated = _embedding_error(emulated, in_dtype, reference, x)
+    err_real = _embedding_error(real, torch.float16, reference, x)
+    err_fp32 = _embedding_error(*cast_teacher(copy.deepcopy(teacher), "fp32", fold_batchnorm), reference, x)
+    err_bf16 = _embedding_error(*cast_teacher(copy.deepcopy(teacher), "bf16", fold_batchnorm), reference, x)
+    # fp16 rounding shows (far above fp32's), at real fp16's size, well below bf16's 3 fewer mantissa bits.
+    assert err_emulated > 30 * err_fp32
+    assert err_real / 3 < err_emulated < 3 * err_real
+    assert err_emulated < err_bf16 / 2
+
+
+def test_fp16_emulation_overflows_as_fp16_does():
+    from seed_core.teacher_precision import HalfRounded
+    net = HalfRounded(torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False)))
+    with torch.no_grad():
+        net.net[0].weight.fill_(1.0)
+        assert torch.isinf(net(torch.tensor([[70000.0]]))).all()
+        assert net(torch.tensor([[1.0 + 2 ** -12]])).item() == 1.0  # below fp16's resolution at 1
+
+
+def test_fp16_body_with_an_fp32_tail_on_a_cpu():
+    net, in_dtype = cast_teacher(_tiny_teacher(), "fp16-fp32tail")
+    assert in_dtype == torch.float32
+    assert net(torch.randn(2, 3, 32, 32)).dtype == torch.float32
 
 
 def test_fp32_tail_needs_a_resnet_teacher():

@@ -42,6 +42,8 @@ ABLATIONS = {
     # SEED's multi-view variant: small patches per image (the official count is 6), the official
     # 96 px at 224 scaled to 32 px images.
     "small_patches": ("DATA.SMALL_PATCHES.NUM", (0, 6), "small patches per image", {"DATA.SMALL_PATCHES.SIZE": 14}),
+    # The frozen teacher's dtype (fp16 on a CPU is emulated: seed_core.teacher_precision.HalfRounded).
+    "teacher_precision": ("TRAIN.TEACHER_PRECISION", ("fp32", "bf16", "fp16"), "teacher precision", {}),
 }
 TEACHER_ABLATIONS = frozenset({"teacher_epochs"})
 # The teacher must beat every random-init network by this many k-NN top-1 points to count as a teacher.
@@ -350,9 +352,13 @@ def main_chart(result: dict, path: Path) -> None:
     _save_fig(fig, path)
 
 
+def _value_text(v) -> str:
+    return v if isinstance(v, str) else f"{v:g}"
+
+
 def ablation_table(result: dict) -> str:
     lines = [f"| {result['label']} | SEED {result['arch']} k-NN top-1 | teacher k-NN top-1 |", "|---|---|---|"]
-    lines += [f"| {p['value']:g} | {_cell(p)} | {p['teacher_top1']:.1f} |" for p in result["points"]]
+    lines += [f"| {_value_text(p['value'])} | {_cell(p)} | {p['teacher_top1']:.1f} |" for p in result["points"]]
     lines += ["", f"MoCo-v2 alone ({result['arch']}): {_cell(result['moco_alone'])}; teacher of the main "
                   f"table: {result['teacher_top1']:.1f}. Other settings as in the main table."]
     return "\n".join(lines) + "\n"
@@ -364,13 +370,16 @@ def ablation_chart(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     pts = result["points"]
+    categorical = any(isinstance(p["value"], str) for p in pts)  # e.g. teacher precisions
+    xs = list(range(len(pts))) if categorical else [p["value"] for p in pts]
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.errorbar([p["value"] for p in pts], [p["top1_mean"] for p in pts], yerr=[p["top1_std"] or 0.0 for p in pts],
+    ax.errorbar(xs, [p["top1_mean"] for p in pts], yerr=[p["top1_std"] or 0.0 for p in pts],
                 marker="o", capsize=3, label=f"SEED {result['arch']}")
     ax.axhline(result["moco_alone"]["top1_mean"], color="tab:orange", ls=":", label="MoCo-v2 alone")
-    ax.plot([p["value"] for p in pts], [p["teacher_top1"] for p in pts], "k--", marker=".", lw=1, label="teacher")
-    ax.set_xscale("log", base=10 if result["ablation"] == "teacher_temp" else 2)
-    ax.set_xticks([p["value"] for p in pts], [f"{p['value']:g}" for p in pts])
+    ax.plot(xs, [p["teacher_top1"] for p in pts], "k--", marker=".", lw=1, label="teacher")
+    if not categorical:
+        ax.set_xscale("log", base=10 if result["ablation"] == "teacher_temp" else 2)
+    ax.set_xticks(xs, [_value_text(p["value"]) for p in pts])
     ax.minorticks_off()
     ax.set_xlabel(result["label"])
     ax.set_ylabel("k-NN top-1 (%)")
