@@ -236,8 +236,9 @@ def run_main(s: Settings) -> dict:
             "wall_seconds": round(time.time() - start, 1)}
 
 
-def run_ablation(s: Settings, name: str, arch: str, values=None) -> dict:
-    """SEED students of `arch` at each value of one setting (others at their defaults)."""
+def run_ablation(s: Settings, name: str, arch: str, values=None, with_moco: bool = True) -> dict:
+    """SEED students of `arch` at each value of one setting (others at their defaults), and (with
+    `with_moco`) MoCo-v2 students of `arch` for scale."""
     if name not in ABLATIONS:
         raise ValueError(f"unknown ablation {name!r}: choose from {', '.join(ABLATIONS)}")
     attr, default_values, label, with_value = ABLATIONS[name]
@@ -259,9 +260,9 @@ def run_ablation(s: Settings, name: str, arch: str, values=None) -> dict:
         points.append({"value": value, "teacher_top1": score(s, data, teacher)["top1"], **_summarise(per_seed)})
         logger.info("ablation %s = %s: k-NN top-1 %s (teacher %.2f)", name, value, _cell(points[-1], 2),
                     points[-1]["teacher_top1"])
-    moco = [score(s, data, train_student(s, data, arch, "moco", seed, None)) for seed in s.seeds]
+    moco = [score(s, data, train_student(s, data, arch, "moco", seed, None)) for seed in s.seeds] if with_moco else []
     return {"ablation": name, "label": label, "arch": arch, "points": points,
-            "moco_alone": _summarise([{"seed": sd, **m} for sd, m in zip(s.seeds, moco)]),
+            "moco_alone": _summarise([{"seed": sd, **m} for sd, m in zip(s.seeds, moco)]) if moco else None,
             "teacher_top1": score(s, data, train_teacher(s, data))["top1"], "settings": _settings_dict(s),
             "wall_seconds": round(time.time() - start, 1)}
 

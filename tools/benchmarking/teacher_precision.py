@@ -42,7 +42,8 @@ def score_students(s: Settings, arch: str, precisions=PRECISIONS) -> dict:
     precision's paired difference to the fp32 teacher's students."""
     if REFERENCE not in precisions:
         raise ValueError(f"the teacher precisions must include {REFERENCE}, the reference the others are paired with")
-    result = run_ablation(s, "teacher_precision", arch, precisions)
+    # No MoCo-v2 students: the question is the teacher's dtype (benchmarks/paper_claim.py has them).
+    result = run_ablation(s, "teacher_precision", arch, precisions, with_moco=False)
     by_value = {p["value"]: p for p in result["points"]}
     ref = by_value[REFERENCE]
     ref_scores = {r["seed"]: r["top1"] for r in ref["per_seed"]}
@@ -117,8 +118,7 @@ def table(result: dict) -> str:
                   f"SEED students, seeds {s['seeds']}, the digits harness's recipe "
                   f"({s['recipe_values']['DATA.IMAGE_SIZE']} px, batch {s['recipe_values']['SOLVER.BATCH_SIZE']}, "
                   f"K {s['recipe_values']['QUEUE.SIZE']}, "
-                  f"{str(s['max_iter']) + ' iterations' if s['max_iter'] else str(s['epochs']) + ' epochs'}). MoCo-v2 alone: "
-                  + ", ".join(f"{a} {_cell(r['moco_alone'])}" for a, r in result["students"].items()) + ".",
+                  f"{str(s['max_iter']) + ' iterations' if s['max_iter'] else str(s['epochs']) + ' epochs'}).",
               "fp16 on a CPU is emulated: fp32 kernels on fp16 operands (weights and every layer's output "
               "rounded to fp16), the arithmetic of a GPU's fp16 convolution; its step time is the "
               "emulation's, not a GPU's."]
