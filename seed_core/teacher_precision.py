@@ -7,7 +7,9 @@ run entirely in bf16 can move the soft targets noticeably. Choices (TRAIN.TEACHE
   bf16-fp32tail, fp16-...   the teacher in bf16/fp16 up to its last stage; the last stage, the
                             pooling and the projection head in fp32 (most of the compute stays
                             reduced; the rounding nearest the embedding does not)
-  auto                      fp32, whatever the student's precision
+  auto                      half precision where the hardware runs it natively: bf16 on GPUs
+                            with bf16 and on CPUs with native bf16, fp16 on older GPUs, fp32 on
+                            other CPUs (where bf16 is emulated and slower)
 
 fp16 on a CPU is emulated (`HalfRounded`): CPUs have no fast fp16 convolutions (a ResNet-34 forward
 is ~27x slower in fp16 than in fp32 on an AVX-512 EPYC), so the teacher runs fp32 kernels on fp16
@@ -27,13 +29,20 @@ from torch import nn
 
 from .constants import TEACHER_PRECISIONS
 from .errors import ConfigError
-from .precision import DTYPES
+from .precision import DTYPES, cpu_supports_bf16
 
 TAIL_SUFFIX = "-fp32tail"
-# The only teacher precision whose SEED targets stay within TV 1e-3 of an fp64 teacher's for every
-# image, on the digits teacher and on a ResNet-50; bf16 (with or without an fp32 last stage) and
-# fp16 do not (docs/RESULTS.md#teacher-precision, benchmarks/distill_step.py --teacher-precision-tv).
-AUTO_TEACHER_PRECISION = "fp32"
+
+
+def auto_teacher_precision(device_type: str) -> str:
+    """What `auto` means on this device. Decided by the students (benchmarks/teacher_precision.py,
+    docs/RESULTS.md#teacher-precision): SEED students of a bf16 or fp16 teacher stay within the seed
+    spread of an fp32 teacher's, although half precision moves the targets by a total variation of
+    1e-3..1e-2, so the teacher runs in half precision wherever that is faster -- as the official
+    code's fp16 autocast does -- and in fp32 where half precision would only be emulated."""
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
 
 
 def check_teacher_precision(name: str) -> None:
@@ -42,10 +51,10 @@ def check_teacher_precision(name: str) -> None:
 
 
 def resolve_teacher_precision(name: str, device_type: str = "cpu") -> str:
-    """`auto` -> AUTO_TEACHER_PRECISION (fp32) whatever the student's precision; explicit choices
-    are kept (fp16 on a CPU runs emulated, see `HalfRounded`)."""
+    """`auto` -> auto_teacher_precision(device_type); explicit choices are kept (fp16 on a CPU runs
+    emulated, see `HalfRounded`)."""
     check_teacher_precision(name)
-    return AUTO_TEACHER_PRECISION if name == "auto" else name
+    return auto_teacher_precision(device_type) if name == "auto" else name
 
 
 def split_precision(name: str) -> tuple[torch.dtype, bool]:
