@@ -5,8 +5,7 @@ Each reproduces the PIL function up to float rounding, including PIL's own 8-bit
 `Image.blend` (brightness, contrast, saturation) truncates its result to a whole level and clips it
 to [0, 255]; `adjust_contrast` blends with the mean grey level rounded to a whole level;
 `adjust_hue` goes through 8-bit HSV (the hue truncated to 1/255 turn, shifted by a whole 1/255 turn)
-and rounds the RGB it returns; grey levels are rounded. Only the 8-bit saturation of PIL's HSV and
-the rounding of the grey image a saturation change blends with are left out (under half a level).
+(its saturation truncated to 1/255 too) and rounds the RGB it returns; grey levels are rounded.
 """
 from __future__ import annotations
 
@@ -47,9 +46,11 @@ def adjust_contrast(x: np.ndarray, factor: float) -> np.ndarray:
 
 
 def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
-    """torchvision's PIL adjust_saturation: a blend with the image's own grey version."""
-    matrix = factor * np.eye(3, dtype=np.float32) + (1.0 - factor) * np.repeat(LUMA[None], 3, 0)
-    return _blend_levels(_affine(x, matrix, 0.0))
+    """torchvision's PIL adjust_saturation: a blend with the image's own grey version (rounded)."""
+    grey = to_grey(x)[..., None]
+    np.subtract(x, grey, out=x)  # grey + factor * (x - grey): PIL's arithmetic, to its float rounding
+    np.multiply(x, np.float32(factor), out=x)
+    return _blend_levels(np.add(x, grey, out=x))
 
 
 def hue_shift_levels(hue_factor: float) -> int:
@@ -59,14 +60,19 @@ def hue_shift_levels(hue_factor: float) -> int:
 
 def adjust_hue(x: np.ndarray, hue_factor: float) -> np.ndarray:
     """torchvision's PIL adjust_hue: shift PIL's 8-bit hue (a turn = 255 levels, truncated) by
-    int(hue_factor * 255), wrapping; RGB rounded to whole levels."""
+    int(hue_factor * 255), wrapping as a byte does; RGB rounded to whole levels."""
     cv2 = _cv2()
     hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)          # hue in degrees [0, 360)
     hue = hsv[..., 0]
     np.multiply(hue, np.float32(255 / 360), out=hue)  # -> PIL's levels, truncated as PIL stores them
     np.floor(hue, out=hue)
     hue += hue_shift_levels(hue_factor)
-    np.multiply(hue, np.float32(360 / 255), out=hue)   # OpenCV wraps hues past 360 degrees
+    np.remainder(hue, 256, out=hue)                    # a byte wraps at 256 levels, a turn is 255
+    np.multiply(hue, np.float32(360 / 255), out=hue)   # (OpenCV takes the 256th as 361.4 degrees)
+    saturation = hsv[..., 1]                           # PIL's levels too, truncated
+    np.multiply(saturation, np.float32(255), out=saturation)
+    np.floor(saturation, out=saturation)
+    np.multiply(saturation, np.float32(1 / 255), out=saturation)
     return np.rint(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), out=x)
 
 
