@@ -47,7 +47,8 @@ def adjust_contrast(x: np.ndarray, factor: float) -> np.ndarray:
 
 def adjust_saturation(x: np.ndarray, factor: float) -> np.ndarray:
     """torchvision's PIL adjust_saturation: a blend with the image's own grey version (rounded)."""
-    grey = to_grey(x)[..., None]
+    cv2 = _cv2()
+    grey = cv2.cvtColor(to_grey(x), cv2.COLOR_GRAY2RGB)  # three channels: no slow broadcasting
     np.subtract(x, grey, out=x)  # grey + factor * (x - grey): PIL's arithmetic, to its float rounding
     np.multiply(x, np.float32(factor), out=x)
     return _blend_levels(np.add(x, grey, out=x))
@@ -64,11 +65,10 @@ def adjust_hue(x: np.ndarray, hue_factor: float) -> np.ndarray:
     cv2 = _cv2()
     hsv = cv2.cvtColor(x, cv2.COLOR_RGB2HSV)          # hue in degrees [0, 360)
     hue = hsv[..., 0]
-    np.multiply(hue, np.float32(255 / 360), out=hue)  # -> PIL's levels, truncated as PIL stores them
-    np.floor(hue, out=hue)
-    hue += hue_shift_levels(hue_factor)
-    np.remainder(hue, 256, out=hue)                    # a byte wraps at 256 levels, a turn is 255
-    np.multiply(hue, np.float32(360 / 255), out=hue)   # (OpenCV takes the 256th as 361.4 degrees)
+    # PIL's byte: the hue truncated to levels (a turn = 255), shifted, wrapping at 256
+    levels = np.multiply(hue, np.float32(255 / 360)).astype(np.uint8)
+    levels += np.uint8(hue_shift_levels(hue_factor))
+    np.multiply(levels, np.float32(360 / 255), out=hue)  # level 255 is 360 degrees, as in PIL
     saturation = hsv[..., 1]                           # PIL's levels too, truncated
     np.multiply(saturation, np.float32(255), out=saturation)
     np.floor(saturation, out=saturation)

@@ -115,15 +115,17 @@ class PhotoTransform:
             box = (crop.left / k, crop.top / k, (crop.left + crop.width) / k, (crop.top + crop.height) / k)
             return np.asarray(img.resize((self.size, self.size), Image.BILINEAR, box=box))
         # Whole pixels: torch's 8-bit antialiased bilinear resampling, the same filter several times
-        # faster on one core.
+        # faster on one core, fastest on a contiguous channels-last crop (its output then is
+        # channels-last too: HxWx3 without a copy).
         import torch.nn.functional as F
         with warnings.catch_warnings():  # a read-only view of PIL's pixels; torch only reads it
             warnings.simplefilter("ignore", UserWarning)
             pixels = torch.from_numpy(np.asarray(img)[crop.top:crop.top + crop.height,
                                                       crop.left:crop.left + crop.width])
-        out = F.interpolate(pixels.permute(2, 0, 1)[None], size=(self.size, self.size), mode="bilinear",
-                            antialias=True, align_corners=False)[0]
-        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())  # channels last already: no copy
+        pixels = pixels.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+        out = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", antialias=True,
+                            align_corners=False)[0]
+        return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
 
     # ------------------------------------------------------------------ the rest
     def render(self, img: Image.Image, crop: Crop) -> torch.Tensor:
