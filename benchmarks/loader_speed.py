@@ -151,7 +151,7 @@ def _our_stages(dataset, timer: StageTimer) -> list:
     t = dataset.transform
     jitter = tuple(timer.wrap(name, op) for name, op in zip(("brightness", "contrast", "saturation", "hue"),
                                                            photo_transform._JITTER_OPS))
-    return [(data, "open_rgb", timer.wrap("decode", data.open_rgb)),
+    return [(data, "decode_rgb", timer.wrap("decode", data.decode_rgb)),
             (t, "_crop_resize", timer.wrap("crop+resize", t._crop_resize)),
             (photo_transform, "_JITTER_OPS", jitter),
             (photo_ops, "to_grey", timer.wrap("grayscale", photo_ops.to_grey)),

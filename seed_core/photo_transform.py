@@ -5,8 +5,9 @@ and ToTensor/Normalize. Here, for the same random draws in the same order (one v
 torch seed gets the same crop box, jitter factors and order, grayscale, blur sigma and flip):
 
 - the crop box is drawn from the header's size before decoding, so a JPEG whose crop is downscaled
-  anyway is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling, PIL's `draft`), the
-  largest reduction that keeps the crop >= the output size;
+  anyway is decoded at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling), the largest reduction
+  that keeps the crop >= the output size; a plain JPEG is decoded straight into an array
+  (seed_core.images.decode_rgb: PIL's pixels without PIL's copies);
 - the crop is resized in one step (torch's 8-bit antialiased bilinear resampling, PIL's filter,
   or PIL's resize of the fractional box of a reduced decoding);
 - all draws are made first, so the flip is done at once on the small 8-bit crop (every later step
@@ -106,30 +107,32 @@ class PhotoTransform:
         """The largest JPEG decoding reduction (8, 4, 2 or 1) that keeps the crop >= the output size."""
         return next((k for k in _REDUCTIONS if min(crop.height, crop.width) >= k * self.size), 1)
 
-    def _crop_resize(self, img: Image.Image, crop: Crop) -> np.ndarray:
+    def _crop_resize(self, img: Image.Image | np.ndarray, crop: Crop) -> np.ndarray:
         """The crop, resized to the output size with PIL's antialiased bilinear filter: HxWx3 uint8."""
+        pixels = np.asarray(img)  # a read-only view of PIL's pixels, or the decoder's array
         # A pixel of an image decoded at 1/k covers k x k full-size pixels (the last row and column
         # fewer): the box scales by exactly 1/k, to fractions of a pixel, which PIL's resize takes.
-        k = max(1, round(crop.image_width / img.width))
+        k = max(1, round(crop.image_width / pixels.shape[1]))
         if k > 1:
             box = (crop.left / k, crop.top / k, (crop.left + crop.width) / k, (crop.top + crop.height) / k)
+            img = img if isinstance(img, Image.Image) else Image.fromarray(pixels)
             return np.asarray(img.resize((self.size, self.size), Image.BILINEAR, box=box))
         # Whole pixels: torch's 8-bit antialiased bilinear resampling, the same filter several times
         # faster on one core, fastest on a contiguous channels-last crop (its output then is
         # channels-last too: HxWx3 without a copy).
         import torch.nn.functional as F
-        with warnings.catch_warnings():  # a read-only view of PIL's pixels; torch only reads it
+        with warnings.catch_warnings():  # torch only reads the pixels, which may be read-only
             warnings.simplefilter("ignore", UserWarning)
-            pixels = torch.from_numpy(np.asarray(img)[crop.top:crop.top + crop.height,
-                                                      crop.left:crop.left + crop.width])
+            pixels = torch.from_numpy(pixels[crop.top:crop.top + crop.height, crop.left:crop.left + crop.width])
         pixels = pixels.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
         out = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", antialias=True,
                             align_corners=False)[0]
         return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
 
     # ------------------------------------------------------------------ the rest
-    def render(self, img: Image.Image, crop: Crop) -> torch.Tensor:
-        """`img` is the upright image `crop` was drawn for, at full size or reduced by the decoder."""
+    def render(self, img: Image.Image | np.ndarray, crop: Crop) -> torch.Tensor:
+        """`img` is the upright RGB image `crop` was drawn for (PIL, or HxWx3 uint8), at full size or
+        reduced by the decoder."""
         import cv2
         _match_cv2_threads()
         pixels = self._crop_resize(img, crop)

@@ -50,7 +50,7 @@ def test_profile_times_every_stage_of_both_pipelines_and_undoes_its_wrapping(cap
     import seed_core.data as data
     from seed_core import photo_ops
     torch.manual_seed(0)  # the official pipeline draws from the global generator: the same stages each run
-    originals = (data.open_rgb, photo_ops.to_grey, cv2.transform)
+    originals = (data.decode_rgb, photo_ops.to_grey, cv2.transform)
     script = load_script("benchmarks/loader_speed.py")
     assert script.main(["--profile", "--quick"]) == 0
     out = capsys.readouterr().out
@@ -60,5 +60,5 @@ def test_profile_times_every_stage_of_both_pipelines_and_undoes_its_wrapping(cap
         official_ms, ours_ms = float(rows[stage][0]), float(rows[stage][2])
         assert official_ms > 0 and ours_ms > 0, stage
     assert "speed-up of ours over official per view on one thread: " in out
-    assert (data.open_rgb, photo_ops.to_grey, cv2.transform) == originals
+    assert (data.decode_rgb, photo_ops.to_grey, cv2.transform) == originals
     assert script.main(["--profile", "-1"]) == 2

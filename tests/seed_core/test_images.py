@@ -83,3 +83,47 @@ def test_distillation_skips_an_unsupported_image_by_name(tmp_path):
     assert skipped == [0] and img.max() == 128
     with pytest.raises(DatasetError, match="bad.tif"):
         open_rgb(bad)
+
+
+def _photo_jpeg(path, size=(160, 120), **save):
+    from sklearn.datasets import load_sample_images
+    Image.fromarray(load_sample_images().images[0]).resize(size, Image.BILINEAR).save(path, quality=90, **save)
+    return str(path)
+
+
+def test_decode_rgb_gives_open_rgbs_pixels_whichever_decoder_reads_the_file(tmp_path, monkeypatch):
+    """A plain colour JPEG, baseline or progressive, goes to OpenCV (the same libjpeg-turbo and
+    settings as PIL: the same pixels, also reduced); a grey, CMYK, EXIF-rotated or trailing-bytes
+    JPEG and a PNG go to PIL."""
+    import seed_core.images as images
+    opencv = []
+    decode_jpeg = images._decode_jpeg
+    monkeypatch.setattr(images, "_decode_jpeg", lambda data, k: opencv.append(k) or decode_jpeg(data, k))
+    plain = _photo_jpeg(tmp_path / "plain.jpg")
+    for k in (1, 2, 4, 8):
+        pixels = images.decode_rgb(plain, lambda w, h: k)
+        assert pixels.dtype == np.uint8 and pixels.shape == (-(-120 // k), -(-160 // k), 3)
+        assert np.array_equal(pixels, np.asarray(open_rgb(plain, lambda w, h: k)))
+    assert opencv == [1, 2, 4, 8]  # the fast path was taken, not only PIL's
+
+    progressive = _photo_jpeg(tmp_path / "progressive.jpg", progressive=True)
+    grey = tmp_path / "grey.jpg"
+    Image.open(plain).convert("L").save(grey, quality=90)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(plain).convert("CMYK").save(cmyk, quality=90)
+    trailing = tmp_path / "trailing.jpg"
+    trailing.write_bytes(open(plain, "rb").read() + b"\x00" * 16)
+    png = tmp_path / "photo.png"
+    Image.open(plain).save(png)
+    for path in (progressive, grey, cmyk, trailing, png, _rotated_jpeg(tmp_path / "r.jpg")):
+        assert np.array_equal(images.decode_rgb(str(path)), np.asarray(open_rgb(str(path)))), path
+        assert np.array_equal(read_rgb(str(path), "BGR"), np.asarray(open_rgb(str(path)))[:, :, ::-1])
+
+
+def test_decode_rgb_refuses_a_truncated_jpeg_by_name(tmp_path):
+    from seed_core.images import UnreadableImageError, decode_rgb
+    data = open(_photo_jpeg(tmp_path / "whole.jpg"), "rb").read()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableImageError, match="cut.jpg.*truncated"):
+        decode_rgb(str(cut))
