@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DatasetError, SeedError, TooManyBadImagesError
+from .opencv import cv2 as _cv2
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def _draft(img: Image.Image, k: int) -> None:
 def _decode_jpeg(data: bytes, k: int) -> np.ndarray | None:
     """JPEG bytes -> HxWx3 uint8 RGB at 1/k scale, or None when OpenCV cannot decode them or they
     do not end with the end-of-image marker (truncated, or trailing bytes: PIL decides)."""
-    import cv2
+    cv2 = _cv2()
     if not data.endswith(b"\xff\xd9"):
         return None
     scale = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,

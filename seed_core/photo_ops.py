@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .opencv import cv2 as _cv2
+
 # ITU-R 601-2 luma, as PIL's convert("L") (and OpenCV's RGB2GRAY) weighs R, G, B.
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 BLUR_TRUNCATE = 2.5    # kernel radius in sigmas: PIL's three box blurs reach about 2.3
-
-
-def _cv2():
-    import cv2
-    return cv2
 
 
 def _blend_levels(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,6 @@ with the official transform over many samples, and view by view for the same see
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import NamedTuple
 
@@ -35,6 +34,7 @@ from PIL import Image
 from . import photo_ops
 from .augmentations import Recipe
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .opencv import cv2 as _cv2
 
 _REDUCTIONS = (8, 4, 2)        # the scales libjpeg decodes at besides 1
 
@@ -53,18 +53,6 @@ def shift_hue(img: Image.Image, hue_factor: float) -> Image.Image:
     """torchvision's PIL `adjust_hue` on a PIL RGB image (see photo_ops.adjust_hue)."""
     pixels = photo_ops.adjust_hue(np.asarray(img, np.float32), hue_factor)
     return Image.fromarray(pixels.astype(np.uint8))
-
-
-_cv2_threads_of_pid: list[int] = []
-
-
-def _match_cv2_threads() -> None:
-    """OpenCV starts its own thread pool; in each process use as many threads as torch (one in a
-    data-loader worker), so that workers do not contend for the cores."""
-    if _cv2_threads_of_pid[:1] != [os.getpid()]:
-        import cv2
-        cv2.setNumThreads(torch.get_num_threads())
-        _cv2_threads_of_pid[:] = [os.getpid()]
 
 
 class PhotoTransform:
@@ -133,8 +121,7 @@ class PhotoTransform:
     def render(self, img: Image.Image | np.ndarray, crop: Crop) -> torch.Tensor:
         """`img` is the upright RGB image `crop` was drawn for (PIL, or HxWx3 uint8), at full size or
         reduced by the decoder."""
-        import cv2
-        _match_cv2_threads()
+        cv2 = _cv2()
         pixels = self._crop_resize(img, crop)
         # The official transforms' draws, in their order: ColorJitter's (applied, order, factors),
         # RandomGrayscale's, the blur's, RandomHorizontalFlip's.

@@ -73,3 +73,17 @@ def test_blur_is_the_truncated_gaussian_with_repeated_edges(photo, sigma):
     assert out.dtype == np.float32 and np.abs(out - expected).max() < 1e-3
     grey = photo_ops.gaussian_blur(pixels[..., 0], sigma)  # one channel
     assert np.abs(grey - expected[..., 0]).max() < 1e-3
+
+
+def test_opencv_runs_on_as_many_threads_as_torch(monkeypatch):
+    """In a data-loader worker torch has one thread: OpenCV then has one too, not a pool per core."""
+    import torch
+
+    from seed_core import opencv
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(opencv, "_configured_in_pid", [])  # as in a process that has not used it yet
+    try:
+        torch.set_num_threads(1)
+        assert opencv.cv2().getNumThreads() == 1
+    finally:
+        torch.set_num_threads(threads)
