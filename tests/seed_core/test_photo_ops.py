@@ -77,10 +77,12 @@ def test_blur_is_the_truncated_gaussian_with_repeated_edges(photo, sigma):
 
 def test_opencv_runs_on_as_many_threads_as_torch(monkeypatch):
     """In a data-loader worker torch has one thread: OpenCV then has one too, not a pool per core."""
+    import cv2
     import torch
 
     from seed_core import opencv
     threads = torch.get_num_threads()
+    cv2.setNumThreads(2)
     monkeypatch.setattr(opencv, "_configured_in_pid", [])  # as in a process that has not used it yet
     try:
         torch.set_num_threads(1)
