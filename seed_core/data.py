@@ -135,11 +135,12 @@ class UnlabeledImages(Dataset):
 def collate(batch):
     """Stack samples (sample, bad indices) into (batch, bad indices); a sample that is a tuple (main
     views and small patches; an image and its label) gives a tuple of batches."""
-    first = batch[0][0]
+    from torch.utils.data import default_collate  # in a worker it stacks straight into shared
+    first = batch[0][0]                           # memory: no second copy to send the batch
     if isinstance(first, tuple):
-        images = tuple(torch.stack([b[0][j] for b in batch]) for j in range(len(first)))
+        images = tuple(default_collate([b[0][j] for b in batch]) for j in range(len(first)))
     else:
-        images = torch.stack([b[0] for b in batch])
+        images = default_collate([b[0] for b in batch])
     bad = [i for b in batch for i in b[1]]
     return images, bad
 
