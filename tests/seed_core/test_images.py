@@ -127,3 +127,37 @@ def test_decode_rgb_refuses_a_truncated_jpeg_by_name(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableImageError, match="cut.jpg.*truncated"):
         decode_rgb(str(cut))
+
+
+def test_decode_rgb_agrees_with_pil_on_damaged_jpegs(tmp_path):
+    """Bytes changed, zeroed or cut out (the end-of-image marker kept), a damaged header: whatever
+    PIL makes of each file, decode_rgb makes the same (the same pixels, or the same refusal)."""
+    from seed_core.images import UnreadableImageError, decode_rgb
+    data = open(_photo_jpeg(tmp_path / "whole.jpg"), "rb").read()
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(16):
+        b = bytearray(data)
+        at = int(rng.integers(700, len(b) - 700))
+        if trial % 4 == 0:
+            b[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        elif trial % 4 == 1:
+            b[at:at + 300] = bytes(300)
+        elif trial % 4 == 2:
+            b = b[:at] + b[-2:]
+        else:
+            b[int(rng.integers(2, 600))] ^= 0xFF
+        path = tmp_path / f"damaged{trial}.jpg"
+        path.write_bytes(bytes(b))
+        results = []
+        for read in (lambda: np.asarray(open_rgb(str(path))), lambda: decode_rgb(str(path))):
+            try:
+                results.append(read())
+            except UnreadableImageError:
+                results.append(None)
+        if results[0] is None:
+            assert results[1] is None, trial
+        else:
+            assert results[1] is not None and np.array_equal(results[0], results[1]), trial
+        outcomes.add(results[0] is None)
+    assert outcomes == {True, False}  # some refused, some decoded: both branches were compared
