@@ -4,8 +4,8 @@ in place where they can be, with OpenCV's vectorised kernels instead of several 
 Each reproduces the PIL function up to float rounding, including PIL's own 8-bit steps:
 `Image.blend` (brightness, contrast, saturation) truncates its result to a whole level and clips it
 to [0, 255]; `adjust_contrast` blends with the mean grey level rounded to a whole level;
-`adjust_hue` goes through 8-bit HSV (the hue truncated to 1/255 turn, shifted by a whole 1/255 turn)
-(its saturation truncated to 1/255 too) and rounds the RGB it returns; grey levels are rounded.
+`adjust_hue` goes through 8-bit HSV (hue and saturation truncated to 1/255, the hue shifted by a
+whole 1/255 turn) and rounds the RGB it returns; grey levels are rounded.
 """
 from __future__ import annotations
 

@@ -37,6 +37,9 @@ from .constants import IMAGENET_MEAN, IMAGENET_STD
 from .opencv import cv2 as _cv2
 
 _REDUCTIONS = (8, 4, 2)        # the scales libjpeg decodes at besides 1
+# ColorJitter's four steps by its index: brightness, contrast, saturation, hue.
+_JITTER_OPS = (photo_ops.adjust_brightness, photo_ops.adjust_contrast, photo_ops.adjust_saturation,
+               photo_ops.adjust_hue)
 
 
 class Crop(NamedTuple):
@@ -152,8 +155,3 @@ class PhotoTransform:
         # HWC -> normalised, in one pass (a grey view broadcast to the three channels); CHW view.
         out = cv2.transform(pixels, self.normalise_grey if pixels.ndim == 2 else self.normalise_rgb)
         return torch.from_numpy(out).permute(2, 0, 1)
-
-
-# ColorJitter's four steps by its index: brightness, contrast, saturation, hue.
-_JITTER_OPS = (photo_ops.adjust_brightness, photo_ops.adjust_contrast, photo_ops.adjust_saturation,
-               photo_ops.adjust_hue)
