@@ -16,13 +16,16 @@ to show where the difference comes from. Prints a table and `speed-up of ours ov
     python benchmarks/loader_speed.py                    # -> benchmarks/results/loader_speed.json
     python benchmarks/loader_speed.py --workers 1 2 --batches 20
     python benchmarks/loader_speed.py --quick            # seconds: a check that it runs (temporary folder)
+    python benchmarks/loader_speed.py --profile          # where a view's time goes, per stage (writes nothing)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -71,8 +74,10 @@ def loader_images_per_s(dataset, collate_fn, workers: int, batch: int, batches: 
 
 
 def ms_per_view(dataset, indices: list[int], rounds: int = 3) -> float:
-    """Median over `rounds` of the mean time of one sample, in this process."""
+    """Median over `rounds` of the mean time of one sample, in this process (after one untimed
+    sample: imports and first-call set-up are not a view's cost)."""
     import statistics
+    dataset[indices[0]]
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -80,6 +85,121 @@ def ms_per_view(dataset, indices: list[int], rounds: int = 3) -> float:
             dataset[i]
         times.append(1000 * (time.perf_counter() - start) / len(indices))
     return statistics.median(times)
+
+
+# The stages of a view, in the recipe's order, as both pipelines name them.
+STAGES = ("decode", "crop+resize", "brightness", "contrast", "saturation", "hue", "grayscale", "blur", "flip",
+          "to tensor+normalise", "other")
+
+
+class StageTimer:
+    """Seconds per stage of functions wrapped by `wrap`; a stage called inside another (the grey
+    image of a saturation change) counts for the outer one."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._depth = 0
+
+    def wrap(self, stage: str, fn):
+        def timed(*args, **kwargs):
+            if self._depth:
+                return fn(*args, **kwargs)
+            self._depth += 1
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+                self._depth -= 1
+        return timed
+
+
+@contextlib.contextmanager
+def _patched(patches: list[tuple[object, str, object]]):
+    """setattr(owner, name, value) for each, undone on exit."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, value in patches:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
+def _official_stages(dataset: OfficialImages, timer: StageTimer) -> list:
+    """What to wrap in the official pipeline: the decoder, ColorJitter's four functions, the other
+    transforms by type."""
+    import torchvision.datasets.folder as folder
+    import torchvision.transforms.functional as F
+    named = {"RandomResizedCrop": "crop+resize", "RandomGrayscale": "grayscale", "RandomHorizontalFlip": "flip",
+             "ToTensor": "to tensor+normalise", "Normalize": "to tensor+normalise"}
+    steps = []
+    for t in dataset.transform.transforms:
+        inner = type(t.transforms[0]).__name__ if hasattr(t, "transforms") else ""
+        stage = "blur" if inner == "PILGaussianBlur" else named.get(type(t).__name__)
+        steps.append(timer.wrap(stage, t) if stage else t)  # ColorJitter: timed by its functions below
+    return [(dataset.transform, "transforms", steps), (folder, "pil_loader", timer.wrap("decode", folder.pil_loader))] + [
+        (F, f"adjust_{op}", timer.wrap(op, getattr(F, f"adjust_{op}"))) for op in ("brightness", "contrast", "saturation", "hue")]
+
+
+def _our_stages(dataset, timer: StageTimer) -> list:
+    """What to wrap in ours: the decoder, the crop's resampling, the photo ops, OpenCV's flip and
+    normalising transform."""
+    import cv2
+
+    import seed_core.data as data
+    from seed_core import photo_ops, photo_transform
+    t = dataset.transform
+    jitter = tuple(timer.wrap(name, op) for name, op in zip(("brightness", "contrast", "saturation", "hue"),
+                                                           photo_transform._JITTER_OPS))
+    return [(data, "decode_rgb", timer.wrap("decode", data.decode_rgb)),
+            (t, "_crop_resize", timer.wrap("crop+resize", t._crop_resize)),
+            (photo_transform, "_JITTER_OPS", jitter),
+            (photo_ops, "to_grey", timer.wrap("grayscale", photo_ops.to_grey)),
+            (photo_ops, "gaussian_blur", timer.wrap("blur", photo_ops.gaussian_blur)),
+            (cv2, "flip", timer.wrap("flip", cv2.flip)), (cv2, "transform", timer.wrap("to tensor+normalise", cv2.transform))]
+
+
+def profile_stages(loaders: dict, rounds: int) -> dict:
+    """{pipeline: {stage: ms per view}} over every file, `rounds` times, the pipelines interleaved
+    (a round of each in turn, so that a busy machine slows both alike), on one thread."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    timers = {name: StageTimer() for name in loaders}
+    totals = defaultdict(float)
+    views = 0
+    try:
+        for r in range(rounds):
+            for name, (dataset, _) in loaders.items():
+                stages = _our_stages if name == "ours" else _official_stages
+                with _patched(stages(dataset, timers[name])):
+                    start = time.perf_counter()
+                    for i in range(len(dataset)):
+                        dataset[(r, i)] if name == "ours" else dataset[i]
+                    totals[name] += time.perf_counter() - start
+            views += len(next(iter(loaders.values()))[0])
+    finally:
+        torch.set_num_threads(threads)
+    out = {}
+    for name, timer in timers.items():
+        ms = {stage: 1000 * s / views for stage, s in timer.seconds.items()}
+        ms["other"] = 1000 * totals[name] / views - sum(ms.values())  # plan, draws, Python
+        out[name] = ms
+    return out
+
+
+def print_profile(profile: dict) -> None:
+    print("\nWhere a view's time goes (one thread; ms per view and share of the view's time)\n")
+    print("| stage | official ms | share | ours ms | share |\n|---|---:|---:|---:|---:|")
+    totals = {name: sum(ms.values()) for name, ms in profile.items()}
+    for stage in STAGES:
+        cells = [f"{profile[n].get(stage, 0.0):.3f} | {100 * profile[n].get(stage, 0.0) / totals[n]:.1f} %"
+                 for n in ("official", "ours")]
+        print(f"| {stage} | {' | '.join(cells)} |")
+    print(f"| total | {totals['official']:.3f} | | {totals['ours']:.3f} | |")
+    print(f"\nspeed-up of ours over official per view on one thread: {totals['official'] / totals['ours']:.2f}×")
 
 
 def main(argv=None) -> int:
@@ -102,6 +222,9 @@ def main(argv=None) -> int:
         p.add_argument("--batches", type=int, default=30, help="timed batches per loader")
         p.add_argument("--warmup", type=int, default=3, help="untimed batches first")
         p.add_argument("--quick", action="store_true", help="tiny run to a temporary folder: checks that it works")
+        p.add_argument("--profile", type=int, nargs="?", const=3, default=0, metavar="ROUNDS",
+                       help="instead: time each stage of a view in both pipelines on one thread, ROUNDS "
+                            "passes over the photos (default 3), and print the table (no results file)")
         args = p.parse_args(argv)
         try:
             sizes = parse_sizes(args.sizes)
@@ -111,6 +234,8 @@ def main(argv=None) -> int:
         workers = args.workers or sorted({1, 2, cores})
         if any(w < 0 for w in workers):
             p.error("--workers must be >= 0")
+        if args.profile < 0:
+            p.error("--profile takes a number of rounds >= 1")
         if args.quick:
             if args.out_dir and os.path.realpath(args.out_dir) == os.path.realpath(RESULTS):
                 p.error(f"--quick would overwrite the committed results in {RESULTS}; leave --output-dir out")
@@ -121,6 +246,9 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="loader_speed_photos_") as folder:
             files = write_photo_jpegs(folder, sizes, per_size=2 if args.quick else None)
             loaders = pipelines(files, args.image_size)
+            if args.profile:
+                print_profile(profile_stages(loaders, 1 if args.quick else args.profile))
+                return 0
             rows = []
             for w in workers:
                 row = {"workers": w}

@@ -7,12 +7,13 @@ import logging
 import os
 from typing import Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .errors import DatasetError
-from .images import open_rgb
+from .images import decode_rgb, open_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ class UnlabeledImages(Dataset):
     def _view_transforms(self) -> list:
         return [self.transform] * self.views + [self.small_transform] * self.small_views
 
-    def _open(self, path: str) -> tuple[Image.Image, list | None]:
-        """The decoded image and, for planned transforms, each view's crop (None: plain ones)."""
+    def _open(self, path: str) -> tuple[Image.Image | np.ndarray, list | None]:
+        """The decoded image and, for planned transforms, each view's crop (None: plain ones); a
+        planned transform takes the pixels as an HxWx3 array."""
         transforms = self._view_transforms()
         if not all(hasattr(t, "plan") for t in transforms):
             return open_rgb(path), None
@@ -108,7 +110,7 @@ class UnlabeledImages(Dataset):
             crops[:] = [t.plan(width, height) for t in transforms]
             return min(t.reduction(c) for t, c in zip(transforms, crops))
 
-        return open_rgb(path, reduction), crops
+        return decode_rgb(path, reduction), crops
 
     def __getitem__(self, key) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], list[int]]:
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -133,11 +135,12 @@ class UnlabeledImages(Dataset):
 def collate(batch):
     """Stack samples (sample, bad indices) into (batch, bad indices); a sample that is a tuple (main
     views and small patches; an image and its label) gives a tuple of batches."""
-    first = batch[0][0]
+    from torch.utils.data import default_collate  # in a worker it stacks straight into shared
+    first = batch[0][0]                           # memory: no second copy to send the batch
     if isinstance(first, tuple):
-        images = tuple(torch.stack([b[0][j] for b in batch]) for j in range(len(first)))
+        images = tuple(default_collate([b[0][j] for b in batch]) for j in range(len(first)))
     else:
-        images = torch.stack([b[0] for b in batch])
+        images = default_collate([b[0] for b in batch])
     bad = [i for b in batch for i in b[1]]
     return images, bad
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DatasetError, SeedError, TooManyBadImagesError
+from .opencv import cv2 as _cv2
 
 logger = logging.getLogger(__name__)
 
@@ -128,19 +129,52 @@ def open_rgb(path: str, reduction=None) -> Image.Image:
     pixels are downscaled afterwards anyway; other formats decode at full size. The caller finds
     the scale from the returned image's size."""
     with _opened(path) as img:
-        if reduction is not None:
-            k = reduction(*_upright(img))
-            if k > 1:
-                img.draft("RGB", (img.width // k, img.height // k))
+        _draft(img, _reduction(img, reduction))
         img.load()
         return to_rgb(img, path)
+
+
+def decode_rgb(path: str, reduction=None) -> np.ndarray:
+    """`open_rgb` as an HxWx3 uint8 array (the same pixels, the same errors). A plain JPEG (colour,
+    upright, ending where a JPEG ends) is decoded by OpenCV's libjpeg-turbo straight into the array:
+    the same decoder and settings as PIL's, without PIL's two copies of the pixels."""
+    with _opened(path) as img:
+        k = _reduction(img, reduction)
+        if img.format == "JPEG" and img.mode == "RGB" and img.getexif().get(0x0112, 1) == 1:
+            img.fp.seek(0)
+            pixels = _decode_jpeg(img.fp.read(), k)
+            if pixels is not None:
+                return pixels
+        _draft(img, k)  # anything else (or what OpenCV refused): PIL, which names the fault
+        img.load()
+        return np.asarray(to_rgb(img, path))
+
+
+def _reduction(img: Image.Image, reduction) -> int:
+    return 1 if reduction is None else reduction(*_upright(img))
+
+
+def _draft(img: Image.Image, k: int) -> None:
+    if k > 1:
+        img.draft("RGB", (img.width // k, img.height // k))
+
+
+def _decode_jpeg(data: bytes, k: int) -> np.ndarray | None:
+    """JPEG bytes -> HxWx3 uint8 RGB at 1/k scale, or None when OpenCV cannot decode them or they
+    do not end with the end-of-image marker (truncated, or trailing bytes: PIL decides)."""
+    cv2 = _cv2()
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    scale = {1: 0, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[k]  # the scale bits only; colour comes from the flags below
+    return cv2.imdecode(np.frombuffer(data, np.uint8), scale | cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
 def read_rgb(path: str, channel_order: str = "RGB") -> np.ndarray:
     """An image file as an HxWx3 uint8 array in RGB or BGR order (Detectron2's INPUT.FORMAT)."""
     if channel_order not in ("RGB", "BGR"):
         raise DatasetError(f"channel order must be RGB or BGR, not '{channel_order}'")
-    arr = np.asarray(open_rgb(path))
+    arr = decode_rgb(path)
     return arr[:, :, ::-1] if channel_order == "BGR" else arr
 
 

@@ -41,3 +41,24 @@ def test_photos_are_real_jpegs_of_the_requested_sizes(tmp_path):
         with Image.open(path) as im:
             assert im.format == "JPEG" and im.size == ((500, 375) if "500x375" in path else (375, 500))
             assert sum(c > 0 for c in im.convert("L").histogram()) > 100  # a photograph, not a flat fill
+
+
+def test_profile_times_every_stage_of_both_pipelines_and_undoes_its_wrapping(capsys, restore_threads):
+    import cv2
+    import torch
+
+    import seed_core.data as data
+    from seed_core import photo_ops
+    torch.manual_seed(0)  # the official pipeline draws from the global generator: the same stages each run
+    originals = (data.decode_rgb, photo_ops.to_grey, cv2.transform)
+    script = load_script("benchmarks/loader_speed.py")
+    assert script.main(["--profile", "--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in out.splitlines()
+            if line.startswith("| ") and " | " in line}
+    for stage in ("decode", "crop+resize", "hue", "to tensor+normalise"):  # drawn in every view, or 80 %
+        official_ms, ours_ms = float(rows[stage][0]), float(rows[stage][2])
+        assert official_ms > 0 and ours_ms > 0, stage
+    assert "speed-up of ours over official per view on one thread: " in out
+    assert (data.decode_rgb, photo_ops.to_grey, cv2.transform) == originals
+    assert script.main(["--profile", "-1"]) == 2

@@ -83,3 +83,81 @@ def test_distillation_skips_an_unsupported_image_by_name(tmp_path):
     assert skipped == [0] and img.max() == 128
     with pytest.raises(DatasetError, match="bad.tif"):
         open_rgb(bad)
+
+
+def _photo_jpeg(path, size=(160, 120), **save):
+    from sklearn.datasets import load_sample_images
+    Image.fromarray(load_sample_images().images[0]).resize(size, Image.BILINEAR).save(path, quality=90, **save)
+    return str(path)
+
+
+def test_decode_rgb_gives_open_rgbs_pixels_whichever_decoder_reads_the_file(tmp_path, monkeypatch):
+    """A plain colour JPEG, baseline or progressive, goes to OpenCV (the same libjpeg-turbo and
+    settings as PIL: the same pixels, also reduced); a grey, CMYK, EXIF-rotated or trailing-bytes
+    JPEG and a PNG go to PIL."""
+    import seed_core.images as images
+    opencv = []
+    decode_jpeg = images._decode_jpeg
+    monkeypatch.setattr(images, "_decode_jpeg", lambda data, k: opencv.append(k) or decode_jpeg(data, k))
+    plain = _photo_jpeg(tmp_path / "plain.jpg")
+    for k in (1, 2, 4, 8):
+        pixels = images.decode_rgb(plain, lambda w, h: k)
+        assert pixels.dtype == np.uint8 and pixels.shape == (-(-120 // k), -(-160 // k), 3)
+        assert np.array_equal(pixels, np.asarray(open_rgb(plain, lambda w, h: k)))
+    assert opencv == [1, 2, 4, 8]  # the fast path was taken, not only PIL's
+
+    progressive = _photo_jpeg(tmp_path / "progressive.jpg", progressive=True)
+    grey = tmp_path / "grey.jpg"
+    Image.open(plain).convert("L").save(grey, quality=90)
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.open(plain).convert("CMYK").save(cmyk, quality=90)
+    trailing = tmp_path / "trailing.jpg"
+    trailing.write_bytes(open(plain, "rb").read() + b"\x00" * 16)
+    png = tmp_path / "photo.png"
+    Image.open(plain).save(png)
+    for path in (progressive, grey, cmyk, trailing, png, _rotated_jpeg(tmp_path / "r.jpg")):
+        assert np.array_equal(images.decode_rgb(str(path)), np.asarray(open_rgb(str(path)))), path
+        assert np.array_equal(read_rgb(str(path), "BGR"), np.asarray(open_rgb(str(path)))[:, :, ::-1])
+
+
+def test_decode_rgb_refuses_a_truncated_jpeg_by_name(tmp_path):
+    from seed_core.images import UnreadableImageError, decode_rgb
+    data = open(_photo_jpeg(tmp_path / "whole.jpg"), "rb").read()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableImageError, match="cut.jpg.*truncated"):
+        decode_rgb(str(cut))
+
+
+def test_decode_rgb_agrees_with_pil_on_damaged_jpegs(tmp_path):
+    """Bytes changed, zeroed or cut out (the end-of-image marker kept), a damaged header: whatever
+    PIL makes of each file, decode_rgb makes the same (the same pixels, or the same refusal)."""
+    from seed_core.images import UnreadableImageError, decode_rgb
+    data = open(_photo_jpeg(tmp_path / "whole.jpg"), "rb").read()
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for trial in range(16):
+        b = bytearray(data)
+        at = int(rng.integers(700, len(b) - 700))
+        if trial % 4 == 0:
+            b[at:at + 4] = rng.integers(0, 256, 4, dtype=np.uint8).tobytes()
+        elif trial % 4 == 1:
+            b[at:at + 300] = bytes(300)
+        elif trial % 4 == 2:
+            b = b[:at] + b[-2:]
+        else:
+            b[int(rng.integers(2, 600))] ^= 0xFF
+        path = tmp_path / f"damaged{trial}.jpg"
+        path.write_bytes(bytes(b))
+        results = []
+        for read in (lambda: np.asarray(open_rgb(str(path))), lambda: decode_rgb(str(path))):
+            try:
+                results.append(read())
+            except UnreadableImageError:
+                results.append(None)
+        if results[0] is None:
+            assert results[1] is None, trial
+        else:
+            assert results[1] is not None and np.array_equal(results[0], results[1]), trial
+        outcomes.add(results[0] is None)
+    assert outcomes == {True, False}  # some refused, some decoded: both branches were compared

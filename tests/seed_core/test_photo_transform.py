@@ -192,8 +192,11 @@ def test_hue_shift_matches_torchvisions(photos):
     for factor in (-0.1, -0.03, 0.05, 0.1):
         a = np.asarray(shift_hue(img, factor), np.float32)
         b = np.asarray(T.functional.adjust_hue(img, factor), np.float32)
-        assert np.abs(a - b).mean() < 1.0 and np.abs(a - b).max() <= 12
-    assert np.abs(np.asarray(shift_hue(img, 0.1), np.float32) - np.asarray(img, np.float32)).mean() > 5
+        assert np.abs(a - b).mean() < 0.3 and np.abs(a - b).max() <= 3
+    # Not a no-op: it moves the pixels as far as torchvision's does (4.9 levels on average here).
+    change = np.abs(np.asarray(shift_hue(img, 0.1), np.float32) - np.asarray(img, np.float32)).mean()
+    reference = np.abs(np.asarray(T.functional.adjust_hue(img, 0.1), np.float32) - np.asarray(img, np.float32)).mean()
+    assert reference > 4 and abs(change - reference) < 0.02 * reference
 
 
 def test_unreadable_jpegs_are_skipped_and_counted(photos, tmp_path):
