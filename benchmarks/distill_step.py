@@ -261,6 +261,9 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="student autocast (auto: bf16 where native, on older GPUs fp16 with loss scaling)")
+    p.add_argument("--teacher-precision", default=TEACHER_PRECISION, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision of the frozen teacher in 'ours' (default: the trainer's, "
+                        f"{TEACHER_PRECISION}); the reference keeps its teacher in fp32")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--compile", action="store_true", help="torch.compile the student (ours and bare)")
     p.add_argument("--repeats", type=int, default=5)
@@ -317,7 +320,8 @@ def main(argv=None):
     queue_init = F.normalize(torch.randn(args.queue_size, args.dim, generator=torch.Generator().manual_seed(2)), dim=1)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=torch.Generator().manual_seed(4))
 
-    ours = OursStep(student_ours, teacher_ours, queue_init, precision, device=device, compile_student=args.compile)
+    ours = OursStep(student_ours, teacher_ours, queue_init, precision, device=device, compile_student=args.compile,
+                    teacher_precision=args.teacher_precision)
     ref = ReferenceStep(student_ref, teacher_ref, queue_init, device)
     # Same weights, same batch: the two losses before any step must agree.
     loss_ours = ours.loss_only(x)
@@ -333,7 +337,7 @@ def main(argv=None):
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"},
         "setup": {"student": args.student, "teacher": args.teacher, "K": args.queue_size, "batch": args.batch,
                   "image_size": args.image_size, "precision": precision, "channels_last": True,
-                  "teacher_precision": resolve_teacher_precision(TEACHER_PRECISION, device.type),
+                  "teacher_precision": resolve_teacher_precision(args.teacher_precision, device.type),
                   "compiled": args.compile},
         "seconds_per_step": t,
         "images_per_s": {k: args.batch / v for k, v in t.items() if k != "queue_loss"},

@@ -20,9 +20,13 @@ def restore_threads():
 
 def test_the_device_agnostic_step_runs_on_cpu_and_matches_the_reference(tmp_path, restore_threads):
     out = tmp_path / "step.json"
-    res = load_script("benchmarks/distill_step.py").main(TINY + ["--device", "cpu", "--json", str(out)])
+    # fp32 teacher on both sides: the two steps compute the same loss (the default teacher precision
+    # is bf16 on a CPU with native bf16, which moves the loss by ~1e-3).
+    res = load_script("benchmarks/distill_step.py").main(
+        TINY + ["--device", "cpu", "--teacher-precision", "fp32", "--json", str(out)])
     assert res["machine"]["device"] == "cpu" and res["setup"]["compiled"] is False
-    assert res["loss"]["abs_diff"] < 1e-3          # ours and the reference agree on the same batch
+    assert res["setup"]["teacher_precision"] == "fp32"
+    assert res["loss"]["abs_diff"] < 1e-4          # ours and the reference agree on the same batch
     assert all(v > 0 for v in res["seconds_per_step"].values())
     assert json.loads(out.read_text())["setup"]["K"] == 256
 
