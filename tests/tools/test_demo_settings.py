@@ -2,6 +2,8 @@
 a command line gave (the cached runs' results do not depend on how a config was handed over)."""
 import os
 
+import pytest
+
 from seed_core.config import load_cfg
 from seed_det.config import load_det_config
 from seed_det.engines import engine_identity
@@ -42,3 +44,16 @@ def test_a_fine_tunings_engine_identity_is_readable():
     identity = engine_identity("torchvision")
     assert set(identity) == {"engine", "library", "seed-transfer"}
     assert all(isinstance(v, str) and v for v in identity.values())
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_the_presets_precision_holds_for_the_teacher_too(tmp_path, precision):
+    """A preset's fp32 must mean fp32 for the frozen teacher as well: the teacher's own `auto` is
+    bf16 on CPUs with native bf16, which would make the students differ between machines."""
+    from seed_core.teacher_precision import resolve_teacher_precision
+    p = {**load_preset("tiny"), "precision": precision}
+    opts = pretraining_opts(p, {"pretrain": str(tmp_path / "crops")}, workers=0)
+    cfg = load_cfg(None, _settings({**opts, "LOSS.NAME": "seed", "OUTPUT_DIR": str(tmp_path / "run")}))
+    assert cfg.TRAIN.PRECISION == cfg.TRAIN.TEACHER_PRECISION == precision
+    if precision == "fp32":
+        assert resolve_teacher_precision(cfg.TRAIN.TEACHER_PRECISION, "cpu") == "fp32"

@@ -175,13 +175,15 @@ def _knn_step(out_root: str, p: dict, data: dict, backbones: dict) -> dict:
 
 def pretraining_opts(p: dict, data: dict, workers: int) -> dict:
     """The distillation settings every pretraining stage of preset `p` shares (data, batch, queue,
-    schedule, precision); a stage adds its loss, architecture, epochs and learning rate."""
+    schedule, student's and teacher's precision); a stage adds its loss, architecture, epochs and learning rate."""
     return {"DATA.ROOT": data["pretrain"], "DATA.IMAGE_SIZE": p["scenes"]["crop_size"], "DATA.NUM_WORKERS": workers,
             "DATA.AUGMENTATION": p["augmentation"], "SOLVER.BATCH_SIZE": p["distill_batch"],
             "QUEUE.SIZE": p["queue_size"], "SOLVER.BASE_LR": float(p["distill_base_lr"]),
             "LOSS.MOCO_MOMENTUM": float(p["moco_momentum"]), "SOLVER.WARMUP_EPOCHS": 1.0,
             "TRAIN.CHECKPOINT_PERIOD": 100, "SEED": p["seed"], "TRAIN.LOG_PERIOD": 5, "TRAIN.PROGRESS": False,
-            "TRAIN.PRECISION": p["precision"]}
+            # The teacher computes in the preset's precision too: its `auto` would pick bf16 on CPUs
+            # with native bf16 only, and the students would then differ between machines.
+            "TRAIN.PRECISION": p["precision"], "TRAIN.TEACHER_PRECISION": p["precision"]}
 
 
 def write_scenes(out_root: str, p: dict) -> dict:
