@@ -116,6 +116,15 @@ def gather_to_main(obj: Any) -> Optional[List[Any]]:
     return out
 
 
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every rank's picklable `obj`, in rank order, on every rank."""
+    if not _multi_process():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_from_main(obj: Any) -> Any:
     """Rank 0's picklable `obj` on every rank."""
     if not _multi_process():

@@ -9,8 +9,9 @@ It also holds the one policy for files that cannot be decoded (missing, empty, n
 truncated or damaged, or larger than MAX_IMAGE_PIXELS, a possible decompression bomb), whatever the
 format: each becomes an `UnreadableImageError` naming the file. Training skips and counts them
 (`skip_unreadable`, or `read_headers` then `limit_skipped` where the scan and the skipping are apart;
-`SkippedImages`; an error above a set fraction); evaluation refuses them before
-any work (`refuse_unreadable`), since a skipped test image changes the metric.
+`SkippedImages` for those whose decoding fails later, each counted once; an error above a set
+fraction); evaluation refuses them before any work (`refuse_unreadable`), since a skipped test
+image changes the metric.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import logging
 import os
 import re
 import warnings
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -279,15 +280,43 @@ def skip_unreadable(paths: Sequence[str], max_fraction: float, what: str, key: s
 
 class SkippedImages:
     """Training images whose decoding failed although their header read (truncated or damaged data,
-    a mode the decoder refuses): each is named in a warning and skipped; more than `max_fraction` of
-    `total` is a TooManyBadImagesError. Each process (data-loading worker) counts its own."""
+    a mode the decoder refuses), each counted once however often the sampler meets it again (an
+    infinite sampler passes over the data many times): the first meeting of each is named in a
+    warning; more than `max_fraction` of `total` distinct images is a TooManyBadImagesError.
 
-    def __init__(self, total: int, max_fraction: float, what: str, key: str):
-        self.total, self.max_fraction, self.what, self.key = total, max_fraction, what, key
-        self.skipped: list[str] = []
+    What one counter sees is what is checked: the torchvision engine's trainer keeps one for all
+    processes, fed with the images each sample skipped (`add`); Detectron2's mapper keeps one per
+    data-loading process (`skip`). `state_dict` keeps the images in a checkpoint."""
 
-    def skip(self, error: DatasetError) -> None:
-        self.skipped.append(str(error))
-        if len(self.skipped) > self.max_fraction * self.total:
-            raise _too_many(len(self.skipped), self.total, self.max_fraction, self.what, self.key, self.skipped[0])
-        logger.warning("%s: %s; skipped it (%d so far in this process)", self.what, error, len(self.skipped))
+    def __init__(self, total: int, max_fraction: float, what: str, key: str, where: str = ""):
+        self.total, self.max_fraction, self.what, self.key, self.where = total, max_fraction, what, key, where
+        self.errors: dict = {}  # image (record index or file name) -> its error, in the order met
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def __contains__(self, image) -> bool:
+        return image in self.errors
+
+    def skip(self, image, error: DatasetError) -> None:
+        """`image` (a record index or file name) failed to decode with `error`."""
+        self.add({image: str(error)})
+
+    def add(self, errors: Mapping, report: bool = True) -> None:
+        """Count the images of `errors` ({image: its error}) not met before; with `report`, warn once
+        for each of them (only one process of several should)."""
+        new = {image: error for image, error in errors.items() if image not in self.errors}
+        self.errors.update(new)
+        if len(self.errors) > self.max_fraction * self.total:
+            first = next(iter(self.errors.values()))
+            raise _too_many(len(self.errors), self.total, self.max_fraction, self.what, self.key, first)
+        for error in new.values() if report else ():
+            logger.warning("%s: %s; skipped, now and whenever it is drawn again (%d distinct image(s) so far%s)",
+                           self.what, error, len(self.errors), self.where)
+
+    def state_dict(self) -> dict:
+        return {"errors": dict(self.errors)}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """A checkpoint's images; an empty `state` (a checkpoint from before they were kept) holds none."""
+        self.errors = dict(state.get("errors", {}))

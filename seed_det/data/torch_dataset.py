@@ -33,7 +33,11 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     Images that cannot be read follow the suite's policy (seed_core.images): for training they are
     skipped and counted, up to `max_bad_fraction` (from the headers when built, or from the preflight's
-    scan of them, `unreadable`; and when decoding fails later, the next image instead); for evaluation (preflight has decoded every one) an error."""
+    scan of them, `unreadable`); for evaluation (preflight has decoded every one) an error. A training
+    image whose decoding fails later is replaced by the next one, and the sample carries what it
+    skipped ({record index: error} under "skipped" in the target, beside "index"): data-loading
+    workers and processes each see only their own samples, so the trainer counts them all in the one
+    `skipped_images()` counter of the run."""
 
     def __init__(self, dataset: Dataset, train: bool, image_format: str = "RGB", with_masks: bool = False,
                  flip_prob: float = 0.5, filter_empty: bool = True, max_bad_fraction: float = 0.0,
@@ -46,8 +50,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if train:
             records = readable_training_records(training_records(dataset, filter_empty), max_bad_fraction,
                                                 dataset.spec.name, unreadable)
-            self.skipped = SkippedImages(len(records), max_bad_fraction, f"training set '{dataset.spec.name}'",
-                                         MAX_BAD_KEY)
+        self.max_bad_fraction = max_bad_fraction
         if with_masks and any("segmentation" not in a for r in records for a in r["annotations"]):
             raise DatasetError(f"MODEL.MASK_ON is True but dataset '{dataset.spec.name}' has annotations without "
                                "'segmentation': use a COCO json with masks or set MODEL.MASK_ON False")
@@ -60,9 +63,16 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _readable(self, idx: int) -> tuple[int, np.ndarray]:
-        """(index, image) of the first record from `idx` on whose image decodes (training); evaluation
-        gets the decoder's error. An image of another size than its record is an error either way."""
+    def skipped_images(self) -> SkippedImages:
+        """A counter of the training images whose decoding fails, with this set's size and limit."""
+        return SkippedImages(len(self.records), self.max_bad_fraction, f"training set '{self.dataset.spec.name}'",
+                             MAX_BAD_KEY)
+
+    def _readable(self, idx: int) -> tuple[int, np.ndarray, Dict[int, str]]:
+        """(index, image, {skipped index: error}) of the first record from `idx` on whose image decodes
+        (training); evaluation gets the decoder's error. An image of another size than its record is
+        an error either way."""
+        skipped: Dict[int, str] = {}
         for attempt in range(len(self.records)):
             i = (idx + attempt) % len(self.records)
             try:
@@ -70,14 +80,14 @@ class DetectionDataset(torch.utils.data.Dataset):
             except DatasetError as e:  # unreadable, or a mode the decoder refuses
                 if not self.train:
                     raise
-                self.skipped.skip(e)
+                skipped[i] = str(e)
                 continue
             check_image_size(self.records[i], arr.shape[1], arr.shape[0])
-            return i, arr
+            return i, arr, skipped
         raise DatasetError(f"no image of training set '{self.dataset.spec.name}' can be read")
 
     def __getitem__(self, idx: int):
-        idx, arr = self._readable(idx)
+        idx, arr, skipped = self._readable(idx)
         record = self.records[idx]
         h, w = arr.shape[:2]
         annos = record["annotations"]
@@ -85,7 +95,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         target = {"boxes": boxes, "labels": torch.tensor([a["category_id"] + 1 for a in annos], dtype=torch.int64),
-                  "index": torch.tensor(idx)}
+                  "index": torch.tensor(idx), "skipped": skipped}
         if self.with_masks:
             masks = [segmentation_to_mask(a["segmentation"], h, w) for a in annos]
             target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8)
@@ -100,6 +110,15 @@ class DetectionDataset(torch.utils.data.Dataset):
 
 def collate(batch):
     return tuple(zip(*batch))
+
+
+# What a target carries for the loop, not for the model: the record index and the images skipped.
+BOOKKEEPING_KEYS = ("index", "skipped")
+
+
+def model_targets(targets, device) -> List[Dict[str, torch.Tensor]]:
+    """A batch's targets as the model takes them: on `device`, without the bookkeeping keys."""
+    return [{k: v.to(device) for k, v in t.items() if k not in BOOKKEEPING_KEYS} for t in targets]
 
 
 class InfiniteBatchSampler(torch.utils.data.Sampler):

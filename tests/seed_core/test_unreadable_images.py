@@ -62,9 +62,9 @@ def test_training_skips_and_counts_evaluation_refuses(tmp_path):
                                                     r"KEY = 0.2; for example image .*zero-byte\.jpg"):
         skip_unreadable(paths, 0.2, "training set 't'", "KEY")
     skipped = SkippedImages(total=4, max_fraction=0.25, what="training set 't'", key="KEY")
-    skipped.skip(UnreadableImageError("image a cannot be read"))
+    skipped.skip("a.jpg", UnreadableImageError("image a cannot be read"))
     with pytest.raises(TooManyBadImagesError, match="2 of 4 images cannot be read, more than KEY = 0.25"):
-        skipped.skip(UnreadableImageError("image b cannot be read"))
+        skipped.skip("b.jpg", UnreadableImageError("image b cannot be read"))
     # evaluation: every file decoded, one error naming the first bad one and how many more
     refuse_unreadable(good, "test set 't'")
     with pytest.raises(UnreadableImageError, match=r"test set 't': 4 of 7 images cannot be read, and evaluation "
@@ -72,6 +72,27 @@ def test_training_skips_and_counts_evaluation_refuses(tmp_path):
         refuse_unreadable(paths, "test set 't'")
     with pytest.raises(UnreadableImageError, match=r"160 of 280 images .*zero-byte\.jpg"):  # in 2 processes
         refuse_unreadable(paths * 40, "test set 't'", num_workers=2)
+
+
+def test_an_image_met_again_counts_once_and_a_second_one_over_the_limit_stops(caplog):
+    """An infinite sampler meets one corrupt image on every pass: it is counted and warned about once."""
+    skipped = SkippedImages(total=10, max_fraction=0.1, what="training set 't'", key="KEY")
+    with caplog.at_level("WARNING"):
+        for _ in range(11):
+            skipped.skip(3, UnreadableImageError("image 3.jpg cannot be read: it is truncated"))
+        skipped.add({3: "image 3.jpg cannot be read: it is truncated"})
+    assert len(skipped) == 1 and 3 in skipped and caplog.text.count("3.jpg") == 1
+    assert "1 distinct image(s) so far" in caplog.text
+    with pytest.raises(TooManyBadImagesError, match=r"training set 't': 2 of 10 images cannot be read, more than "
+                                                    r"KEY = 0.1; for example image 3\.jpg .*Fix or remove them, or "
+                                                    r"raise KEY"):
+        skipped.add({7: "image 7.jpg cannot be read"}, report=False)
+    # a checkpoint keeps them; one from before they were kept holds none
+    resumed = SkippedImages(total=10, max_fraction=0.1, what="training set 't'", key="KEY")
+    resumed.load_state_dict(skipped.state_dict())
+    assert resumed.errors == skipped.errors and list(resumed.errors) == [3, 7]
+    resumed.load_state_dict({})
+    assert len(resumed) == 0
 
 
 @pytest.mark.parametrize("kind", BAD_IMAGE_KINDS)
@@ -122,5 +143,5 @@ def test_an_image_the_decoder_refuses_is_named_by_evaluation_and_skipped_by_trai
     with pytest.raises(DatasetError) as refused:
         open_rgb(path)
     skipped = SkippedImages(total=1, max_fraction=1.0, what="training set 't'", key="KEY")
-    skipped.skip(refused.value)
-    assert skipped.skipped == [str(refused.value)]
+    skipped.skip(path, refused.value)
+    assert skipped.errors == {path: str(refused.value)}

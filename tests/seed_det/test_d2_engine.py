@@ -591,7 +591,7 @@ def test_detectron2_skips_an_unreadable_training_image_and_refuses_one_to_test(t
     record = {"file_name": write_bad_image(tmp_path / "cut.jpg", "truncated", size=(64, 64)), "image_id": 1,
               "height": 64, "width": 64, "annotations": []}
     skipped = SkippedImages(total=4, max_fraction=0.25, what="training set 't'", key="DATALOADER.MAX_BAD_FRACTION")
-    assert DecodingMapper(cfg, is_train=True, skipped=skipped)(record) is None and len(skipped.skipped) == 1
+    assert DecodingMapper(cfg, is_train=True, skipped=skipped)(record) is None and len(skipped) == 1
     with pytest.raises(UnreadableImageError, match=r"cut\.jpg cannot be read: it is truncated"):
         DecodingMapper(cfg, is_train=False)(record)
 

@@ -70,10 +70,15 @@ def test_an_image_whose_decoding_fails_in_training_is_replaced_and_counted(tmp_p
     data = DetectionDataset(dataset, train=True, flip_prob=0.0, max_bad_fraction=0.25)
     image, target = data[3]
     assert int(target["index"]) == 0 and float(image.mean()) == 0.0  # the next image, 0.jpg
-    assert len(data.skipped.skipped) == 1 and "3.jpg" in data.skipped.skipped[0]
-    strict = DetectionDataset(dataset, train=True, max_bad_fraction=0.0)
-    with pytest.raises(TooManyBadImagesError, match="DATALOADER.MAX_BAD_FRACTION"):
-        strict[3]
+    assert list(target["skipped"]) == [3] and "3.jpg cannot be read" in target["skipped"][3]  # for the trainer
+    assert data[1][1]["skipped"] == {}
+    counter = data.skipped_images()  # the trainer's: the set's size and limit
+    counter.add(target["skipped"])
+    assert len(counter) == 1
+    strict = DetectionDataset(dataset, train=True, max_bad_fraction=0.0).skipped_images()
+    with pytest.raises(TooManyBadImagesError, match=r"training set 'tiny': 1 of 4 images cannot be read, more than "
+                                                    r"DATALOADER.MAX_BAD_FRACTION = 0.0; for example .*3\.jpg"):
+        strict.add(target["skipped"])
     with pytest.raises(UnreadableImageError, match=r"3\.jpg cannot be read: it is truncated"):
         DetectionDataset(dataset, train=False)[3]  # evaluation never skips
 

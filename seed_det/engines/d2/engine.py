@@ -113,7 +113,8 @@ class Trainer(DefaultTrainer):
             self._train_dicts = readable_training_records(dicts, cfg.DATALOADER.MAX_BAD_FRACTION, name,
                                                           self.unreadable)
         dicts = self._train_dicts
-        skipped = SkippedImages(len(dicts), cfg.DATALOADER.MAX_BAD_FRACTION, f"training set '{name}'", MAX_BAD_KEY)
+        skipped = SkippedImages(len(dicts), cfg.DATALOADER.MAX_BAD_FRACTION, f"training set '{name}'", MAX_BAD_KEY,
+                                where=" in this data-loading process")
         return build_detection_train_loader(cfg, mapper=DecodingMapper(cfg, is_train=True, skipped=skipped),
                                             dataset=dicts)
 

@@ -20,7 +20,10 @@ from seed_det.data.records import check_image_size
 
 class DecodingMapper(DatasetMapper):
     """Used for RGB/BGR inputs without semantic segmentation; anything else goes to Detectron2's own.
-    For training, `skipped` counts the images whose decoding failed."""
+    For training, `skipped` counts the distinct images whose decoding failed (by file name: one met
+    again on a later pass over the data counts once). Each data-loading process (a DataLoader worker
+    of each training process) holds its own copy, so DATALOADER.MAX_BAD_FRACTION is checked per
+    data-loading process on this engine, not over the whole run as on the torchvision engine."""
 
     def __init__(self, cfg, is_train: bool = True, skipped: SkippedImages | None = None):
         super().__init__(cfg, is_train=is_train)
@@ -35,7 +38,7 @@ class DecodingMapper(DatasetMapper):
         except DatasetError as e:  # unreadable, or a mode the decoder refuses
             if self.skipped is None:
                 raise
-            self.skipped.skip(e)
+            self.skipped.skip(record["file_name"], e)
             return None  # Detectron2's MapDataset maps another image instead
         if "width" in record and "height" in record:
             check_image_size(record, image.shape[1], image.shape[0])

@@ -16,13 +16,14 @@ logger = logging.getLogger(__name__)
 
 
 def save_checkpoint(output_dir: str, name: str, model, optimizer=None, scheduler=None, iteration: int = 0,
-                    grad_scaler=None) -> str:
+                    grad_scaler=None, skipped_images=None) -> str:
     """Write output_dir/name via a temp file + os.replace, so a crash never leaves half a file.
     With several processes, only the main one calls this (all hold the same weights)."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, name)
     payload = {"engine": TV_CHECKPOINT_TAG, "model": model.state_dict(), "iteration": iteration}
-    for key, part in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", grad_scaler)):
+    for key, part in (("optimizer", optimizer), ("scheduler", scheduler), ("grad_scaler", grad_scaler),
+                      ("skipped_images", skipped_images)):
         if part is not None:
             payload[key] = part.state_dict()
     atomic_save(payload, path)

@@ -19,10 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from seed_core.constants import FINAL_MODEL_FILE, TIMING_FILE, TRAIN_LOG_FILE
-from seed_core.distributed import all_reduce_sum, broadcast_buffers, stop_if_peer_lost, world_info
+from seed_core.distributed import (all_gather_objects, all_reduce_sum, broadcast_buffers, stop_if_peer_lost,
+                                   world_info)
 from seed_core.errors import NonFiniteLossError
+from seed_core.images import SkippedImages
 from seed_core.precision import autocast, make_grad_scaler
-from seed_det.data.torch_dataset import DetectionDataset, InfiniteBatchSampler, collate, orientation_groups
+from seed_det.data.torch_dataset import (DetectionDataset, InfiniteBatchSampler, collate, model_targets,
+                                         orientation_groups)
 
 from .checkpoint import save_checkpoint
 from .model import set_input_sizes
@@ -33,9 +36,20 @@ logger = logging.getLogger(__name__)
 
 
 def _to_device(images, targets, device):
-    images = [im.to(device) for im in images]
-    targets = [{k: v.to(device) for k, v in t.items() if k != "index"} for t in targets]
-    return images, targets
+    return [im.to(device) for im in images], model_targets(targets, device)
+
+
+def count_skipped(counter: SkippedImages, targets, device: torch.device, report: bool) -> None:
+    """Add the images this process's samples skipped (their targets' "skipped") and, with several
+    processes, every other process's, to `counter` (the same on every process, so all raise its
+    TooManyBadImagesError at the same step). One all-reduce of a count per step; the images
+    themselves are gathered only at a step where some process met one it had not counted."""
+    new = {i: error for t in targets for i, error in t["skipped"].items() if i not in counter}
+    if world_info()[1] > 1:
+        if not int(all_reduce_sum(torch.tensor([len(new)], device=device)).item()):
+            return
+        new = {i: error for part in all_gather_objects(new) for i, error in part.items()}
+    counter.add(new, report=report)
 
 
 def loss_weights(cfg: CfgNode) -> Dict[str, float]:
@@ -58,6 +72,8 @@ class Trainer:
         self.precision = "fp16" if cfg.SOLVER.AMP.ENABLED else "fp32"  # engine checks refuse AMP off CUDA
         self.scaler = make_grad_scaler(self.precision, device)
         self.start_iter = 0
+        # Training images whose decoding failed, over all processes and, through checkpoints, resumes.
+        self.skipped = train_data.skipped_images()
         self.last_checkpoint: Optional[str] = None  # named in errors that stop the run
         self.step_times = []
         self.loss_weights = loss_weights(cfg)
@@ -82,7 +98,9 @@ class Trainer:
         if "grad_scaler" in ckpt and self.scaler.is_enabled():
             self.scaler.load_state_dict(ckpt["grad_scaler"])
         self.start_iter = int(ckpt.get("iteration", 0))
-        logger.info("resuming at iteration %d", self.start_iter)
+        self.skipped.load_state_dict(ckpt.get("skipped_images", {}))  # older checkpoints: none
+        logger.info("resuming at iteration %d%s", self.start_iter,
+                    f" ({len(self.skipped)} unreadable training image(s) skipped so far)" if len(self.skipped) else "")
 
     def _loader(self, seed_offset: int = 0, start_batch: int = 0):
         s = self.cfg.SOLVER
@@ -97,7 +115,7 @@ class Trainer:
         self.last_checkpoint = os.path.join(self.cfg.OUTPUT_DIR, name)
         if self.is_main:
             save_checkpoint(self.cfg.OUTPUT_DIR, name, self.model, self.optimizer, self.scheduler, iteration,
-                            self.scaler if self.scaler.is_enabled() else None)
+                            self.scaler if self.scaler.is_enabled() else None, self.skipped)
 
     def _resume_hint(self) -> str:
         if self.last_checkpoint is None:
@@ -122,16 +140,18 @@ class Trainer:
         try:
             for it in bar:
                 t0 = time.perf_counter()
-                images, targets = _to_device(*next(data), self.device)
+                images, targets = next(data)
+                images, model_input = _to_device(images, targets, self.device)
                 t1 = time.perf_counter()
                 with stop_if_peer_lost(f"at iteration {it}", self._resume_hint()):
-                    losses, lr = self._step(images, targets, it)
+                    count_skipped(self.skipped, targets, self.device, report=self.is_main)
+                    losses, lr = self._step(images, model_input, it)
                 t2 = time.perf_counter()
                 self.step_times.append((t1 - t0, t2 - t1))
                 done = it + 1
                 if log is not None:
                     row = {"iteration": done, "loss": sum(losses.values()), **losses, "lr": lr,
-                           "data_time": t1 - t0, "time": t2 - t0}
+                           "data_time": t1 - t0, "time": t2 - t0, "skipped_images": len(self.skipped)}
                     log.write(json.dumps(row) + "\n")
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
                 if s.CHECKPOINT_PERIOD and done % s.CHECKPOINT_PERIOD == 0 and done < s.MAX_ITER:
