@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import BAD_IMAGE_KINDS, write_bad_image
@@ -83,20 +84,25 @@ def test_an_image_whose_decoding_fails_in_training_is_replaced_and_counted(tmp_p
         DetectionDataset(dataset, train=False)[3]  # evaluation never skips
 
 
+def _tv_run(train, test, out, *opts, resume=False) -> RunOptions:
+    """A tiny torchvision-engine run (32 px inputs) training on the set `train`, testing on `test`."""
+    opts = ["MODEL.DEVICE", "cpu", "DATASETS.COCO_JSON", repr([["tr", train.json_file, train.image_root],
+                                                                 ["te", test.json_file, test.image_root]]),
+            "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
+            "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()",
+            "INPUT.MIN_SIZE_TRAIN", "(32,)", "INPUT.MAX_SIZE_TRAIN", "32", "INPUT.MIN_SIZE_TEST", "32",
+            "INPUT.MAX_SIZE_TEST", "32", "TEST.PRECISE_BN.ENABLED", "False", "OUTPUT_DIR", str(out), *opts]
+    return RunOptions(os.path.join(ROOT, "configs", "voc_r18_random.yaml"), engine="torchvision", opts=opts,
+                      resume=resume)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bad_in", ["train", "test"])
 def test_the_torchvision_engine_trains_past_a_bad_image_and_refuses_one_to_test(tmp_path, bad_in, caplog):
     good, bad = _coco_with(tmp_path / "good"), _coco_with(tmp_path / "bad", "zero-byte")
     train, test = (bad, good) if bad_in == "train" else (good, bad)
     out = tmp_path / "runs" / "out"
-    opts = ["MODEL.DEVICE", "cpu", "DATASETS.COCO_JSON", repr([["tr", train.json_file, train.image_root],
-                                                                 ["te", test.json_file, test.image_root]]),
-            "DATASETS.TRAIN", "('tr',)", "DATASETS.TEST", "('te',)", "MODEL.ROI_HEADS.NUM_CLASSES", "1",
-            "DATALOADER.MAX_BAD_FRACTION", "0.25", "DATALOADER.NUM_WORKERS", "0", "SOLVER.MAX_ITER", "1",
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.STEPS", "()", "INPUT.MIN_SIZE_TRAIN", "(32,)",
-            "INPUT.MAX_SIZE_TRAIN", "32", "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "32",
-            "TEST.PRECISE_BN.ENABLED", "False", "OUTPUT_DIR", str(out)]
-    args = RunOptions(os.path.join(ROOT, "configs", "voc_r18_random.yaml"), engine="torchvision", opts=opts)
+    args = _tv_run(train, test, out, "DATALOADER.MAX_BAD_FRACTION", "0.25", "SOLVER.MAX_ITER", "1")
     if bad_in == "test":
         with pytest.raises(UnreadableImageError, match=r"test set 'te': 1 of 4 images cannot be read.*3\.jpg"):
             main(args)
@@ -107,3 +113,27 @@ def test_the_torchvision_engine_trains_past_a_bad_image_and_refuses_one_to_test(
         assert 0.0 <= metrics["AP"] <= 100.0
         assert "skipping 1 of 4 images" in (out / "log.txt").read_text()
         assert caplog.text.count("skipping 1 of 4 images") == 1, caplog.text  # the preflight's scan, once
+
+
+@pytest.mark.slow
+def test_the_torchvision_engine_counts_an_image_met_on_every_pass_once_over_workers_and_resumes(tmp_path, caplog):
+    """One truncated image of 4, met on each of 4 passes over the data (2 batches of 2 a pass) by 2
+    data-loading workers, is one skipped image: the run finishes, its log and checkpoint say 1, a
+    resumed run goes on from 1; with no bad image allowed, the run stops naming the key."""
+    bad, good = _coco_with(tmp_path / "bad", "truncated"), _coco_with(tmp_path / "good")
+    out = tmp_path / "runs" / "out"
+    opts = ("DATALOADER.MAX_BAD_FRACTION", "0.25", "DATALOADER.NUM_WORKERS", "2", "SOLVER.CHECKPOINT_PERIOD", "2")
+    with caplog.at_level("WARNING"):
+        main(_tv_run(bad, good, out, *opts, "SOLVER.MAX_ITER", "4"))
+        main(_tv_run(bad, good, out, *opts, "SOLVER.MAX_ITER", "8", resume=True))
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 9))
+    met = [r["iteration"] for r in rows if r["skipped_images"]]
+    assert met and all(r["skipped_images"] == 1 for r in rows[met[0] - 1:])  # 1 from its first meeting on
+    assert met[0] <= 2 and caplog.text.count("3.jpg cannot be read") == 1, caplog.text  # warned once, both runs
+    assert "(1 unreadable training image(s) skipped so far)" in (out / "log.txt").read_text()  # the resume
+    ckpt = torch.load(out / "model_final.pth", weights_only=True)
+    assert list(ckpt["skipped_images"]["errors"]) == [3]
+    with pytest.raises(TooManyBadImagesError, match=r"training set 'tr': 1 of 4 images cannot be read, more than "
+                                                    r"DATALOADER.MAX_BAD_FRACTION = 0.0; for example .*3\.jpg"):
+        main(_tv_run(bad, good, tmp_path / "strict", "DATALOADER.MAX_BAD_FRACTION", "0.0", "SOLVER.MAX_ITER", "4"))
