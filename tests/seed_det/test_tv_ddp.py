@@ -219,6 +219,20 @@ def test_sync_bn_over_two_processes_equals_batch_norm_over_the_whole_batch(tmp_p
         torch.testing.assert_close(p["var"], bn.running_var)
 
 
+@pytest.mark.slow
+def test_two_processes_count_each_others_skipped_images_and_stop_at_the_same_step(tmp_path):
+    from seed_core.distributed import launch
+    import tv_ddp_worker
+
+    launch(tv_ddp_worker.count_skipped_steps, (str(tmp_path),), nprocs=2)
+    ranks = [torch.load(tmp_path / f"skips{r}.pth", weights_only=True) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same images, the same stop, on both
+    assert ranks[0]["held"] == [[1], [1], [1, 2], [1, 2]]  # rank 1's image 2 counted on rank 0 too
+    step, message = ranks[0]["stopped"]
+    assert step == 4 and message.startswith("training set 'tr': 3 of 10 images cannot be read, more than "
+                                            "DATALOADER.MAX_BAD_FRACTION = 0.2; for example image 1.jpg")
+
+
 def test_evaluation_shards_cover_every_image_once():
     for size in (0, 1, 5, 7):
         for world in (1, 2, 3, 8):

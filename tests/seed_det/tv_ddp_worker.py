@@ -54,6 +54,34 @@ def sync_bn_half_batches(ctx, x, out_dir):
                os.path.join(out_dir, f"rank{ctx.rank}.pth"))
 
 
+
+# What each rank's samples skipped at each step ({record index: error}); step 3 of rank 0 adds a third
+# image to two, more than 0.2 of 10.
+SKIPS_BY_STEP = [({1: "image 1.jpg cannot be read"}, {}),
+                 ({1: "image 1.jpg cannot be read"}, {1: "image 1.jpg cannot be read"}),
+                 ({}, {2: "image 2.jpg cannot be read"}),
+                 ({}, {}),
+                 ({3: "image 3.jpg cannot be read"}, {})]
+
+
+def count_skipped_steps(ctx, out_dir):
+    """Each rank feeds its own samples' skips of SKIPS_BY_STEP to count_skipped and saves, per step,
+    the images its counter holds, then the error that stopped it."""
+    import torch
+    from seed_core.errors import TooManyBadImagesError
+    from seed_core.images import SkippedImages
+    counter = SkippedImages(10, 0.2, "training set 'tr'", "DATALOADER.MAX_BAD_FRACTION")
+    held, stopped = [], None
+    for step in SKIPS_BY_STEP:
+        try:
+            tv_trainer.count_skipped(counter, [{"skipped": step[ctx.rank]}], torch.device("cpu"), ctx.is_main)
+        except TooManyBadImagesError as e:
+            stopped = (len(held), str(e))
+            break
+        held.append(sorted(counter.errors))
+    torch.save({"held": held, "stopped": stopped}, os.path.join(out_dir, f"skips{ctx.rank}.pth"))
+
+
 if __name__ == "__main__":
     from conftest import load_script
     sys.exit(load_script(os.path.join("tools", "train_net.py")).main())
