@@ -23,8 +23,9 @@ RESULTS_CSV                      detection results file to append to; "" means
                                  OUTPUT_DIR/../results_detection.csv (format: seed_core.results).
 DATALOADER.MAX_BAD_FRACTION      fraction of a training set that may be unreadable images (missing,
                                  empty, not an image, truncated, too large): they are skipped and
-                                 counted; above it training stops naming one (default 0.01, as
-                                 distillation's DATA.MAX_BAD_FRACTION). Test sets skip none.
+                                 counted, each once however often it is drawn; above it training
+                                 stops naming one (default 0.01, as distillation's
+                                 DATA.MAX_BAD_FRACTION). Test sets skip none.
 DIST_TIMEOUT                     seconds a process of a multi-process run waits in a collective for
                                  the others before stopping with an error (default 1800, the timeout
                                  of Detectron2's launch).
