@@ -1,5 +1,7 @@
 """The training loop: iterations, not epochs, with Detectron2's schedule, periodic checkpoints and
 evaluation, a tqdm bar with ETA, and a per-iteration log (train_log.jsonl) for loss curves.
+Training images whose decoding fails are counted once each over all processes, in that log and in
+the checkpoints (`count_skipped`).
 
 Several processes train one model with DistributedDataParallel: each takes its slice of every
 global batch (SOLVER.IMS_PER_BATCH), the main process writes checkpoints and logs. Mixed
