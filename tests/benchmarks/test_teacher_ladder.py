@@ -109,6 +109,34 @@ def _run(init, teacher, seed, ap50, labels="10%", detector="fpn", student="resne
             "seed": seed, "engine": engine, "ap": ap50 / 2, "ap50": ap50, "ap75": ap50 / 3}
 
 
+def test_ladders_writing_side_by_side_keep_each_others_records(tmp_path, monkeypatch):
+    """Two ladders (e.g. the two engines) sharing a results folder: every merge is one read-write
+    under the folder's lock, so none drops the other's records however their writes interleave."""
+    import threading
+    import time
+
+    import tools.benchmarking.teacher_ladder as ladder
+    merge = ladder.merge_results
+
+    def slow_merge(old, new):  # widens the window between reading the json and writing it
+        time.sleep(0.02)
+        return merge(old, new)
+    monkeypatch.setattr(ladder, "merge_results", slow_merge)
+    monkeypatch.setattr(ladder, "render_report", lambda path: None)
+
+    def ladder_run(engine):
+        for s in range(6):
+            write_report({"runs": [_run("mocov2", None, s, 40.0, engine=engine)], "backbones": []}, tmp_path)
+    threads = [threading.Thread(target=ladder_run, args=(e,)) for e in ("torchvision", "detectron2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    runs = json.load(open(tmp_path / "teacher_ladder.json"))["runs"]
+    assert sorted((r["engine"], r["seed"]) for r in runs) == sorted(
+        (e, s) for e in ("torchvision", "detectron2") for s in range(6))
+
+
 def test_results_grow_across_invocations_and_the_report_is_made_from_the_json(tmp_path):
     first = {"runs": [_run("mocov2", None, s, 40.0 + s) for s in range(3)] +
                      [_run("seed", "resnet50", s, 45.0 + s) for s in range(3)],

@@ -456,15 +456,17 @@ def read_results(path: str | Path) -> dict | None:
 
 def write_report(result: dict, out_dir: str | Path) -> dict:
     """Merge `result` into `<out_dir>/<results name>.json` (teacher_ladder.json unless the settings name
-    another) and render its md and png from that json."""
-    from seed_core.checkpoint_io import atomic_write_text
+    another) and render its md and png from that json. Ladders running side by side (the torchvision
+    and Detectron2 engines, other arms or seeds) may share `out_dir`: each merge holds the folder's
+    lock from reading the json to writing it, so no process drops another's records."""
+    from seed_core.checkpoint_io import atomic_write_text, folder_lock
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     name = result.get("settings", {}).get("results_name") or RESULTS_NAME
     paths = {k: out / f"{name}.{k}" for k in ("json", "md", "png")}
-    merged = merge_results(read_results(paths["json"]), result)
-    atomic_write_text(json.dumps(merged, indent=1) + "\n", paths["json"])
-    render_report(paths["json"])
+    with folder_lock(str(out)):
+        merged = merge_results(read_results(paths["json"]), result)
+        atomic_write_text(json.dumps(merged, indent=1) + "\n", paths["json"])
+        render_report(paths["json"])
     return {k: str(v) for k, v in paths.items()}
 
 
