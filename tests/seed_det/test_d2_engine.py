@@ -249,6 +249,24 @@ def test_voc_train_two_iterations_then_eval_only(tmp_path):
     assert json.loads((out / "metrics.json").read_text())["mode"] == "train"
 
 
+def test_fine_tunings_in_one_process_each_log_to_their_own_folder(tmp_path):
+    """The benchmarks and the demo fine-tune many times in one process: Detectron2's handlers of a
+    finished run must not write a later run's lines into its log.txt, nor repeat console lines."""
+    import logging
+    voc = make_tiny_voc(tmp_path / "VOCtiny")
+    data = ["DATASETS.VOC", f"[['tiny_voc_trainval', '{voc}', 'trainval', 2007], ['tiny_voc_test', '{voc}', 'test', 2007]]",
+            "DATASETS.TRAIN", "('tiny_voc_trainval',)", "DATASETS.TEST", "('tiny_voc_test',)",
+            "MODEL.WEIGHTS", _converted(tmp_path)]
+    handlers = {name: len(logging.getLogger(name).handlers) for name in ("detectron2", "fvcore")}
+    first, second = tmp_path / "first", tmp_path / "second"
+    for out in (first, second):
+        main(_args("voc_r18_seed.yaml", TINY + data + ["OUTPUT_DIR", str(out)]))
+    assert str(first) in (first / "log.txt").read_text()
+    assert str(second) in (second / "log.txt").read_text()
+    assert str(second) not in (first / "log.txt").read_text()
+    assert {name: len(logging.getLogger(name).handlers) for name in handlers} == handlers
+
+
 def test_coco_json_mask_rcnn_two_iterations(tmp_path, monkeypatch):
     """Also runs COCO evaluation the way it must work without Detectron2's compiled extension."""
     monkeypatch.setattr(d2_engine, "fast_coco_eval_available", lambda: False)

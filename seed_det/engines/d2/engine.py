@@ -7,6 +7,7 @@ is absent). The main process writes metrics.json and appends the results row.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from detectron2.data import (MetadataCatalog, build_detection_test_loader, build
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessRaisedException
 
 import seed_det.engines.d2.roi_heads  # noqa: F401  (registers BasicBlockRes5ROIHeads)
@@ -176,8 +178,31 @@ def _check_pretrained_loaded(cfg, model) -> None:
                            "MODEL.ROI_HEADS.NAME against the checkpoint.")
 
 
+@contextlib.contextmanager
+def _detectron2_logging_of_this_run():
+    """Detectron2's default_setup adds console and OUTPUT_DIR/log.txt handlers to its loggers for the
+    life of the process. A process that runs several fine-tunings (the benchmarks, the demo) would
+    then write every later run's lines into each earlier run's log.txt, and each console line once
+    per run so far: the handlers this run added go when it ends."""
+    loggers = [logging.getLogger(name) for name in ("detectron2", "fvcore")]
+    before = [list(lg.handlers) for lg in loggers]
+    try:
+        yield
+    finally:
+        for lg, kept in zip(loggers, before):
+            for handler in [h for h in lg.handlers if h not in kept]:
+                handler.flush()
+                lg.removeHandler(handler)
+        setup_logger.cache_clear()  # a later run in the same OUTPUT_DIR sets its handlers up again
+
+
 def _worker(cfg, options: RunOptions) -> dict | None:
     """Train (or evaluate) in one process of the job; returns metrics in the main process."""
+    with _detectron2_logging_of_this_run():
+        return _set_up_and_run(cfg, options)
+
+
+def _set_up_and_run(cfg, options: RunOptions) -> dict | None:
     _setup(cfg, options)
     if comm.get_world_size() > 1 and on_cpu(cfg):
         # The processes of one machine share its threads, instead of each taking all of them.
