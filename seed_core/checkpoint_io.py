@@ -85,9 +85,19 @@ def load_untrusted(path: str, map_location: str | torch.device = "cpu") -> Any:
     return obj
 
 
-def _load_weights_only(path: str, map_location) -> Any:
+def require_checkpoint_file(path: str) -> None:
+    """A checkpoint argument must name a file: a folder (a run's OUTPUT_DIR, say) is refused with
+    the checkpoints inside it, and a missing path as not found."""
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith((".pth", ".pkl", ".pt", ".pth.tar")))
+        hint = f"; it holds {', '.join(inside[:5])}" if inside else "; it holds no .pth / .pkl file"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: give the file itself{hint}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+
+
+def _load_weights_only(path: str, map_location) -> Any:
+    require_checkpoint_file(path)
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:

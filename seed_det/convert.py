@@ -28,7 +28,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from seed_core.checkpoint_io import atomic_write, load_untrusted, require_finite, unwrap_state_dict
+from seed_core.checkpoint_io import (atomic_write, load_untrusted, require_checkpoint_file, require_finite,
+                                    unwrap_state_dict)
 from seed_core.constants import META_FILE
 from seed_core.errors import CheckpointError
 from seed_core.resnet_spec import ResNetSpec, depth_of, stage_block_counts
@@ -101,8 +102,7 @@ class _D2PklUnpickler(pickle.Unpickler):
 def read_d2_pkl(path: str | os.PathLike) -> dict:
     """Read a Detectron2 `.pkl` checkpoint safely. Returns the dict (`model`: name -> numpy array)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+    require_checkpoint_file(path)
     try:
         with open(path, "rb") as f:
             data = _D2PklUnpickler(f, encoding="latin1").load()

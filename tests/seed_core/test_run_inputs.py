@@ -100,3 +100,15 @@ def test_atomic_writes_honour_the_umask(tmp_path, umask, mode):
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "f.txt").st_mode) == mode
     assert stat.S_IMODE(os.stat(tmp_path / "plain.pt").st_mode) == mode
+
+
+def test_a_folder_given_as_a_checkpoint_names_the_checkpoints_inside_it(tmp_path):
+    from seed_det.convert import read_d2_pkl
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "student_backbone.pth").write_bytes(b"x")
+    for read in (load_untrusted, read_d2_pkl):
+        with pytest.raises(CheckpointError, match=r"run is a folder, not a checkpoint file.*student_backbone.pth"):
+            read(str(run))
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_untrusted(str(tmp_path / "missing.pth"))
