@@ -116,9 +116,10 @@ def collate(batch):
 BOOKKEEPING_KEYS = ("index", "skipped")
 
 
-def model_targets(targets, device) -> List[Dict[str, torch.Tensor]]:
-    """A batch's targets as the model takes them: on `device`, without the bookkeeping keys."""
-    return [{k: v.to(device) for k, v in t.items() if k not in BOOKKEEPING_KEYS} for t in targets]
+def model_inputs(images, targets, device) -> tuple[List[torch.Tensor], List[Dict[str, torch.Tensor]]]:
+    """A batch as the model takes it: on `device`, the targets without the bookkeeping keys."""
+    return ([im.to(device) for im in images],
+            [{k: v.to(device) for k, v in t.items() if k not in BOOKKEEPING_KEYS} for t in targets])
 
 
 class InfiniteBatchSampler(torch.utils.data.Sampler):

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from seed_core.distributed import all_reduce_sum, world_info
-from seed_det.data.torch_dataset import model_targets
+from seed_det.data.torch_dataset import model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def update_bn_stats(model: nn.Module, batches: Iterator, num_iter: int, device: 
     try:
         for _ in tqdm(range(num_iter), desc="precise BN", dynamic_ncols=True, leave=False, disable=world_info()[0] != 0):
             images, targets = next(batches)
-            model([im.to(device) for im in images], model_targets(targets, device))
+            model(*model_inputs(images, targets, device))
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum

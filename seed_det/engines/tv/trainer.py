@@ -26,7 +26,7 @@ from seed_core.distributed import (all_gather_objects, all_reduce_sum, broadcast
 from seed_core.errors import NonFiniteLossError
 from seed_core.images import SkippedImages
 from seed_core.precision import autocast, make_grad_scaler
-from seed_det.data.torch_dataset import (DetectionDataset, InfiniteBatchSampler, collate, model_targets,
+from seed_det.data.torch_dataset import (DetectionDataset, InfiniteBatchSampler, collate, model_inputs,
                                          orientation_groups)
 
 from .checkpoint import save_checkpoint
@@ -35,10 +35,6 @@ from .precise_bn import update_bn_stats
 from .solver import build_optimizer, build_scheduler, clip_gradients
 
 logger = logging.getLogger(__name__)
-
-
-def _to_device(images, targets, device):
-    return [im.to(device) for im in images], model_targets(targets, device)
 
 
 def count_skipped(counter: SkippedImages, targets, device: torch.device, report: bool) -> None:
@@ -143,7 +139,7 @@ class Trainer:
             for it in bar:
                 t0 = time.perf_counter()
                 images, targets = next(data)
-                images, model_input = _to_device(images, targets, self.device)
+                images, model_input = model_inputs(images, targets, self.device)
                 t1 = time.perf_counter()
                 with stop_if_peer_lost(f"at iteration {it}", self._resume_hint()):
                     count_skipped(self.skipped, targets, self.device, report=self.is_main)
