@@ -29,6 +29,7 @@ def get_default_cfg() -> CfgNode:
     C.MODEL.STUDENT.ARCH = "resnet18"        # torchvision ResNet or any timm model name
     C.MODEL.STUDENT.HEAD_DIM = 128           # the teacher's embedding width; 0: follow the teacher
     C.MODEL.STUDENT.HEAD_HIDDEN_DIM = 0      # 0: the backbone's feature width (SEED's MLP)
+    C.MODEL.STUDENT.HEAD_BATCH_NORM = False  # BatchNorm in the head's hidden layer (SimCLR, MoCo v3); SEED's has none
     C.MODEL.STUDENT.ZERO_INIT_RESIDUAL = False  # residual blocks start as the identity (torchvision ResNets)
     C.MODEL.TEACHER = CfgNode()
     C.MODEL.TEACHER.ARCH = "resnet50"

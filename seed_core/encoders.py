@@ -87,9 +87,22 @@ def build_backbone(name: str, zero_init_residual: bool = False) -> tuple[nn.Modu
     return net, int(dim)
 
 
-def build_mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
-    """Projection head Linear-ReLU-Linear (SEED / MoCo-v2); keys 0.* and 2.* as MoCo's `fc`."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+def build_mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
+    """Projection head Linear-ReLU-Linear (SEED / MoCo-v2; keys 0.* and 2.* as MoCo's `fc`), or with
+    `batch_norm` Linear-BatchNorm-ReLU-Linear (SimCLR's and MoCo v3's hidden layer)."""
+    if not batch_norm:
+        return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), nn.BatchNorm1d(hidden_dim),
+                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+
+
+def head_output_dim(state: dict, prefix: str = "head.") -> int | None:
+    """Width of the embeddings of an MLP head stored under `prefix`: its last Linear's output."""
+    linear = [k for k, v in state.items() if k.startswith(prefix) and k.endswith(".weight") and v.dim() == 2]
+    if not linear:
+        return None
+    last = max(linear, key=lambda k: int(k[len(prefix):].split(".")[0]))
+    return int(state[last].shape[0])
 
 
 class EmbeddingNet(nn.Module):
@@ -110,7 +123,8 @@ class EmbeddingNet(nn.Module):
         return self.head(self.backbone(x))
 
 
-def build_student(arch: str, head_dim: int, head_hidden_dim: int = 0, zero_init_residual: bool = False) -> EmbeddingNet:
+def build_student(arch: str, head_dim: int, head_hidden_dim: int = 0, zero_init_residual: bool = False,
+                  head_batch_norm: bool = False) -> EmbeddingNet:
     backbone, feat_dim = build_backbone(arch, zero_init_residual)
     hidden = head_hidden_dim or feat_dim
-    return EmbeddingNet(backbone, build_mlp_head(feat_dim, hidden, head_dim), feat_dim)
+    return EmbeddingNet(backbone, build_mlp_head(feat_dim, hidden, head_dim, head_batch_norm), feat_dim)

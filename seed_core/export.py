@@ -59,11 +59,10 @@ def export_from_checkpoint(checkpoint_path: str, out_dir: str) -> str:
         raise CheckpointError(f"{checkpoint_path} is not a distillation checkpoint (no 'student'/'config')")
     cfg = cfg_from_string(ckpt["config"])
     state = backbone_state(ckpt["student"])
-    from .encoders import build_backbone
+    from .encoders import build_backbone, head_output_dim
     net, dim = build_backbone(cfg.MODEL.STUDENT.ARCH)
     net.load_state_dict(state, strict=True)
     it = int(ckpt.get("iteration", 0))
     spe = max(1, int(ckpt.get("steps_per_epoch", 1)))
-    head = ckpt["student"].get("head.2.weight")  # the head's output layer (build_mlp_head)
-    meta = meta_from_cfg(cfg, dim, it, it / spe, ckpt.get("augmentation"), head.shape[0] if head is not None else None)
+    meta = meta_from_cfg(cfg, dim, it, it / spe, ckpt.get("augmentation"), head_output_dim(ckpt["student"]))
     return write_backbone(ckpt["student"], out_dir, meta)

@@ -152,7 +152,7 @@ class Trainer:
                 teacher, self.head_dim = self._load_teacher()
         try:
             student = build_student(cfg.MODEL.STUDENT.ARCH, self.head_dim, cfg.MODEL.STUDENT.HEAD_HIDDEN_DIM,
-                                    cfg.MODEL.STUDENT.ZERO_INIT_RESIDUAL)
+                                    cfg.MODEL.STUDENT.ZERO_INIT_RESIDUAL, cfg.MODEL.STUDENT.HEAD_BATCH_NORM)
         except ConfigError as e:
             raise ConfigError(f"MODEL.STUDENT.ARCH: {e}") from None
         _check_batch_norm_batch(student, cfg, ctx.world_size)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from seed_core.encoders import build_backbone, build_student
+from seed_core.encoders import build_backbone, build_student, head_output_dim
 from seed_core.errors import ConfigError
 
 
@@ -23,3 +23,13 @@ def test_zero_init_residual_starts_every_block_as_the_identity(arch, last_bn):
 def test_zero_init_residual_is_refused_for_a_network_without_torchvision_blocks():
     with pytest.raises(ConfigError, match="ZERO_INIT_RESIDUAL is for torchvision ResNets"):
         build_student("mobilenetv3_small_050", head_dim=16, zero_init_residual=True)
+
+
+@pytest.mark.parametrize("batch_norm, layers", [(False, ["Linear", "ReLU", "Linear"]),
+                                                (True, ["Linear", "BatchNorm1d", "ReLU", "Linear"])])
+def test_the_head_with_and_without_batch_norm(batch_norm, layers):
+    net = build_student("resnet18", head_dim=16, head_hidden_dim=32, head_batch_norm=batch_norm)
+    assert [type(m).__name__ for m in net.head] == layers
+    assert head_output_dim({f"head.{k}": v for k, v in net.head.state_dict().items()}) == 16
+    assert net(torch.randn(4, 3, 32, 32)).shape == (4, 16)
+    assert head_output_dim(net.backbone.state_dict()) is None

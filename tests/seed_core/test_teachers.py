@@ -90,6 +90,17 @@ def test_own_training_checkpoint_as_teacher(tmp_path):
     assert torch.equal(t.head[2].weight, student.head[2].weight)
 
 
+def test_own_checkpoint_with_a_batch_norm_head_as_teacher(tmp_path):
+    student = build_student("resnet18", head_dim=24, head_batch_norm=True)
+    x = torch.randn(4, 3, 32, 32)
+    student(x)  # one training step's worth of BatchNorm statistics, so that they are not the defaults
+    path = _save(tmp_path, {"student": student.state_dict(), "config": "", "iteration": 3})
+    t = load_teacher(path, "resnet18")
+    assert embedding_dim(t) == 24 and isinstance(t.head[1], torch.nn.BatchNorm1d)
+    with torch.no_grad():
+        assert torch.allclose(t(x), student.eval()(x), atol=1e-5)
+
+
 def test_wrong_architecture_is_refused_with_keys_named(tmp_path):
     path = _save(tmp_path, moco_state("resnet18"))
     with pytest.raises(CheckpointError) as e:
