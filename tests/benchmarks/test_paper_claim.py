@@ -94,6 +94,20 @@ def test_run_key_ignores_paths_and_logging_but_not_settings():
         run_key(a, {})
 
 
+def test_a_setting_added_later_keeps_earlier_keys_at_its_default():
+    import hashlib
+    import json
+    from seed_core.config import flatten_cfg, load_cfg
+    from tools.pipeline.run_cache import NOT_IN_KEY, OMITTED_AT, run_key
+    ids = {"DATA.ROOT": "digits"}
+    cfg = load_cfg(None, ["DATA.ROOT", "/a"])
+    # the key as it was computed before the setting existed
+    before = {k: v for k, v in flatten_cfg(cfg).items() if k not in NOT_IN_KEY and k not in OMITTED_AT}
+    before.update(ids)
+    assert run_key(cfg, ids) == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert run_key(load_cfg(None, ["DATA.ROOT", "/a", "MODEL.STUDENT.HEAD_BATCH_NORM", "True"]), ids) != run_key(cfg, ids)
+
+
 def test_mean_std():
     from tools.pipeline.report import mean_std, mean_std_text
     assert mean_std([5.0]) == (5.0, None)  # one value has no spread

@@ -31,6 +31,9 @@ MARKER = "run.json"
 # Settings that change how a run is executed or logged, not what it learns.
 NOT_IN_KEY = frozenset({"OUTPUT_DIR", "DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD",
                         "TRAIN.CHECKPOINT_PERIOD", "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS"})
+# Settings added after runs were cached: at these values (their defaults, which is how every earlier
+# run trained) they stay out of the key, so that earlier runs keep matching.
+OMITTED_AT = {"MODEL.STUDENT.HEAD_BATCH_NORM": False}
 # Paths whose value is not their meaning: callers pass an identity for them instead.
 PATH_KEYS = ("DATA.ROOT", "MODEL.TEACHER.WEIGHTS")
 
@@ -97,7 +100,8 @@ def run_key(cfg: CfgNode, identities: dict[str, str]) -> str:
     `identities` maps path keys (DATA.ROOT, MODEL.TEACHER.WEIGHTS) to what they contain, so a moved
     cache still matches and a different dataset or teacher at the same path does not.
     """
-    flat = {k: v for k, v in flatten_cfg(cfg).items() if k not in NOT_IN_KEY}
+    flat = {k: v for k, v in flatten_cfg(cfg).items()
+            if k not in NOT_IN_KEY and not (k in OMITTED_AT and v == OMITTED_AT[k])}
     for key in PATH_KEYS:
         if flat.get(key) and key not in identities:
             raise ValueError(f"run_key: {key} = {flat[key]!r} is a path; pass an identity for it "
