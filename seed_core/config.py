@@ -9,6 +9,7 @@ from fvcore.common.config import CfgNode as _CfgNode
 from .augmentations import CHOICES as AUGMENTATION_CHOICES, PIPELINES
 from .constants import TEACHER_PRECISIONS
 from .errors import ConfigError
+from .optim import OPTIMIZERS
 from . import zoo
 from .yaml_config import cfg_value, flatten_cfg, merge_file, merge_overrides  # noqa: F401 - flatten_cfg is part of this API
 
@@ -70,6 +71,8 @@ def get_default_cfg() -> CfgNode:
     C.SOLVER.BATCH_SIZE = 256                # global batch over all ranks
     C.SOLVER.BASE_LR = 0.03                  # for a batch of 256; scaled linearly
     C.SOLVER.MOMENTUM = 0.9
+    C.SOLVER.OPTIMIZER = "sgd"               # sgd (SEED, MoCo-v2) | lars (SimCLR, BYOL, MoCo v3: equal relative steps per layer)
+    C.SOLVER.LARS_ETA = 0.001                # LARS trust coefficient: each layer moves by about lr * eta * |w| per step
     C.SOLVER.WEIGHT_DECAY = 1e-4
     C.SOLVER.WARMUP_EPOCHS = -1.0            # -1: as the official code (seed_core/schedule.py warmup_epochs)
     C.SOLVER.MIN_LR = 0.0
@@ -93,6 +96,7 @@ _CHOICES = {
     "MODEL.TEACHER.FORMAT": ("auto", "moco", "swav", "simclr", "mmselfsup", "dino", "dinov2", "convnext",
                              "torchvision", "timm", "seed"),
     "DATA.AUGMENTATION": AUGMENTATION_CHOICES,
+    "SOLVER.OPTIMIZER": OPTIMIZERS,
     "DATA.PIPELINE": PIPELINES,
     "TRAIN.PRECISION": ("auto", "fp32", "bf16", "fp16"),
     "TRAIN.TEACHER_PRECISION": TEACHER_PRECISIONS,
@@ -105,7 +109,7 @@ def validate_cfg(cfg: CfgNode, world_size: int = 1) -> None:
     for key, choices in _CHOICES.items():
         if cfg_value(cfg, key) not in choices:
             problems.append(f"{key} = {cfg_value(cfg, key)!r}: choose one of {', '.join(choices)}")
-    positive = ["LOSS.STUDENT_TEMP", "LOSS.TEACHER_TEMP", "LOSS.MOCO_TEMP", "SOLVER.BASE_LR",
+    positive = ["LOSS.STUDENT_TEMP", "LOSS.TEACHER_TEMP", "LOSS.MOCO_TEMP", "SOLVER.BASE_LR", "SOLVER.LARS_ETA",
                 "SOLVER.BATCH_SIZE", "QUEUE.SIZE", "DATA.IMAGE_SIZE",
                 "TRAIN.CHECKPOINT_PERIOD", "TRAIN.LOG_PERIOD", "TRAIN.DIST_TIMEOUT"]
     for key in positive:

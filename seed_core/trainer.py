@@ -22,6 +22,7 @@ from .data import ResumableSampler, UnlabeledImages, collate, list_images
 from .download import Progress
 from .distributed import DistContext, decided_by_main, init_distributed, shutdown, stop_if_peer_lost
 from .encoders import build_student
+from .optim import build_optimizer
 from .export import meta_from_cfg, write_backbone
 from .monitoring import BadImageCounter, MetricsLog, NonFiniteGuard, PeriodicReport, StepStats
 from .objectives import DistillationObjective, MoCoObjective
@@ -104,8 +105,8 @@ class Trainer:
         # the teacher's format then decides the augmentation recipe (DATA.AUGMENTATION auto).
         self._build_models()
         self._build_data()
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=self.peak_lr,
-                                         momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        self.optimizer = build_optimizer(self.student, cfg.SOLVER.OPTIMIZER, self.peak_lr, cfg.SOLVER.MOMENTUM,
+                                         cfg.SOLVER.WEIGHT_DECAY, cfg.SOLVER.LARS_ETA)
         self.scaler = make_grad_scaler(self.precision, self.device)
         self.stop = StopSignals()
 

@@ -48,13 +48,15 @@ def test_export_from_checkpoint_matches_the_exported_backbone(images, moco_teach
         export_from_checkpoint(summary["backbone"], str(tmp_path / "bad"))
 
 
-@pytest.mark.parametrize("loss", ["seed", "l2", "moco"])
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, moco_teacher, tmp_path, loss):
+@pytest.mark.parametrize("loss, extra", [("seed", {}), ("l2", {}), ("moco", {}),
+                                         ("moco", {"SOLVER.OPTIMIZER": "lars", "MODEL.STUDENT.HEAD_BATCH_NORM": True})])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(images, moco_teacher, tmp_path, loss, extra):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    run(images, moco_teacher, a, **{"LOSS.NAME": loss})
-    first = run(images, moco_teacher, b, stop_at_iter=4, **{"LOSS.NAME": loss})  # stops mid-epoch 2
+    opts = {"LOSS.NAME": loss, **extra}
+    run(images, moco_teacher, a, **opts)
+    first = run(images, moco_teacher, b, stop_at_iter=4, **opts)  # stops mid-epoch 2
     assert not first["finished"] and first["iterations"] == 4
-    run(images, moco_teacher, b, resume=True, **{"LOSS.NAME": loss})
+    run(images, moco_teacher, b, resume=True, **opts)
     ca = load_untrusted(os.path.join(a, "checkpoint.pth"))
     cb = load_untrusted(os.path.join(b, "checkpoint.pth"))
     for k, v in ca["student"].items():

@@ -33,7 +33,7 @@ NOT_IN_KEY = frozenset({"OUTPUT_DIR", "DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRA
                         "TRAIN.CHECKPOINT_PERIOD", "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS"})
 # Settings added after runs were cached: at these values (their defaults, which is how every earlier
 # run trained) they stay out of the key, so that earlier runs keep matching.
-OMITTED_AT = {"MODEL.STUDENT.HEAD_BATCH_NORM": False}
+OMITTED_AT = {"MODEL.STUDENT.HEAD_BATCH_NORM": False, "SOLVER.OPTIMIZER": "sgd", "SOLVER.LARS_ETA": 0.001}
 # Paths whose value is not their meaning: callers pass an identity for them instead.
 PATH_KEYS = ("DATA.ROOT", "MODEL.TEACHER.WEIGHTS")
 
