@@ -218,6 +218,14 @@ def test_a_teacher_recipe_from_the_command_line_is_another_teacher(tmp_path):
     t = "teacher_moco_resnet50"
     assert changed[t][0] == {**base[t][0], "SOLVER.BASE_LR": 0.12, "MODEL.STUDENT.ZERO_INIT_RESIDUAL": True}
     assert changed["mocov2_resnet18"] == base["mocov2_resnet18"]
+    # a teacher's own recipe changes that teacher only; the command line's probe settings override it
+    own = replace(s, arms=s.arms + ("seed:resnet18:resnet34",),
+                  teacher_recipes=(("resnet50", (("SOLVER.OPTIMIZER", "lars"), ("SOLVER.BASE_LR", 16.0))),))
+    mine = backbone_stages(p, data, check_settings(own), own)
+    assert mine[t][0] == {**base[t][0], "SOLVER.OPTIMIZER": "lars", "SOLVER.BASE_LR": 16.0}
+    assert mine["teacher_moco_resnet34"][0]["SOLVER.BASE_LR"] == base[t][0]["SOLVER.BASE_LR"]
+    assert "SOLVER.OPTIMIZER" not in mine["teacher_moco_resnet34"][0]
+    assert replace(own, teacher_lr=0.5).teacher_overrides("resnet50") == {"SOLVER.OPTIMIZER": "lars", "SOLVER.BASE_LR": 0.5}
     s_cli = load_script("benchmarks/teacher_ladder.py")
     assert s_cli.main(["--work-dir", str(tmp_path), "--teacher-set", "MODEL.STUDENT.ZERO_INIT_RESIDUAL"]) == 2
 

@@ -79,6 +79,10 @@ class Settings:
     # Further settings of the larger teachers: (("MODEL.STUDENT.ZERO_INIT_RESIDUAL", True),); a
     # changed recipe is another teacher, trained again.
     teacher_recipe: tuple = ()
+    # Each larger teacher's own settings over the common recipe, as each student method has its own
+    # lr: (("resnet50", (("SOLVER.OPTIMIZER", "lars"), ...)),). teacher_lr and teacher_recipe (probes
+    # from the command line) override them.
+    teacher_recipes: tuple = ()
     # Detection settings of every fine-tuning over the detector's config, e.g. a BatchNorm treatment:
     # (("MODEL.TIMM.NORM", "FrozenBN"),); they name the runs' stages (and their records), so that
     # they never replace the runs at the config's own settings. Write them to a results_name of their own.
@@ -110,6 +114,13 @@ class Settings:
 
     def student_recipe(self, init: str) -> dict:
         return dict(dict(self.student_recipes).get(init, ()))
+
+    def teacher_overrides(self, arch: str) -> dict:
+        """The larger teacher `arch`'s settings over the common teacher recipe."""
+        out = dict(dict(self.teacher_recipes).get(arch, ()))
+        if self.teacher_lr is not None:
+            out["SOLVER.BASE_LR"] = self.teacher_lr
+        return {**out, **dict(self.teacher_recipe)}
 
 
 # The mobile students' teacher: the largest of the ladder that trains. MoCo-v2 has not yet trained a
@@ -230,10 +241,7 @@ def backbone_stages(p: dict, data: dict, arms: list[Arm], s: Settings) -> dict:
             moco18 = Arm("mocov2", "resnet18")
             return moco18.name, stages.setdefault(moco18.name, (student_opts(moco18), None))[0]
         opts = {**common, "LOSS.NAME": "moco", "MODEL.STUDENT.ARCH": arch, "SOLVER.EPOCHS": s.teacher_epochs,
-                "SOLVER.BATCH_SIZE": s.teacher_batch}
-        if s.teacher_lr is not None:
-            opts["SOLVER.BASE_LR"] = s.teacher_lr
-        opts.update(dict(s.teacher_recipe))
+                "SOLVER.BATCH_SIZE": s.teacher_batch, **s.teacher_overrides(arch)}
         stages[teacher_stage(arch)] = (opts, None)
         return teacher_stage(arch), opts
 
@@ -409,11 +417,13 @@ def _backbone_records(stages: dict, knn: dict, s: Settings) -> list[dict]:
             continue
         opts, teacher = stages[name]
         method = {"moco": "mocov2"}.get(opts["LOSS.NAME"], opts["LOSS.NAME"])
+        recipe = {k: v for k, v in s.teacher_overrides(opts["MODEL.STUDENT.ARCH"]).items()
+                  if k != "SOLVER.BASE_LR"} if name.startswith("teacher_") else {}  # the lr has its own field
         out.append({"arch": opts["MODEL.STUDENT.ARCH"], "method": method,
                     "teacher_arch": opts.get("MODEL.TEACHER.ARCH") if teacher else None,
                     "epochs": opts["SOLVER.EPOCHS"], "batch": opts["SOLVER.BATCH_SIZE"],
                     "lr": opts["SOLVER.BASE_LR"], "role": "teacher" if name.startswith("teacher_") else "student",
-                    **({"recipe": dict(s.teacher_recipe)} if name.startswith("teacher_") and s.teacher_recipe else {}),
+                    **({"recipe": recipe} if recipe else {}),
                     "knn": top1})
     return out
 
