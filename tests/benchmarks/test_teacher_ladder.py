@@ -208,10 +208,13 @@ def test_a_teacher_recipe_from_the_command_line_is_another_teacher(tmp_path):
     from tools.benchmarking.ladder_cli import _typed
     from tools.benchmarking.teacher_ladder import backbone_stages, load_preset
     assert (_typed("True"), _typed("0.5"), _typed("3"), _typed("glyphs")) == (True, 0.5, 3, "glyphs")
-    s = Settings(arms=("mocov2:resnet18", "seed:resnet18:resnet50"))
+    s = Settings(arms=("mocov2:resnet18", "seed:resnet18:resnet50"), teacher_recipes=())
     data = {"pretrain": str(tmp_path)}
     p = load_preset(s.preset)
     base = backbone_stages(p, data, check_settings(s), s)
+    # by default the ResNet-50 has its own recipe and the ResNet-34 none
+    assert Settings().teacher_overrides("resnet50")["SOLVER.OPTIMIZER"] == "lars"
+    assert Settings().teacher_overrides("resnet34") == {}
     from dataclasses import replace
     probe = replace(s, teacher_lr=0.12, teacher_recipe=(("MODEL.STUDENT.ZERO_INIT_RESIDUAL", True),))
     changed = backbone_stages(p, data, check_settings(probe), probe)
