@@ -87,6 +87,12 @@ def build_backbone(name: str, zero_init_residual: bool = False) -> tuple[nn.Modu
     return net, int(dim)
 
 
+def backbone_size(name: str) -> int:
+    """Parameter count of the backbone `name` without its classifier: what a "larger" teacher means."""
+    net, _ = build_backbone(name)
+    return sum(p.numel() for p in net.parameters())
+
+
 def build_mlp_head(in_dim: int, hidden_dim: int, out_dim: int, batch_norm: bool = False) -> nn.Sequential:
     """Projection head Linear-ReLU-Linear (SEED / MoCo-v2; keys 0.* and 2.* as MoCo's `fc`), or with
     `batch_norm` Linear-BatchNorm-ReLU-Linear (SimCLR's and MoCo v3's hidden layer)."""

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from conftest import load_script
+from seed_core.encoders import backbone_size
 from tools.pipeline.demo import BASE_PRESET, INITS, load_preset, plan_pretraining, preset_names, run_demo
 from tools.pipeline.report import read_loss_curve
 
@@ -82,6 +83,11 @@ def test_every_shipped_preset_loads():
     assert load_preset("transfer")["teacher_epochs"] > load_preset("default")["teacher_epochs"]
 
 
+def test_the_demo_distils_from_a_teacher_larger_than_its_student():
+    demo = load_preset("default")
+    assert backbone_size(demo["teacher_arch"]) > backbone_size(demo["student_arch"])
+
+
 def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
     tiny, default = load_preset("tiny"), load_preset("default")
     assert tiny["teacher_epochs"] == 1 and default["teacher_epochs"] > 1
@@ -99,6 +105,12 @@ def test_presets_layer_over_the_base_and_refuse_unknown_keys(tmp_path):
         bad.write_text(f"_BASE_: {BASE_PRESET}\n{key}: {value}\n")
         with pytest.raises(ValueError, match=f"{key} = {value}"):
             load_preset(str(bad))
+    bad.write_text(f"_BASE_: {BASE_PRESET}\nteacher_arch: resnet18\nstudent_arch: resnet34\n")
+    with pytest.raises(ValueError, match="teacher_arch resnet18 .* is smaller than student_arch resnet34"):
+        load_preset(str(bad))
+    bad.write_text(f"_BASE_: {BASE_PRESET}\nstudent_arch: resnet_17\n")
+    with pytest.raises(ValueError, match="unknown backbone 'resnet_17'"):
+        load_preset(str(bad))
     bad.write_text("_BASE_: Base-Demo.yaml\n")  # relative: read from the preset's own folder, not configs/demo
     with pytest.raises(ValueError, match="_BASE_"):
         load_preset(str(bad))

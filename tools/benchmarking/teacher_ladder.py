@@ -159,13 +159,6 @@ def tiny_settings(work_dir: str, like: Settings | None = None) -> Settings:
 
 # --------------------------------------------------------------------------------------------- checks
 
-def model_size(arch: str) -> int:
-    """Parameter count of the backbone `arch` (its classifier removed): what "larger" means."""
-    from seed_core.encoders import build_backbone
-    net, _ = build_backbone(arch)
-    return sum(p.numel() for p in net.parameters())
-
-
 def is_timm_student(arch: str) -> bool:
     """A student the ladder fine-tunes through timm (an FPN over its feature stages), not a ResNet."""
     from seed_det.timm_backbone import is_timm_arch
@@ -174,6 +167,7 @@ def is_timm_student(arch: str) -> bool:
 
 def check_settings(s: Settings) -> list[Arm]:
     """Every way a ladder can be wrong, refused before any stage runs."""
+    from seed_core.encoders import backbone_size
     from seed_core.errors import ConfigError
     arms = s.arm_list()
     if len(set(arms)) != len(arms):
@@ -183,7 +177,7 @@ def check_settings(s: Settings) -> list[Arm]:
     def size(arch: str) -> int:
         if arch not in sizes:
             try:
-                sizes[arch] = model_size(arch)
+                sizes[arch] = backbone_size(arch)
             except ConfigError as e:
                 raise ValueError(f"arm architecture {arch!r} is unknown: {e}") from None
         return sizes[arch]

@@ -1,7 +1,7 @@
 """The whole SEED transfer pipeline in one call, on handwritten-digit scenes, cached stage by stage:
 
-  digit scenes + unlabelled digit crops -> MoCo-v2 teacher -> SEED ResNet-18 student  \\
-                                                           -> MoCo-v2 ResNet-18 student -> Detectron2 .pkl
+  digit scenes + unlabelled digit crops -> MoCo-v2 ResNet-34 teacher -> SEED ResNet-18 student -> Detectron2 .pkl
+                                        -> MoCo-v2 ResNet-18 student (same budget)            -> Detectron2 .pkl
   random init / MoCo-v2 / SEED  -> Faster R-CNN fine-tuned with each of several seeds -> mean ± std table
 
 The stages are steps of one schedule (tools.pipeline.side_by_side): each starts, two at a time on a
@@ -23,7 +23,8 @@ import torch
 
 from seed_core.config import CfgNode, load_cfg
 from seed_core.constants import METRICS_LOG_FILE
-from seed_core.errors import NonFiniteLossError
+from seed_core.encoders import backbone_size
+from seed_core.errors import ConfigError, NonFiniteLossError
 from seed_core.run_dir import claim_run_dir
 from seed_det.config import load_det_config
 from seed_det.engines import RunOptions, engine_identity, run_config
@@ -72,7 +73,21 @@ def load_preset(preset: str) -> dict:
                          "be >= 1 and processes >= 0 (0: one per core, 1: every stage in this process)")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"demo preset {path}: precision = {cfg.precision}; choose one of {', '.join(PRECISIONS)}")
+    _check_teacher_size(path, cfg.teacher_arch, cfg.student_arch)
     return json.loads(json.dumps(cfg))  # plain dicts and lists
+
+
+def _check_teacher_size(path: str, teacher: str, student: str) -> None:
+    """SEED distils a larger network into a smaller one (or one of its size): refuse the reverse, and
+    unknown architectures, before the teacher trains."""
+    try:
+        sizes = {arch: backbone_size(arch) for arch in (teacher, student)}
+    except ConfigError as e:
+        raise ValueError(f"demo preset {path}: {e}") from None
+    if sizes[teacher] < sizes[student]:
+        raise ValueError(f"demo preset {path}: teacher_arch {teacher} ({sizes[teacher] / 1e6:.1f} M parameters) is "
+                         f"smaller than student_arch {student} ({sizes[student] / 1e6:.1f} M): SEED distils a "
+                         f"larger teacher into a smaller student")
 
 
 def _announce(msg: str) -> None:
