@@ -242,3 +242,22 @@ def test_detection_settings_need_a_results_file_of_their_own(tmp_path, capsys):
     assert "--results-name of their own" in capsys.readouterr().err
     assert cli.main(["--work-dir", str(tmp_path), "--det-set", "MODEL.TIMM.NORM"]) == 2
     assert not os.listdir(tmp_path)
+
+
+def test_a_teacher_retrained_at_the_same_path_gets_its_k_nn_measured_again(tmp_path, monkeypatch):
+    """The k-NN stage is keyed by the backbone's content: a teacher trained again with another recipe
+    (same stage folder, same file name) is scored again, never reported with its predecessor's k-NN."""
+    from tools.benchmarking import teacher_ladder as tl
+    backbone = tmp_path / "teacher_moco_resnet50" / "backbone.pth"
+    backbone.parent.mkdir()
+    monkeypatch.setattr(tl, "_trained", lambda root, name, opts: {"backbone": str(backbone)})
+    scored = []
+    monkeypatch.setattr(tl, "_knn", lambda path, arch, data, size, cache: scored.append(open(path).read()) or 50.0 + len(scored))
+    p = {"scenes": {"crop_size": 32}}
+    backbone.write_text("first recipe")
+    first = tl._knn_backbone(str(tmp_path), p, {}, "teacher_moco_resnet50", "resnet50", ("teacher_moco_resnet50", {}))
+    assert tl._knn_backbone(str(tmp_path), p, {}, "teacher_moco_resnet50", "resnet50",
+                            ("teacher_moco_resnet50", {})) == first  # unchanged: reused
+    backbone.write_text("second recipe")
+    second = tl._knn_backbone(str(tmp_path), p, {}, "teacher_moco_resnet50", "resnet50", ("teacher_moco_resnet50", {}))
+    assert scored == ["first recipe", "second recipe"] and second != first

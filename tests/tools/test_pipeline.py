@@ -51,7 +51,7 @@ def test_tiny_pipeline_end_to_end_and_cached_rerun(tmp_path, capsys):
     changed = tmp_path / "changed.yaml"
     changed.write_text(f"_BASE_: {os.path.join(os.path.dirname(BASE_PRESET), 'tiny.yaml')}\ndistill_base_lr: 0.06\n")
     run_demo(out, str(changed), engine="torchvision", workers=0)
-    for s in ("teacher_moco", "student_seed", "det_seed_s0"):
+    for s in ("teacher_moco", "student_seed", "det_seed_s0", "knn"):  # the k-NN of the new backbones, not the old
         assert os.path.getmtime(os.path.join(out, s, "run.json")) > markers[s], s
     assert [d for d in os.listdir(os.path.join(out, "teacher_moco")) if d.startswith("previous-")]
     assert os.path.isdir(os.path.join(out, "student_moco"))  # its lr is no longer the teacher's

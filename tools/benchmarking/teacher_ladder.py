@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from tools.pipeline.demo import (Pretrained, _announce, _backbone_step, _converted, _knn, _stage, _trained,
-                                 det_stage_name, finetune, load_preset, pretraining_opts, write_scenes)
+from tools.pipeline.demo import (Pretrained, _announce, _backbone_step, _converted, _file_digest, _knn, _stage,
+                                 _trained, det_stage_name, finetune, load_preset, pretraining_opts, write_scenes)
 from tools.pipeline.side_by_side import Step, run_steps
 from .transfer_claim import DETECTORS, Detector, _tag
 
@@ -253,7 +253,9 @@ def backbone_stages(p: dict, data: dict, arms: list[Arm], s: Settings) -> dict:
 def _knn_backbone(out_root: str, p: dict, data: dict, name: str, arch: str, stage: tuple | None) -> dict:
     """k-NN top-1 on held-out digit crops of one backbone (random init when `stage` is None)."""
     path = _trained(out_root, *stage)["backbone"] if stage else None
-    st = _stage(out_root, f"knn_{name}", {"backbone": path, "arch": arch})
+    # Keyed by the backbone's content: a teacher retrained with another recipe at the same path is scored again.
+    st = _stage(out_root, f"knn_{name}", {"backbone": path, "arch": arch,
+                                          "backbone_sha256": _file_digest(path) if path else ""})
     res = st.run(lambda: {"top1": _knn(path, arch, data, p["scenes"]["crop_size"], st.dir)})
     return {"top1": res["top1"]}
 

@@ -180,9 +180,11 @@ def _knn(backbone_path: str | None, arch: str, data: dict, image_size: int, cach
 def _knn_step(out_root: str, p: dict, data: dict, backbones: dict) -> dict:
     """k-NN of each trained backbone ({name: (stage name, opts, teacher)}) and of random init."""
     paths = {n: _trained(out_root, *stage)["backbone"] for n, stage in backbones.items()}
-    st = _stage(out_root, "knn", paths)
-    size = p["scenes"]["crop_size"]
     archs = {n: p["teacher_arch"] if n == "teacher" else p["student_arch"] for n in paths}
+    # Keyed by the backbones' content: a retrained backbone at the same path is scored again.
+    st = _stage(out_root, "knn", {**paths, "sha256": {n: _file_digest(path) for n, path in paths.items()},
+                                  "archs": archs, "random_arch": p["student_arch"]})
+    size = p["scenes"]["crop_size"]
     res = st.run(lambda: {**{n: _knn(path, archs[n], data, size, st.dir) for n, path in paths.items()},
                           "random": _knn(None, p["student_arch"], data, size, st.dir)})
     return {k: v for k, v in res.items() if k != "seconds"}
