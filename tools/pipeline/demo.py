@@ -81,7 +81,7 @@ def _check_teacher_size(path: str, teacher: str, student: str) -> None:
     """SEED distils a larger network into a smaller one (or one of its size): refuse the reverse, and
     unknown architectures, before the teacher trains."""
     try:
-        sizes = {arch: backbone_size(arch) for arch in (teacher, student)}
+        sizes = {arch: backbone_size(arch) for arch in dict.fromkeys((teacher, student))}  # one network built once
     except ConfigError as e:
         raise ValueError(f"demo preset {path}: {e}") from None
     if sizes[teacher] < sizes[student]:
