@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from argparse import Namespace  # the type DINO's checkpoints store their arguments as
 import contextlib
+import hashlib
 import os
 import pickle
 import pickletools
@@ -138,6 +139,17 @@ def _pickled_globals(path: str) -> list[str]:
     except Exception:  # torn or not a pickle: report what was seen before the damage
         pass
     return found
+
+
+def state_dict_checksum(model: torch.nn.Module) -> str:
+    """sha256 over names, dtypes, shapes and values, so equal weights give equal keys wherever stored."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # Reinterpret as bytes: numpy lacks bfloat16, and this also covers integer buffers.
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def atomic_save(obj: Any, path: str) -> None:

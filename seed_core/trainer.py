@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted
+from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, load_untrusted, state_dict_checksum
 from .constants import BACKBONE_FILE, CHECKPOINT_FILE, CONFIG_FILE, LOG_FILE, META_FILE, METRICS_LOG_FILE
 from .config import CfgNode, ConfigError, cfg_from_string, validate_cfg
 from .augmentations import build_transform, resolve_recipe
@@ -192,6 +192,8 @@ class Trainer:
         teacher = load_teacher(cfg.MODEL.TEACHER.WEIGHTS, cfg.MODEL.TEACHER.ARCH,
                                cfg.MODEL.TEACHER.FORMAT, cfg.MODEL.TEACHER.USE_HEAD)
         t_dim = embedding_dim(teacher)
+        # What the teacher is, not where it lives: a resume checks the same teacher still sits there.
+        self.teacher_sha256 = state_dict_checksum(teacher)
         if cfg.MODEL.STUDENT.HEAD_DIM and t_dim != cfg.MODEL.STUDENT.HEAD_DIM:
             raise ConfigError(f"the teacher's embeddings are {t_dim}-d but the student head outputs "
                               f"MODEL.STUDENT.HEAD_DIM = {cfg.MODEL.STUDENT.HEAD_DIM}: set "
@@ -215,6 +217,8 @@ class Trainer:
         }
         if self.moco:
             state["key_encoder"] = self.objective.key_encoder.state_dict()
+        else:
+            state["teacher_sha256"] = self.teacher_sha256
         if self.small_queue is not None:
             state["small_queue"] = self.small_queue.state_dict()
         return state
@@ -237,6 +241,7 @@ class Trainer:
             raise CheckpointError(f"--resume: no checkpoint at {self.ckpt_path}; start without --resume")
         ckpt = load_untrusted(self.ckpt_path, map_location=self.device)
         self._check_resume_config(ckpt.get("config", ""))
+        self._check_resume_teacher(ckpt.get("teacher_sha256"))
         self._check_resume_schedule(ckpt)
         self.student.load_state_dict(ckpt["student"])
         self.queue.load_state_dict(ckpt["queue"])
@@ -262,6 +267,17 @@ class Trainer:
             raise ConfigError("--resume with a config that differs from the checkpoint's, which would not "
                               "continue the same run:\n  " + "\n  ".join(changed) +
                               "\nUse the original settings or a new OUTPUT_DIR.")
+
+    def _check_resume_teacher(self, saved: str | None) -> None:
+        """The config names the teacher by its path: a file replaced there (a teacher retrained in
+        place) would silently distil the rest of the run from another network."""
+        if saved is None or self.moco or saved == self.teacher_sha256:
+            return  # (checkpoints written before the teacher's checksum was recorded: not checkable)
+        raise CheckpointError(
+            f"--resume: MODEL.TEACHER.WEIGHTS {self.cfg.MODEL.TEACHER.WEIGHTS} now holds other weights than the "
+            f"teacher this run started from (sha256 {saved[:12]}, now {self.teacher_sha256[:12]}): the rest of "
+            f"the run would distil from another network. Put the original teacher back, or start over with "
+            f"--restart (the run is moved aside, not deleted)")
 
     def _check_resume_schedule(self, ckpt: dict) -> None:
         """The schedule (epoch length, warmup, lr) and the image order follow from the number of

@@ -6,7 +6,6 @@ it), or at a .pth plus an explicit architecture.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from ..constants import BACKBONE_FILE, META_FILE
-from ..checkpoint_io import key_mismatch_report, load_untrusted
+from ..checkpoint_io import key_mismatch_report, load_untrusted, state_dict_checksum
 from ..encoders import available_backbones, build_backbone
 
 logger = logging.getLogger(__name__)
@@ -32,17 +31,6 @@ class LoadedBackbone:
     feature_dim: int
     source: str  # path of the weights, or "random-init(seed=N)"
     checksum: str  # sha256 over the parameters and buffers: identifies the weights for caching
-
-
-def state_dict_checksum(model: nn.Module) -> str:
-    """sha256 over names, dtypes, shapes and values, so equal weights give equal keys wherever stored."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # Reinterpret as bytes: numpy lacks bfloat16, and this also covers integer buffers.
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _format_keys(keys) -> str:

@@ -77,6 +77,18 @@ def test_resume_with_a_different_config_is_refused(images, moco_teacher, tmp_pat
         run(images, moco_teacher, str(tmp_path / "never"), resume=True)
 
 
+def test_resume_after_the_teacher_file_was_replaced_is_refused(images, moco_teacher, tmp_path):
+    """Same config, same path, other weights (a teacher retrained in place): not the same run."""
+    out = str(tmp_path / "r")
+    run(images, moco_teacher, out, stop_at_iter=2)
+    torch.save(moco_state("resnet18", seed=1), moco_teacher)
+    with pytest.raises(CheckpointError, match="now holds other weights than the teacher this run started from"):
+        run(images, moco_teacher, out, resume=True)
+    assert load_untrusted(os.path.join(out, "checkpoint.pth"))["iteration"] == 2  # the run is untouched
+    torch.save(moco_state("resnet18"), moco_teacher)  # the original teacher back: the run continues
+    assert run(images, moco_teacher, out, resume=True)["finished"]
+
+
 def test_missing_and_empty_dataset(moco_teacher, tmp_path):
     with pytest.raises(DatasetError, match="not found"):
         run(str(tmp_path / "nothing"), moco_teacher, str(tmp_path / "o"))

@@ -73,3 +73,39 @@ def test_two_processes_starting_one_step_at_once_never_both_run_it(tmp_path):
     assert not os.path.exists(os.path.join(d, LOCK_FILE))
     # the next process reuses the finished step instead of running it again
     assert CachedRun(d, {"iters": 1}).run(lambda: {"pid": -1})["pid"] == done[1]
+
+
+def test_an_attempt_killed_midway_is_resumed_only_with_the_parameters_it_began_with(tmp_path):
+    d = tmp_path / "step"
+
+    def killed():
+        _write(d, "checkpoint.txt", "half")
+        raise KeyboardInterrupt
+    try:
+        CachedRun(d, {"teacher": "A"}).run(killed)
+    except KeyboardInterrupt:
+        pass
+    assert not CachedRun(d, {"teacher": "A"}).outdated()  # same parameters: its checkpoint continues
+    assert CachedRun(d, {"teacher": "B"}).outdated()  # the teacher changed since: it must start over
+    CachedRun(d, {"teacher": "A"}).run(lambda: _write(d, "out.txt", "done"))
+    assert "attempt.json" not in os.listdir(d)
+    assert not CachedRun(d, {"teacher": "A"}).outdated() and CachedRun(d, {"teacher": "B"}).outdated()
+    assert not CachedRun(tmp_path / "never", {"teacher": "A"}).outdated()
+
+
+def test_a_distillation_stage_begun_with_another_teacher_restarts_instead_of_resuming(tmp_path, monkeypatch):
+    from tools.pipeline import demo
+    calls = []
+
+    def fake_distill(stage, opts, restart):
+        calls.append(restart)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed midway, its checkpoint left behind
+        return {"backbone": "b.pth", "checkpoint": "c.pth"}
+    monkeypatch.setattr(demo, "_distill", fake_distill)
+    try:
+        demo._distill_stage(str(tmp_path), "student", {"SOLVER.EPOCHS": 16}, identity={"teacher": {"epochs": 48}})
+    except KeyboardInterrupt:
+        pass
+    demo._distill_stage(str(tmp_path), "student", {"SOLVER.EPOCHS": 16}, identity={"teacher": {"epochs": 96}})
+    assert calls == [False, True]

@@ -112,7 +112,7 @@ def _distill_stage(out_root: str, name: str, opts: dict, identity: dict | None =
     """One cached distillation stage. `identity`: what else the result depends on (the teacher's
     settings), so a changed teacher retrains the student instead of reusing it."""
     st = _stage(out_root, name, {**opts, **({"identity": identity} if identity else {})})
-    outdated = os.path.isfile(st.marker) and st.cached() is None  # finished, with other settings
+    outdated = st.outdated()  # finished or begun with other settings: not resumed, moved aside
     return st.run(lambda: _distill(st, opts, restart=outdated))
 
 

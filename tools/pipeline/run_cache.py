@@ -1,7 +1,7 @@
 """The one run cache of the applications: a step whose result is kept in `<dir>/run.json` together
 with the parameters that produced it. Running it again with the same parameters reuses the result;
 different parameters, or a step that never finished, run again (a distillation resumes from its
-checkpoint: the trainer accepts that only if the config is unchanged). A step that cannot resume
+checkpoint, unless the attempt that wrote it had other parameters: see `outdated`). A step that cannot resume
 starts in an empty folder: a finished run it replaces is moved to `previous-<time>/`, not deleted.
 A step runs holding its folder's lock (seed_core.run_dir): two processes sharing a cache folder never
 write one step at once; the second is refused, or reuses the result if the first has finished.
@@ -28,6 +28,7 @@ from seed_core.run_dir import LOCK_FILE, claim_run_dir, move_aside
 logger = logging.getLogger(__name__)
 
 MARKER = "run.json"
+ATTEMPT = "attempt.json"  # the parameters of the attempt under way (or killed), until its result is recorded
 # Settings that change how a run is executed or logged, not what it learns.
 NOT_IN_KEY = frozenset({"OUTPUT_DIR", "DATA.NUM_WORKERS", "TRAIN.PROGRESS", "TRAIN.LOG_PERIOD",
                         "TRAIN.CHECKPOINT_PERIOD", "TRAIN.DIST_TIMEOUT", "TRAIN.KEEP_EPOCH_CHECKPOINTS"})
@@ -47,6 +48,7 @@ class CachedRun:
         self.name = os.path.basename(self.dir)
         self.params = json.loads(json.dumps(params, default=str))  # compare as they are stored
         self.marker = os.path.join(self.dir, MARKER)
+        self.attempt = os.path.join(self.dir, ATTEMPT)
         self.announce = announce or (lambda msg: logger.info("%s", msg))
 
     def cached(self) -> dict | None:
@@ -59,6 +61,21 @@ class CachedRun:
             logger.warning("ignoring damaged %s (%s); the step runs again", self.marker, e)
             return None
         return record.get("result") if record.get("params") == self.params else None
+
+    def outdated(self) -> bool:
+        """Whether the folder holds work made with other parameters than these: a finished run, or
+        an attempt killed midway (whose checkpoint must then not be resumed: say its teacher changed)."""
+        if self.cached() is not None:
+            return False
+        if os.path.isfile(self.marker):
+            return True
+        try:
+            with open(self.attempt) as f:
+                return json.load(f).get("params") != self.params
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True  # unreadable: what it was made with is unknown, so it is not resumed
 
     def run(self, fn: Callable[[], dict], fresh: bool = False) -> dict:
         """`fresh`: the step cannot resume, so leftovers of an interrupted attempt are removed first."""
@@ -75,9 +92,11 @@ class CachedRun:
             start = time.time()
             if fresh:
                 self._clear()
+            atomic_write_text(json.dumps({"params": self.params}, indent=2) + "\n", self.attempt)
             result = dict(fn())
             result["seconds"] = round(time.time() - start, 1)
             atomic_write_text(json.dumps({"params": self.params, "result": result}, indent=2) + "\n", self.marker)
+            os.remove(self.attempt)
         self.announce(f"[{self.name}] finished in {result['seconds']:.0f} s")
         return result
 
