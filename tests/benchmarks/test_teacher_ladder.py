@@ -262,3 +262,20 @@ def test_a_teacher_retrained_at_the_same_path_gets_its_k_nn_measured_again(tmp_p
     backbone.write_text("second recipe")
     second = tl._knn_backbone(str(tmp_path), p, {}, "teacher_moco_resnet50", "resnet50", ("teacher_moco_resnet50", {}))
     assert scored == ["first recipe", "second recipe"] and second != first
+
+
+def test_the_footnote_names_each_teachers_recipe_from_its_own_record():
+    """The settings of the invocation that merged last need not be the ones a teacher trained with."""
+    from tools.benchmarking.ladder_report import _footnote
+    preset = {"scenes": {"canvas": 96}, "det_iters": 300, "det_batch": 4, "det_lr": 0.01, "student_epochs": 16,
+              "distill_batch": 32}
+    teacher = {"arch": "resnet50", "method": "mocov2", "teacher_arch": None, "epochs": 96, "batch": 64, "lr": 4.0,
+               "role": "teacher", "knn": 93.4,
+               "recipe": {"MODEL.STUDENT.HEAD_BATCH_NORM": True, "SOLVER.OPTIMIZER": "lars", "SOLVER.EPOCHS": 96}}
+    result = {"preset": preset, "counts": {"train": 480, "train_small": 48, "test": 48, "pretrain": 4079},
+              "settings": {"teacher_recipes": [], "teacher_epochs": 48, "teacher_lr": None}, "backbones": [teacher]}
+    [text] = _footnote(result)
+    assert "the R50 also MODEL.STUDENT.HEAD_BATCH_NORM True, SOLVER.OPTIMIZER lars" in text
+    assert "48 epochs" not in text  # the teacher's epochs are its record's, in the backbone table
+    [plain] = _footnote({**result, "backbones": [{**teacher, "recipe": {}}]})
+    assert "also" not in plain

@@ -155,7 +155,7 @@ def _cell_table(engine: str, det: str, labels: str, arms: dict, student: str) ->
 
 
 def _footnote(result: dict) -> list[str]:
-    p, c, s = result.get("preset", {}), result.get("counts", {}), result.get("settings", {})
+    p, c = result.get("preset", {}), result.get("counts", {})
     if not p:
         return []
     return [f"Mean ± sample std over fine-tuning seeds; a difference is the mean over the seeds both backbones "
@@ -164,10 +164,21 @@ def _footnote(result: dict) -> list[str]:
             f"{c.get('train_small')}), {c.get('test')} test scenes of {p['scenes']['canvas']} px (C4: upscaled "
             f"2x), {p['det_iters']} iterations at batch {p['det_batch']}, lr {p['det_lr']}. Students: "
             f"{p['student_epochs']} epochs at batch {p['distill_batch']} on {c.get('pretrain')} unlabelled digit "
-            f"crops, each method at its own lr (the backbone table); larger teachers: MoCo-v2, "
-            f"{s.get('teacher_epochs')} epochs at batch {s.get('teacher_batch')}, lr {s.get('teacher_lr') or p['distill_base_lr']}."
+            f"crops, each method at its own lr (the backbone table); larger teachers: MoCo-v2 with the epochs, "
+            f"batch and lr of the backbone table{_teacher_recipes(result)}."
             + (" The R18 teacher is the MoCo-v2 R18 student." if any(
                 r.get("teacher_arch") == "resnet18" for r in result.get("runs", [])) else "")]
+
+
+def _teacher_recipes(result: dict) -> str:
+    """The settings a teacher trained with beyond epochs, batch and lr, from its own backbone record
+    (the settings of whichever invocation merged last need not be the ones its teacher trained with)."""
+    parts = []
+    for b in result.get("backbones", []):
+        extra = {k: v for k, v in (b.get("recipe") or {}).items() if k != "SOLVER.EPOCHS"}  # epochs: in the table
+        if b.get("role") == "teacher" and extra:
+            parts.append(f"the {short(b['arch'])} also " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+    return f"; {'; '.join(parts)}" if parts else ""
 
 
 def ladder_chart(result: dict, path: str | Path) -> None:
