@@ -3,6 +3,7 @@ are right, results files grow, the report is made from the json alone, and the t
 import json
 import math
 import os
+from dataclasses import replace
 
 import pytest
 from conftest import load_script
@@ -279,3 +280,20 @@ def test_the_footnote_names_each_teachers_recipe_from_its_own_record():
     assert "48 epochs" not in text  # the teacher's epochs are its record's, in the backbone table
     [plain] = _footnote({**result, "backbones": [{**teacher, "recipe": {}}]})
     assert "also" not in plain
+
+
+def test_a_students_own_detection_settings_name_its_runs_and_reach_its_records(tmp_path):
+    """R34-FPN fine-tunes at its own lr; its stages say so, the R18 arms' do not change."""
+    from tools.benchmarking.ladder_report import _footnote
+    from tools.benchmarking.teacher_ladder import _run_record, Cell
+    s = Settings()
+    assert s.det_settings("resnet34") == {"SOLVER.BASE_LR": 0.005} and s.det_settings("resnet18") == {}
+    assert replace(s, det_recipe=(("MODEL.FPN.NORM", "GN"),)).det_settings("resnet34") == {
+        "SOLVER.BASE_LR": 0.005, "MODEL.FPN.NORM": "GN"}
+    rec = _run_record(Cell("torchvision", "fpn", "train_small", Arm.parse("random:resnet34")), 0,
+                      {"AP": 4.0, "AP50": 10.0, "AP75": 2.0}, "stage", s.det_settings("resnet34"))
+    assert rec["det_settings"] == {"SOLVER.BASE_LR": 0.005}
+    preset = {"scenes": {"canvas": 96}, "det_iters": 300, "det_batch": 4, "det_lr": 0.01, "student_epochs": 16,
+              "distill_batch": 32}
+    [text] = _footnote({"preset": preset, "counts": {}, "runs": [rec]})
+    assert "lr 0.01; the R34 students' SOLVER.BASE_LR 0.005." in text

@@ -162,12 +162,21 @@ def _footnote(result: dict) -> list[str]:
             f"were fine-tuned with (the same seed for every backbone: paired), with its 95 % t interval; "
             f"**bold**: the interval excludes zero. {c.get('train')} labelled training scenes (10 %: "
             f"{c.get('train_small')}), {c.get('test')} test scenes of {p['scenes']['canvas']} px (C4: upscaled "
-            f"2x), {p['det_iters']} iterations at batch {p['det_batch']}, lr {p['det_lr']}. Students: "
+            f"2x), {p['det_iters']} iterations at batch {p['det_batch']}, lr {p['det_lr']}{_det_settings(result)}. Students: "
             f"{p['student_epochs']} epochs at batch {p['distill_batch']} on {c.get('pretrain')} unlabelled digit "
             f"crops, each method at its own lr (the backbone table); larger teachers: MoCo-v2 with the epochs, "
             f"batch and lr of the backbone table{_teacher_recipes(result)}."
             + (" The R18 teacher is the MoCo-v2 R18 student." if any(
                 r.get("teacher_arch") == "resnet18" for r in result.get("runs", [])) else "")]
+
+
+def _det_settings(result: dict) -> str:
+    """The detection settings some students' fine-tunings ran with, from the runs' own records."""
+    seen = {}
+    for r in result.get("runs", []):
+        if r.get("det_settings"):
+            seen.setdefault(short(r["student_arch"]), r["det_settings"])
+    return "".join(f"; the {st} students' " + ", ".join(f"{k} {v}" for k, v in d.items()) for st, d in sorted(seen.items()))
 
 
 def _teacher_recipes(result: dict) -> str:

@@ -91,6 +91,10 @@ class Settings:
     # (("MODEL.TIMM.NORM", "FrozenBN"),); they name the runs' stages (and their records), so that
     # they never replace the runs at the config's own settings. Write them to a results_name of their own.
     det_recipe: tuple = ()
+    # Detection settings of one student's fine-tunings, over the detector's config (they name its runs'
+    # stages too). R34-FPN diverged at the R18 lr 0.01 (batch 4) in 3 of 5 SEED seeds and 1 of 5 random
+    # ones; at 0.005, Detectron2's 0.02 at batch 16 scaled to batch 4, none did (docs/RESULTS.md).
+    student_det_recipes: tuple = (("resnet34", (("SOLVER.BASE_LR", 0.005),)),)
     l2_student_lr: float = 0.48     # ResNet-18 winner of benchmarks/lr_sweep.py (SEED 0.06, MoCo-v2 0.03: the preset's)
     # Settings of each method's students over the preset's, e.g. another student's lr-sweep winners:
     # (("mocov2", (("SOLVER.BASE_LR", 0.12),)), ...); L2 takes l2_student_lr unless named here.
@@ -118,6 +122,10 @@ class Settings:
 
     def student_recipe(self, init: str) -> dict:
         return dict(dict(self.student_recipes).get(init, ()))
+
+    def det_settings(self, student: str) -> dict:
+        """Detection settings of `student`'s fine-tunings over the detector's config."""
+        return {**dict(dict(self.student_det_recipes).get(student, ())), **dict(self.det_recipe)}
 
     def teacher_overrides(self, arch: str) -> dict:
         """The larger teacher `arch`'s settings over the common teacher recipe."""
@@ -341,12 +349,13 @@ def run_ladder(s: Settings, on_progress=lambda result: None) -> dict:
                   key=lambda x: (x[1].engine != "torchvision", x[0], x[1].detector, x[1].split))
     ft_names = {}
     for seed, c in runs:
-        tag = _run_tag(c.engine, c.detector, c.split, p) + "".join(f"_{k}-{v}" for k, v in s.det_recipe)
+        det_settings = s.det_settings(c.arm.student)
+        tag = _run_tag(c.engine, c.detector, c.split, p) + "".join(f"_{k}-{v}" for k, v in det_settings.items())
         name = det_stage_name(c.arm.name, seed, tag)
-        ft_names[name] = (c, seed)
+        ft_names[name] = (c, seed, det_settings)
         d = detector_of(c.detector, c.arm)
         steps.append(Step(name, _finetune_arm, (s.work_dir, pre, _weights_name(c.arm), seed, c.engine),
-                          dict(tag=tag, det_config=d.config, split=c.split, extra={**_extra(c.arm), **dict(s.det_recipe)},
+                          dict(tag=tag, det_config=d.config, split=c.split, extra={**_extra(c.arm), **det_settings},
                                det_iters=d.iterations(p), input_scale=d.input_scale, stage_init=c.arm.name),
                           after=(c.arm.name,) if c.arm.init != "random" else ()))
     if s.stages:
@@ -360,8 +369,8 @@ def run_ladder(s: Settings, on_progress=lambda result: None) -> dict:
             knn[name[4:]] = value["top1"]
             result["backbones"] = _backbone_records(stages, knn, s)
         elif name in ft_names:
-            c, seed = ft_names[name]
-            result["runs"].append(_run_record(c, seed, value, name))
+            c, seed, det_settings = ft_names[name]
+            result["runs"].append(_run_record(c, seed, value, name, det_settings))
         else:
             return
         result["wall_seconds"] = round(time.time() - start, 1)
@@ -428,9 +437,10 @@ def _backbone_records(stages: dict, knn: dict, s: Settings) -> list[dict]:
     return out
 
 
-def _run_record(c: Cell, seed: int, metrics: dict, stage: str) -> dict:
+def _run_record(c: Cell, seed: int, metrics: dict, stage: str, det_settings: dict | None = None) -> dict:
     rec = {"detector": c.detector, "labels": LABELS[c.split], "init": c.arm.init, "teacher_arch": c.arm.teacher,
-           "student_arch": c.arm.student, "seed": seed, "engine": c.engine}
+           "student_arch": c.arm.student, "seed": seed, "engine": c.engine,
+           **({"det_settings": det_settings} if det_settings else {})}
     if "diverged" in metrics:
         return {**rec, "ap": None, "ap50": None, "ap75": None, "diverged": metrics["diverged"], "stage": stage}
     return {**rec, "ap": metrics.get("AP"), "ap50": metrics.get("AP50"), "ap75": metrics.get("AP75"), "stage": stage}
