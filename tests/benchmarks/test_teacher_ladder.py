@@ -297,3 +297,7 @@ def test_a_students_own_detection_settings_name_its_runs_and_reach_its_records(t
               "distill_batch": 32}
     [text] = _footnote({"preset": preset, "counts": {}, "runs": [rec]})
     assert "lr 0.01; the R34 students' SOLVER.BASE_LR 0.005." in text
+    # a student fine-tuned with two settings has both named, not only the first met
+    other = {**rec, "det_settings": {"SOLVER.BASE_LR": 0.01}}
+    [both] = _footnote({"preset": preset, "counts": {}, "runs": [rec, other, rec]})
+    assert "the R34 students' SOLVER.BASE_LR 0.005 or SOLVER.BASE_LR 0.01." in both

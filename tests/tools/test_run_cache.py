@@ -91,6 +91,15 @@ def test_an_attempt_killed_midway_is_resumed_only_with_the_parameters_it_began_w
     assert "attempt.json" not in os.listdir(d)
     assert not CachedRun(d, {"teacher": "A"}).outdated() and CachedRun(d, {"teacher": "B"}).outdated()
     assert not CachedRun(tmp_path / "never", {"teacher": "A"}).outdated()
+    # A finished with A, then an attempt with B killed midway: B's checkpoint resumes, A's marker
+    # being older than B's attempt; any third setting starts over.
+    try:
+        CachedRun(d, {"teacher": "B"}).run(killed)
+    except KeyboardInterrupt:
+        pass
+    assert not CachedRun(d, {"teacher": "B"}).outdated()
+    assert CachedRun(d, {"teacher": "C"}).outdated()
+    assert CachedRun(d, {"teacher": "A"}).cached() is not None  # A's result is still there to reuse
 
 
 def test_a_distillation_stage_begun_with_another_teacher_restarts_instead_of_resuming(tmp_path, monkeypatch):

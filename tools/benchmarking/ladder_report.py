@@ -172,11 +172,14 @@ def _footnote(result: dict) -> list[str]:
 
 def _det_settings(result: dict) -> str:
     """The detection settings some students' fine-tunings ran with, from the runs' own records."""
-    seen = {}
+    seen: dict[str, list[str]] = {}
     for r in result.get("runs", []):
         if r.get("det_settings"):
-            seen.setdefault(short(r["student_arch"]), r["det_settings"])
-    return "".join(f"; the {st} students' " + ", ".join(f"{k} {v}" for k, v in d.items()) for st, d in sorted(seen.items()))
+            text = ", ".join(f"{k} {v}" for k, v in r["det_settings"].items())
+            texts = seen.setdefault(short(r["student_arch"]), [])
+            if text not in texts:  # every distinct setting is named, not only the first met
+                texts.append(text)
+    return "".join(f"; the {st} students' " + " or ".join(texts) for st, texts in sorted(seen.items()))
 
 
 def _teacher_recipes(result: dict) -> str:

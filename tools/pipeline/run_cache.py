@@ -67,13 +67,13 @@ class CachedRun:
         an attempt killed midway (whose checkpoint must then not be resumed: say its teacher changed)."""
         if self.cached() is not None:
             return False
-        if os.path.isfile(self.marker):
-            return True
+        # An attempt's record is newer than any finished run's marker (it is removed when its run
+        # finishes), so it decides: a killed attempt with these parameters resumes.
         try:
             with open(self.attempt) as f:
                 return json.load(f).get("params") != self.params
         except FileNotFoundError:
-            return False
+            return os.path.isfile(self.marker)
         except (OSError, ValueError):
             return True  # unreadable: what it was made with is unknown, so it is not resumed
 
