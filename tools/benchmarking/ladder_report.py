@@ -170,12 +170,17 @@ def _footnote(result: dict) -> list[str]:
                 r.get("teacher_arch") == "resnet18" for r in result.get("runs", [])) else "")]
 
 
+def _settings_text(settings: dict) -> str:
+    """Config overrides as the footnote names them: `KEY value, KEY value`."""
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
+
+
 def _det_settings(result: dict) -> str:
     """The detection settings some students' fine-tunings ran with, from the runs' own records."""
     seen: dict[str, list[str]] = {}
     for r in result.get("runs", []):
         if r.get("det_settings"):
-            text = ", ".join(f"{k} {v}" for k, v in r["det_settings"].items())
+            text = _settings_text(r["det_settings"])
             texts = seen.setdefault(short(r["student_arch"]), [])
             if text not in texts:  # every distinct setting is named, not only the first met
                 texts.append(text)
@@ -189,7 +194,7 @@ def _teacher_recipes(result: dict) -> str:
     for b in result.get("backbones", []):
         extra = {k: v for k, v in (b.get("recipe") or {}).items() if k != "SOLVER.EPOCHS"}  # epochs: in the table
         if b.get("role") == "teacher" and extra:
-            parts.append(f"the {short(b['arch'])} also " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+            parts.append(f"the {short(b['arch'])} also " + _settings_text(extra))
     return f"; {'; '.join(parts)}" if parts else ""
 
 
