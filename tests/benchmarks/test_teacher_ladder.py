@@ -213,10 +213,11 @@ def test_a_teacher_recipe_from_the_command_line_is_another_teacher(tmp_path):
     data = {"pretrain": str(tmp_path)}
     p = load_preset(s.preset)
     base = backbone_stages(p, data, check_settings(s), s)
-    # by default the ResNet-50 has its own recipe and the ResNet-34 none
+    # by default each larger teacher has the recipe that passed the bar; the tiny ladder's teacher none
     assert Settings().teacher_overrides("resnet50")["SOLVER.OPTIMIZER"] == "lars"
-    assert Settings().teacher_overrides("resnet50")["SOLVER.EPOCHS"] == 96  # the recipe that passed the bar
-    assert Settings().teacher_overrides("resnet34") == {}
+    assert Settings().teacher_overrides("resnet50")["SOLVER.EPOCHS"] == 96
+    assert Settings().teacher_overrides("resnet34") == {"SOLVER.EPOCHS": 96}
+    assert tiny_settings(str(tmp_path)).teacher_overrides("resnet34") == {}
     from dataclasses import replace
     probe = replace(s, teacher_lr=0.12, teacher_recipe=(("MODEL.STUDENT.ZERO_INIT_RESIDUAL", True),))
     changed = backbone_stages(p, data, check_settings(probe), probe)
