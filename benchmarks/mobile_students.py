@@ -1,8 +1,7 @@
 #!/usr/bin/env python
 """Distilled mobile students in detection, by the teacher ladder's protocol: MobileNetV3-Small
 (mobilenetv3_small_050, the digits harness's student) at random init, as a MoCo-v2 student and as a
-SEED student of the ladder's largest working teacher (ResNet-34: the
-ResNet-50's recipe does not train yet), each method at its lr-sweep winner; fine-tuned as
+SEED student of the ladder's ResNet-34 teacher, each method at its lr-sweep winner; fine-tuned as
 Faster R-CNN with an FPN over its last stages at all and 10 % of the labels, the same seeds for
 every backbone (paired). It shares the ladder's work folder, so the teacher is trained once.
 results/mobile_students.json grows as fine-tunings finish; its md and png are rendered from it.

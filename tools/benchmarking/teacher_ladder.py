@@ -71,8 +71,9 @@ class Settings:
     work_dir: str = "output/teacher_ladder"
     arms: tuple = ("random:resnet18", "mocov2:resnet18", "seed:resnet18:resnet18", "seed:resnet18:resnet34",
                    "seed:resnet18:resnet50", "l2:resnet18:resnet50", "random:resnet34", "seed:resnet34:resnet50")
-    # The larger teachers see 3x the students' epochs at batch 64 (the paper's teachers trained far
-    # longer than their students); the ResNet-18 teacher is the MoCo-v2 student itself (the control).
+    # The larger teachers see 3x the students' epochs at batch 64 unless their recipes say more (both
+    # say 6x: the paper's teachers trained far longer than their students); the ResNet-18 teacher is
+    # the MoCo-v2 student itself (the control).
     teacher_epochs: int = 48
     teacher_batch: int = 64
     teacher_lr: float | None = None  # SOLVER.BASE_LR of the larger teachers; None: the preset's distill_base_lr
