@@ -165,8 +165,8 @@ def tiny_settings(work_dir: str, like: Settings | None = None) -> Settings:
     return Settings(preset="tiny", work_dir=work_dir, arms=(f"random:{st}", f"mocov2:{st}", f"seed:{st}:resnet34",
                                                             f"l2:{st}:resnet34"),
                     primary_student=st, results_name=like.results_name, student_recipes=like.student_recipes,
-                    teacher_epochs=1, teacher_batch=16, teacher_recipes=(), detectors=("fpn",), splits=("train_small",), seeds=(0, 1),
-                    decisive_seeds=(), workers=0, processes=1)
+                    teacher_epochs=1, teacher_batch=16, teacher_recipes=(), detectors=("fpn",),
+                    splits=("train_small",), seeds=(0, 1), decisive_seeds=(), workers=0, processes=1)
 
 
 # --------------------------------------------------------------------------------------------- checks
